@@ -1,0 +1,240 @@
+"""The settings types and the converters that check one raw value against them.
+
+``daemon.config`` builds these from the TOML file and the environment; import them from
+there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any, Literal
+
+
+class Secret:
+    """A secret string that never shows itself in ``str()``, ``repr()`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __str__(self) -> str:
+        return "***" if self._value else ""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``key`` is the setting or variable at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str
+    hub: str = "marketing"
+    user_secret: Secret = Secret()
+    organization_secret: Secret = Secret()
+    element_token: Secret = Secret()
+    request_timeout_seconds: float = 300.0
+    retry_deadline_seconds: float = 86400.0
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    root: Path = Path("/var/spool/bulkdrop")
+    state_dir: Path = Path()  # left as Path(): <root>/.state/<node_id>
+    default_object: str = ""
+    settle_seconds: float = 1.0
+    node_id: str = field(default_factory=socket.gethostname)
+    rescan_seconds: float = 30.0
+    force_polling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state_dir == Path():
+            object.__setattr__(self, "state_dir", self.root / ".state" / self.node_id)
+
+
+@dataclass(frozen=True)
+class WorkersSettings:
+    uploads: int = 4
+    max_active_jobs: int = 32
+    poll_interval_seconds: float = 5.0
+    poll_max_interval_seconds: float = 60.0
+    job_timeout_seconds: float = 86400.0
+    shutdown_grace_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
+class ObjectSettings:
+    metadata: Mapping[str, Any] | None = None
+    hub: str | None = None
+    rename_columns: Mapping[str, str] = field(default_factory=dict)
+    drop_columns: tuple[str, ...] = ()
+    require_columns: tuple[str, ...] = ()
+    max_rows_per_job: int = 0
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    public_url: str = ""
+    signature_key: Secret = Secret()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError when malformed."""
+    if listen.startswith("["):
+        host, sep, port = listen[1:].partition("]:")
+    else:
+        host, sep, port = listen.rpartition(":")
+        if ":" in host:  # a bare IPv6 address is ambiguous without brackets
+            sep = ""
+    if not (sep and host and port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(listen)
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: str = "127.0.0.1:8470"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0] if self.listen else ""
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1] if self.listen else 0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+_DEFAULT_OBJECT = ObjectSettings()
+
+
+@dataclass(frozen=True)
+class Settings:
+    api: ApiSettings
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+    workers: WorkersSettings = field(default_factory=WorkersSettings)
+    objects: Mapping[str, ObjectSettings] = field(default_factory=dict)
+    callback: CallbackSettings = field(default_factory=CallbackSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    source: Path | None = None
+
+    def object_settings(self, name: str) -> ObjectSettings:
+        return self.objects.get(name, _DEFAULT_OBJECT)
+
+    def hub_for(self, obj: str) -> str:
+        return self.object_settings(obj).hub or self.api.hub
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+
+
+class BadValue(Exception):
+    """A value does not fit; the caller adds the key and, unless secret, the value."""
+
+
+def describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = repr(value)
+        return shown if len(shown) <= 60 else shown[:56] + "...'"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    return "an array" if isinstance(value, list) else type(value).__name__
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# --- converters: (value, from_env_text) -> typed value, or BadValue ---------------------------
+
+def to_bool(value: object, text: bool) -> bool:
+    if text and isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    if isinstance(value, bool):
+        return value
+    raise BadValue("expected true or false")
+
+
+def to_int(value: object, text: bool) -> int:
+    try:
+        number = int(value.strip()) if text and isinstance(value, str) else value
+    except ValueError:
+        raise BadValue("expected an integer") from None
+    if isinstance(number, int) and not isinstance(number, bool):
+        return number
+    raise BadValue("expected an integer")
+
+
+def to_float(value: object, text: bool) -> float:
+    try:
+        number = float(value.strip()) if text and isinstance(value, str) else value
+    except ValueError:
+        raise BadValue("expected a number") from None
+    if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
+        return float(number)
+    raise BadValue("expected a number")
+
+
+def to_str(value: object, text: bool) -> str:
+    if isinstance(value, str):
+        return value
+    raise BadValue("expected a string")
+
+
+def to_path(value: object, text: bool) -> Path:
+    raw = str(value) if isinstance(value, PurePath) else to_str(value, text)
+    if not raw:
+        raise BadValue("must not be empty")
+    # Relative paths are taken against the current directory, once, here.
+    return Path(os.path.abspath(os.path.expanduser(raw)))
+
+
+def to_secret(value: object, text: bool) -> Secret:
+    return Secret(to_str(value, text))
+
+
+CONVERTERS: dict[Any, Callable[[object, bool], object]] = {
+    bool: to_bool, int: to_int, float: to_float, str: to_str, Path: to_path,
+    Secret: to_secret,
+}

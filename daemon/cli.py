@@ -1,0 +1,141 @@
+"""The ``bulkdrop`` command line: thin wrappers over the daemon, the client and the simulator.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from daemon import __version__, logs
+from daemon.config import ConfigError, Settings, find_config_path, load_settings
+from daemon.sim import cli as sim_cli
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+SANDBOX_DEFAULTS = {
+    "spool.root": "spool",
+    "spool.default_object": "contact",
+    "api.user_secret": "sandbox-user",
+    "api.element_token": "sandbox-element",
+    "http.listen": "",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bulkdrop",
+        description="Turn CSV files dropped into a spool into Open Connectors bulk jobs.")
+    parser.add_argument("--version", action="version", version=f"bulkdrop {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", metavar="PATH",
+                         help="TOML config (default: $BULKDROP_CONFIG, "
+                              "else /etc/bulkdrop/bulkdrop.toml if present)")
+        return sub
+
+    run = command("run", "run the daemon in the foreground")
+    run.add_argument("--sandbox", action="store_true",
+                     help="start the embedded Open Connectors simulator and use ./spool")
+    command("objects", "list the objects of the configured hub")
+    sim = command("sim", "serve the Open Connectors simulator on its own")
+    sim_cli.add_arguments(sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "objects":
+            return cmd_objects(args)
+        return sim_cli.run(args)
+    except ConfigError as exc:
+        print(f"bulkdrop: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace, **kwargs: object) -> Settings:
+    path = find_config_path(args.config, os.environ)
+    return load_settings(path, os.environ, **kwargs)  # type: ignore[arg-type]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.service import Daemon
+    from daemon.spool import SpoolError
+
+    if args.sandbox:
+        return _run_sandbox(args)
+    settings = _settings(args)
+    logs.configure(settings.log.format, settings.log.level)
+    try:
+        return Daemon(settings).run()
+    except SpoolError as exc:
+        print(f"bulkdrop: spool error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _run_sandbox(args: argparse.Namespace) -> int:
+    """The simulator and the daemon in one process, one event loop."""
+    from daemon.service import Daemon
+    from daemon.sim import SimConfig, SimServer, Simulator
+
+    # Load once without a base URL to fail fast on a bad config before binding a port.
+    _settings(args, defaults=SANDBOX_DEFAULTS, require_base_url=False)
+
+    async def both() -> int:
+        sim = Simulator(SimConfig(job_seconds=3.0))
+        async with SimServer(sim, host="127.0.0.1", port=0) as server:
+            settings = _settings(args, defaults=SANDBOX_DEFAULTS,
+                                 forced={"api.base_url": server.base_url})
+            logs.configure(settings.log.format, settings.log.level)
+            daemon = Daemon(settings)
+            inbox = daemon.spool.inbox
+            print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
+                  f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"
+                  f" files directly in {inbox}/ go to '{settings.spool.default_object}')\n"
+                  f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
+                  f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops",
+                  flush=True)
+            return await daemon.serve_until_signalled()
+
+    return asyncio.run(both())
+
+
+def cmd_objects(args: argparse.Namespace) -> int:
+    from daemon.client import OpenConnectorsClient
+    from daemon.retry import ApiError
+
+    settings = _settings(args)
+    logs.configure(settings.log.format, settings.log.level)
+    api = settings.api
+
+    async def fetch() -> list[str]:
+        client = OpenConnectorsClient(
+            api.base_url, user_secret=api.user_secret,
+            organization_secret=api.organization_secret, element_token=api.element_token,
+            timeout_seconds=min(api.request_timeout_seconds, 60))
+        try:
+            return await client.objects(api.hub)
+        finally:
+            await client.close()
+
+    try:
+        names = asyncio.run(fetch())
+    except ApiError as exc:
+        print(f"bulkdrop: cannot list objects of hub {api.hub!r}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in names:
+        print(name)
+    return EXIT_OK
+
+

@@ -1,0 +1,148 @@
+"""``OpenConnectorsClient``: the bulk API over one aiohttp session.
+
+Each method makes one request and turns every failure into one of the typed errors
+of :mod:`daemon.retry`; retrying is the caller's business (``RetryPolicy``), so a
+request that must not be repeated blindly (creating a job) stays visible as such.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp.payload import AsyncIterablePayload
+
+from daemon.config import Secret
+from daemon.retry import ApiError, AuthError, RejectedError, TransientError, parse_retry_after
+
+ERRORS_PAGE_SIZE = 200
+# Error pages are followed until the API stops giving a token; this bounds a broken
+# server that keeps sending one (200 x 5000 = a million error records).
+MAX_ERROR_PAGES = 5000
+
+
+def authorization(user: Secret, organization: Secret, element: Secret) -> str:
+    parts = [(name, s.reveal()) for name, s in
+             (("User", user), ("Organization", organization), ("Element", element))]
+    return ", ".join(f"{name} {value}" for name, value in parts if value)
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    id: str
+    status: str | None
+
+
+def api_message(status: int, body: bytes) -> str:
+    """The API's ``message`` (plus ``providerMessage``) from an error body, else a summary."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("message"):
+        msg = str(data["message"])
+        if data.get("providerMessage"):
+            msg += f" ({data['providerMessage']})"
+        return msg[:500]
+    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
+    return f"HTTP {status}" + (f": {text[:200]}" if text else "")
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+    message = api_message(status, body)
+    if status in (401, 403):
+        return AuthError(message, status)
+    if status == 429 or status >= 500:
+        return TransientError(message, status, parse_retry_after(headers.get("Retry-After")))
+    return RejectedError(message, status)
+
+
+class OpenConnectorsClient:
+    def __init__(self, base_url: str, *, user_secret: Secret, organization_secret: Secret,
+                 element_token: Secret, timeout_seconds: float = 300) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = authorization(user_secret, organization_secret, element_token)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(self, method: str, path: str,
+                       **kwargs: Any) -> tuple[Any, Mapping[str, str]]:
+        headers = {"Authorization": self._auth, "Accept": "application/json",
+                   **kwargs.pop("headers", {})}
+        try:
+            async with self.session.request(method, self.base_url + path, headers=headers,
+                                            **kwargs) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise classify(resp.status, body, resp.headers)
+                try:
+                    return (json.loads(body) if body else None), resp.headers
+                except ValueError:
+                    raise TransientError(f"HTTP {resp.status}: response is not JSON",
+                                         resp.status) from None
+        except TimeoutError:
+            raise TransientError(f"{method} timed out") from None
+        except aiohttp.ClientError as exc:
+            # The exception text may carry the URL but never our headers.
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+
+    async def create_job(self, hub: str, obj: str, name: str,
+                         body: Callable[[], AsyncIterator[bytes]], *,
+                         metadata: Mapping[str, Any] | None = None,
+                         callback_url: str = "") -> CreatedJob:
+        """POST one bulk job, streaming the file as multipart field ``file``."""
+        with aiohttp.MultipartWriter("form-data") as form:
+            part = form.append_payload(AsyncIterablePayload(body(), content_type="text/csv"))
+            part.set_content_disposition("form-data", name="file", filename=name)
+            if metadata is not None:
+                meta = form.append(json.dumps(dict(metadata)), {"Content-Type": "application/json"})
+                meta.set_content_disposition("form-data", name="metaData")
+        headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
+        data, _ = await self._request(
+            "POST", f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}",
+            params={"path": "/" + name}, data=form, headers=headers)
+        if not isinstance(data, dict) or data.get("id") in (None, ""):
+            raise TransientError("the API accepted the upload but returned no job id")
+        status = data.get("status")
+        return CreatedJob(str(data["id"]), str(status) if status is not None else None)
+
+    async def job_status(self, hub: str, job_id: str) -> dict[str, Any]:
+        data, _ = await self._request(
+            "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/status")
+        if not isinstance(data, dict):
+            raise TransientError("status response is not a JSON object")
+        return data
+
+    async def job_errors_page(self, hub: str, job_id: str, token: str | None,
+                              page_size: int = ERRORS_PAGE_SIZE) -> tuple[list[Any], str | None]:
+        params: dict[str, str | int] = {"pageSize": page_size}
+        if token:
+            params["nextPage"] = token
+        data, headers = await self._request(
+            "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/errors",
+            params=params)
+        records = data if isinstance(data, list) else []
+        return records, headers.get("Elements-Next-Page-Token") or None
+
+    async def objects(self, hub: str) -> list[str]:
+        data, _ = await self._request("GET", f"/hubs/{quote(hub, safe='')}/objects")
+        return [str(x) for x in data] if isinstance(data, list) else []
+
+    async def cancel_job(self, hub: str, job_id: str) -> None:
+        await self._request(
+            "PUT", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/cancel")

@@ -1,0 +1,400 @@
+"""Settings: one frozen, typed object built from layered sources.
+
+Layers, lowest first: built-in defaults, caller defaults (``--sandbox``), the TOML file,
+secrets from ``$CREDENTIALS_DIRECTORY`` and ``<VAR>_FILE``, ``BULKDROP_<SECTION>_<KEY>``
+variables, caller-forced values. Every error names the key (or the variable) and never
+shows a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from daemon._configtypes import (
+    CONVERTERS,
+    ApiSettings,
+    BadValue,
+    CallbackSettings,
+    ConfigError,
+    HttpSettings,
+    LogSettings,
+    ObjectSettings,
+    Secret,
+    Settings,
+    SpoolSettings,
+    WorkersSettings,
+    describe,
+    split_listen,
+    suggest,
+    to_int,
+    to_str,
+)
+
+__all__ = [
+    "ApiSettings", "CallbackSettings", "ConfigError", "HttpSettings", "LogSettings",
+    "ObjectSettings", "Secret", "Settings", "SpoolSettings", "WorkersSettings",
+    "find_config_path", "load_settings",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/bulkdrop/bulkdrop.toml")
+ENV_PREFIX = "BULKDROP_"
+
+
+# --- schema, derived from the dataclasses so there is one source of truth --------------
+
+_SECTIONS: dict[str, type] = {
+    "api": ApiSettings, "spool": SpoolSettings, "workers": WorkersSettings,
+    "callback": CallbackSettings, "http": HttpSettings, "log": LogSettings,
+}
+_KINDS: dict[str, Any] = {
+    f"{section}.{name}": hint
+    for section, cls in _SECTIONS.items()
+    for name, hint in typing.get_type_hints(cls).items()
+}
+_SECRETS = [dotted for dotted, kind in _KINDS.items() if kind is Secret]
+
+
+def _env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+_ENV_NAMES = {_env_name(dotted): dotted for dotted in _KINDS}
+_ENV_IGNORED = {ENV_PREFIX + "CONFIG", *(_env_name(dotted) + "_FILE" for dotted in _SECRETS)}
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a value came from, so that errors can name it."""
+
+    key: str  # ConfigError.key: the dotted key, or the variable for env values
+    name: str  # how the message starts
+    where: str = ""  # appended, e.g. " (in /etc/bulkdrop/bulkdrop.toml)"
+
+    def error(self, problem: str) -> ConfigError:
+        return ConfigError(self.key, f"{self.name}: {problem}{self.where}")
+
+
+def _from_env(var: str, dotted: str) -> _Origin:
+    return _Origin(var, f"{var} ({dotted})")
+
+
+def _in_file(dotted: str, source: Path | None) -> _Origin:
+    return _Origin(dotted, dotted, f" (in {source})" if source else "")
+
+
+def _convert(kind: Any, value: object, origin: _Origin, *, text: bool = False) -> object:
+    try:
+        if typing.get_origin(kind) is Literal:
+            choice = value.strip().lower() if isinstance(value, str) else value
+            if choice not in typing.get_args(kind):
+                options = ", ".join(repr(c) for c in typing.get_args(kind))
+                raise BadValue(f"expected one of {options}")
+            return choice
+        return CONVERTERS[kind](value, text)
+    except BadValue as bad:
+        if kind is Secret:  # never echo anything that might be a secret
+            raise origin.error(str(bad)) from None
+        raise origin.error(f"{bad}, got {describe(value)}") from None
+
+
+class _Layers:
+    """Flat ``section.key`` values, each with the origin of its last writer."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, _Origin] = {}
+        for section, cls in _SECTIONS.items():
+            for f in dataclasses.fields(cls):
+                if f.default is not dataclasses.MISSING:
+                    self.values[f"{section}.{f.name}"] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    self.values[f"{section}.{f.name}"] = f.default_factory()
+        self.values["api.base_url"] = ""
+        del self.values["spool.state_dir"]  # derived in SpoolSettings unless set
+
+    def set(self, dotted: str, value: object, origin: _Origin, *, text: bool = False) -> None:
+        self.values[dotted] = _convert(_KINDS[dotted], value, origin, text=text)
+        self.origins[dotted] = origin
+
+    def error(self, dotted: str, problem: str) -> ConfigError:
+        return self.origins.get(dotted, _Origin(dotted, dotted)).error(problem)
+
+    def section(self, name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {k.removeprefix(prefix): v for k, v in self.values.items() if k.startswith(prefix)}
+
+
+# --- the layers ---------------------------------------------------------------------
+
+def _apply_mapping(layers: _Layers, mapping: Mapping[str, object]) -> None:
+    for dotted, value in mapping.items():
+        if dotted not in _KINDS:
+            raise ConfigError(dotted, f"{dotted}: unknown setting{suggest(dotted, _KINDS)}")
+        layers.set(dotted, value, _Origin(dotted, dotted))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), f"{path}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:  # its message carries "(at line L, column C)"
+        raise ConfigError(str(path), f"{path}: invalid TOML: {exc}") from None
+
+
+def _apply_file(layers: _Layers, data: Mapping[str, Any], source: Path) -> Mapping[str, Any]:
+    """Apply the flat sections; return the raw ``[objects]`` table."""
+    where = f" (in {source})"
+    objects: Mapping[str, Any] = {}
+    for section, table in data.items():
+        if section == "objects" and isinstance(table, dict):
+            objects = table
+            continue
+        if section not in _SECTIONS and section != "objects":
+            if not isinstance(table, dict):  # a key outside any section
+                owners = [d for d in _KINDS if d.endswith("." + section)]
+                hint = f"; did you mean {owners[0]!r}?" if owners else ""
+                raise ConfigError(section, f"{section}: key outside any section{hint}{where}")
+            hint = suggest(section, [*_SECTIONS, "objects"])
+            raise ConfigError(section, f"[{section}]: unknown section{hint}{where}")
+        if not isinstance(table, dict):
+            raise ConfigError(section, f"{section}: expected a [{section}] table{where}")
+        for key, value in table.items():
+            dotted = f"{section}.{key}"
+            if dotted not in _KINDS:
+                keys = [d.split(".", 1)[1] for d in _KINDS if d.startswith(section + ".")]
+                hint = suggest(key, keys)
+                raise ConfigError(dotted, f"{dotted}: unknown key{hint}{where}")
+            layers.set(dotted, value, _in_file(dotted, source))
+    return objects
+
+
+def _read_secret(path: Path, origin: _Origin) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise origin.error(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise origin.error(f"secret file {str(path)!r} is not UTF-8 text") from None
+    # Exactly one trailing newline, as `echo secret > file` writes it.
+    return text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+
+
+def _apply_secret_files(layers: _Layers, env: Mapping[str, str]) -> None:
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    for dotted in _SECRETS:
+        if credentials:  # systemd LoadCredential=: a file named after the key
+            path = Path(credentials) / dotted.split(".", 1)[1]
+            if path.exists():
+                origin = _Origin(dotted, dotted, f" (credential {path})")
+                layers.set(dotted, _read_secret(path, origin), origin)
+        var = _env_name(dotted) + "_FILE"
+        if env.get(var):
+            origin = _from_env(var, dotted)
+            layers.set(dotted, _read_secret(Path(env[var]), origin), origin)
+
+
+def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in _ENV_IGNORED:
+            continue
+        dotted = _ENV_NAMES.get(var)
+        if dotted is None:
+            if var.startswith(ENV_PREFIX + "OBJECTS_"):
+                raise ConfigError(var, f"{var}: objects are configured in the TOML file only, "
+                                       "as [objects.<name>] tables")
+            hint = suggest(var, [*_ENV_NAMES, *_ENV_IGNORED])
+            raise ConfigError(var, f"{var}: unknown setting{hint}")
+        layers.set(dotted, env[var], _from_env(var, dotted), text=True)
+    # watchfiles' own switch, read the way watchfiles reads it.
+    polling = env.get("WATCHFILES_FORCE_POLLING", "").strip().lower()
+    if polling and polling not in {"false", "disable", "disabled"}:
+        origin = _from_env("WATCHFILES_FORCE_POLLING", "spool.force_polling")
+        layers.set("spool.force_polling", True, origin)
+
+
+# --- validation ---------------------------------------------------------------------
+
+# key -> (bound, bound itself allowed)
+_LIMITS: dict[str, tuple[int, bool]] = {
+    "api.request_timeout_seconds": (0, False), "api.retry_deadline_seconds": (0, False),
+    "spool.settle_seconds": (0, True), "spool.rescan_seconds": (0, False),
+    "workers.uploads": (1, True), "workers.max_active_jobs": (1, True),
+    "workers.poll_interval_seconds": (0, False), "workers.poll_max_interval_seconds": (0, False),
+    "workers.job_timeout_seconds": (0, False), "workers.shutdown_grace_seconds": (0, True),
+}
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a single folder name (or URL path segment), if it cannot."""
+    if not name:
+        return "must not be empty"
+    if "/" in name or "\0" in name or name in (".", ".."):
+        return f"must be a single name (no '/', not '.' or '..'), got {describe(name)}"
+    return None
+
+
+def _check_url(layers: _Layers, dotted: str, *, required: bool) -> None:
+    url = layers.values[dotted]
+    if not url:
+        if required:
+            where = f"set it in the config file or {_env_name(dotted)}"
+            raise layers.error(dotted, f"required; {where}")
+        return
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise layers.error(dotted, f"expected an http:// or https:// URL, got {describe(url)}")
+
+
+def _validate(layers: _Layers, require_base_url: bool) -> None:
+    values = layers.values
+    _check_url(layers, "api.base_url", required=require_base_url)
+    values["api.base_url"] = values["api.base_url"].rstrip("/")
+    _check_url(layers, "callback.public_url", required=False)
+    for dotted, (bound, inclusive) in _LIMITS.items():
+        value = values[dotted]
+        if value < bound or (value == bound and not inclusive):
+            relation = ">=" if inclusive else ">"
+            raise layers.error(dotted, f"must be {relation} {bound}, got {value!r}")
+    first, most = "workers.poll_interval_seconds", "workers.poll_max_interval_seconds"
+    low, high = values[first], values[most]
+    if high < low:
+        if most in layers.origins:  # blame the one the user set
+            raise layers.error(most, f"must be >= {first} ({low!r}), got {high!r}")
+        raise layers.error(first, f"must be <= {most} ({high!r}), got {low!r}")
+    for dotted in ("api.hub", "spool.node_id", "spool.default_object"):
+        problem = _name_problem(values[dotted])
+        if problem and not (dotted == "spool.default_object" and values[dotted] == ""):
+            raise layers.error(dotted, problem)
+    listen = values["http.listen"]
+    try:
+        split_listen(listen) if listen else None
+    except ValueError:
+        raise layers.error("http.listen", "expected 'host:port' (e.g. '127.0.0.1:8470' or "
+                           f"'[::1]:8470'), or '' to disable, got {describe(listen)}") from None
+
+
+# --- objects (file only) ------------------------------------------------------------
+
+def _obj_metadata(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BadValue("expected a table")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadValue("must hold only JSON values (no dates, times, inf or nan)") from None
+    return value
+
+
+def _obj_hub(value: object) -> str:
+    hub = to_str(value, False)
+    problem = _name_problem(hub)
+    if problem:
+        raise BadValue(problem)
+    return hub
+
+
+def _obj_renames(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise BadValue("expected a table of column names to non-empty strings")
+    return dict(value)
+
+
+def _obj_columns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BadValue("expected an array of non-empty strings")
+    return tuple(value)
+
+
+def _obj_rows(value: object) -> int:
+    rows = to_int(value, False)
+    if rows < 0:
+        raise BadValue("must be >= 0 (0: never split)")
+    return rows
+
+
+_OBJECT_KEYS: dict[str, Callable[[object], object]] = {
+    "metadata": _obj_metadata, "hub": _obj_hub, "rename_columns": _obj_renames,
+    "drop_columns": _obj_columns, "require_columns": _obj_columns,
+    "max_rows_per_job": _obj_rows,
+}
+
+
+def _object(name: str, table: object, source: Path | None) -> ObjectSettings:
+    here = _in_file(f"objects.{name}", source)
+    problem = _name_problem(name)
+    if problem:
+        raise here.error(f"object name {problem}")
+    if not isinstance(table, dict):
+        raise here.error(f"expected an [objects.{name}] table, got {describe(table)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        origin = _in_file(f"objects.{name}.{key}", source)
+        if key not in _OBJECT_KEYS:
+            raise origin.error(f"unknown key{suggest(key, _OBJECT_KEYS)}")
+        try:
+            kwargs[key] = _OBJECT_KEYS[key](value)
+        except BadValue as bad:
+            raise origin.error(f"{bad}, got {describe(value)}") from None
+    return ObjectSettings(**kwargs)
+
+
+# --- public entry points ------------------------------------------------------------
+
+def find_config_path(cli_path: str | None, env: Mapping[str, str]) -> Path | None:
+    """``--config PATH``, else ``$BULKDROP_CONFIG``, else the system file if present."""
+    if cli_path:
+        return Path(cli_path).expanduser()
+    if env.get(ENV_PREFIX + "CONFIG"):
+        return Path(env[ENV_PREFIX + "CONFIG"]).expanduser()
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_settings(
+    path: Path | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    defaults: Mapping[str, object] | None = None,
+    forced: Mapping[str, object] | None = None,
+    require_base_url: bool = True,
+) -> Settings:
+    """Build the settings from every layer; raise ConfigError naming the key at fault."""
+    env = os.environ if env is None else env
+    layers = _Layers()
+    _apply_mapping(layers, defaults or {})
+    objects: Mapping[str, Any] = {}
+    source = Path(os.path.abspath(path)) if path is not None else None
+    if source is not None:
+        objects = _apply_file(layers, _read_toml(source), source)
+    _apply_secret_files(layers, env)
+    _apply_env(layers, env)
+    _apply_mapping(layers, forced or {})
+    _validate(layers, require_base_url)
+    return Settings(
+        api=ApiSettings(**layers.section("api")),
+        spool=SpoolSettings(**layers.section("spool")),
+        workers=WorkersSettings(**layers.section("workers")),
+        objects={name: _object(name, table, source) for name, table in objects.items()},
+        callback=CallbackSettings(**layers.section("callback")),
+        http=HttpSettings(**layers.section("http")),
+        log=LogSettings(**layers.section("log")),
+        source=source,
+    )

@@ -1,0 +1,183 @@
+"""The job ledger: one SQLite database per node, in WAL mode, all SQL in this file.
+
+Every call runs on one dedicated thread that owns the connection, so the event loop
+never waits on disk and SQLite never sees two threads. ``synchronous=FULL`` makes each
+commit durable before the call returns: once ``record_job`` returns, a crash or power
+loss cannot forget the job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# States of one claimed file, in order. FINISHED rows are history.
+CLAIMED, SUBMITTING, SUBMITTED, FINISHING, FINISHED = (
+    "CLAIMED", "SUBMITTING", "SUBMITTED", "FINISHING", "FINISHED")
+UNFINISHED = (CLAIMED, SUBMITTING, SUBMITTED, FINISHING)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    claim_id     TEXT PRIMARY KEY,
+    rel_path     TEXT NOT NULL,
+    claimed_path TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    object       TEXT,
+    hub          TEXT,
+    job_id       TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    received_at  TEXT NOT NULL,
+    submitted_at TEXT,
+    finished_at  TEXT,
+    outcome      TEXT,
+    api_status   TEXT,
+    reason       TEXT,
+    result_json  TEXT,
+    dest_path    TEXT,
+    updated_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    claim_id TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    detail   TEXT
+);
+"""
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Row:
+    claim_id: str
+    rel_path: str
+    claimed_path: str
+    state: str
+    object: str | None
+    hub: str | None
+    job_id: str | None
+    attempts: int
+    received_at: str
+    submitted_at: str | None
+    finished_at: str | None
+    outcome: str | None
+    api_status: str | None
+    reason: str | None
+    result_json: str | None
+    dest_path: str | None
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
+    def _write(self, claim_id: str, state: str, detail: str | None, sql: str,
+               params: tuple[Any, ...]) -> None:
+        assert self._conn is not None, "ledger is not open"
+        with self._conn:  # one transaction: the row and its history line
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(sql, params)
+            self._conn.execute(
+                "INSERT INTO events (claim_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                (claim_id, utcnow(), state, detail))
+
+    async def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
+                        received_at: str) -> None:
+        await self._run(
+            self._write, claim_id, CLAIMED, rel_path,
+            "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state, received_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow()))
+
+    async def mark_submitting(self, claim_id: str, obj: str, hub: str) -> None:
+        await self._run(
+            self._write, claim_id, SUBMITTING, f"{hub}/{obj}",
+            "UPDATE files SET state=?, object=?, hub=?, attempts=attempts+1, updated_at=?"
+            " WHERE claim_id=?", (SUBMITTING, obj, hub, utcnow(), claim_id))
+
+    async def record_job(self, claim_id: str, job_id: str, submitted_at: str) -> None:
+        await self._run(
+            self._write, claim_id, SUBMITTED, job_id,
+            "UPDATE files SET state=?, job_id=?, submitted_at=?, updated_at=? WHERE claim_id=?",
+            (SUBMITTED, job_id, submitted_at, utcnow(), claim_id))
+
+    async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
+                             reason: str, result_json: str) -> None:
+        await self._run(
+            self._write, claim_id, FINISHING, outcome,
+            "UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
+            " updated_at=? WHERE claim_id=?",
+            (FINISHING, outcome, api_status, reason, result_json, utcnow(), claim_id))
+
+    async def record_dest(self, claim_id: str, dest_path: str) -> None:
+        await self._run(
+            self._write, claim_id, FINISHING, dest_path,
+            "UPDATE files SET dest_path=?, updated_at=? WHERE claim_id=?",
+            (dest_path, utcnow(), claim_id))
+
+    async def mark_finished(self, claim_id: str, finished_at: str) -> None:
+        await self._run(
+            self._write, claim_id, FINISHED, None,
+            "UPDATE files SET state=?, finished_at=?, updated_at=? WHERE claim_id=?",
+            (FINISHED, finished_at, utcnow(), claim_id))
+
+    async def unfinished(self) -> list[Row]:
+        return await self._run(self._select, "SELECT * FROM files WHERE state IN (?, ?, ?, ?)"
+                               " ORDER BY claim_id", UNFINISHED)
+
+    async def get(self, claim_id: str) -> Row | None:
+        rows = await self._run(self._select, "SELECT * FROM files WHERE claim_id=?", (claim_id,))
+        return rows[0] if rows else None
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._run(self._query, "SELECT coalesce(outcome, state) AS k, count(*) AS n"
+                               " FROM files GROUP BY k", ())
+        return {r["k"]: r["n"] for r in rows}
+
+    async def latest(self, limit: int = 10) -> list[Row]:
+        return await self._run(self._select, "SELECT * FROM files ORDER BY updated_at DESC"
+                               " LIMIT ?", (limit,))
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        assert self._conn is not None, "ledger is not open"
+        return self._conn.execute(sql, params).fetchall()
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        names = Row.__dataclass_fields__.keys()
+        return [Row(**{k: r[k] for k in names}) for r in self._query(sql, params)]

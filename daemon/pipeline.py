@@ -1,0 +1,232 @@
+"""The life of one claimed file: check, upload, follow the job, file it with its result.
+
+Each step is recorded in the ledger before the next begins, so :meth:`Pipeline.resume`
+can pick a file up from its ledger row after a crash: CLAIMED/SUBMITTING upload again,
+SUBMITTED follows the recorded job id (never uploading again), FINISHING files it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from daemon import csvfile, ledger
+from daemon.client import OpenConnectorsClient
+from daemon.config import Settings
+from daemon.ledger import Ledger, Row, utcnow
+from daemon.logs import get_logger
+from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
+from daemon.retry import ApiError, RejectedError, RetryPolicy
+from daemon.spool import Claimed, Spool, has_accepted_suffix
+from daemon.tracker import JobEnd, Tracker
+
+
+@dataclass
+class Work:
+    """What we know about one claimed file; mirrors its ledger row."""
+    claimed: Claimed
+    received_at: str
+    obj: str | None = None
+    hub: str | None = None
+    job_id: str | None = None
+    attempts: int = 0
+    submitted_at: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    log: Any = field(default=None, repr=False)
+
+    @property
+    def rel(self) -> str:
+        return str(self.claimed.rel)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, spool: Spool, ledger: Ledger,
+                 client: OpenConnectorsClient, policy: RetryPolicy, tracker: Tracker,
+                 upload_slots: asyncio.Semaphore) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.ledger = ledger
+        self.client = client
+        self.policy = policy
+        self.tracker = tracker
+        self.upload_slots = upload_slots
+        self.stopping = False
+        self.finishing: set[asyncio.Task[None]] = set()
+        self.tracking: set[asyncio.Task[object]] = set()
+        self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
+
+    async def process(self, work: Work, holding_upload_slot: bool = False) -> None:
+        """Carry one claimed file from its upload to done/ or failed/."""
+        work.log = get_logger(file=work.rel)
+        if not holding_upload_slot:
+            await self.upload_slots.acquire()
+        try:
+            if self.stopping:
+                return
+            outcome = await self._submit(work)
+        finally:
+            self.upload_slots.release()
+        if outcome is None:  # a job exists: follow it
+            if self.stopping:
+                return
+            outcome = await self._track(work)
+        await self._finish(work, outcome)
+
+    async def resume(self, row: Row) -> None:
+        claimed = self.spool.claimed_from_path(Path(row.claimed_path))
+        if claimed is None:
+            return
+        work = Work(claimed, row.received_at, row.object, row.hub, row.job_id, row.attempts,
+                    row.submitted_at)
+        work.log = get_logger(file=work.rel, job_id=row.job_id)
+        if row.state == ledger.FINISHING and row.result_json:
+            await self._file(work, json.loads(row.result_json), row.outcome == COMPLETE,
+                             row.dest_path)
+        elif row.state == ledger.SUBMITTED and row.job_id:
+            work.sha256, work.size = await self._inspect_quietly(claimed.path)
+            await self._finish(work, await self._track(work))
+        else:
+            await self.process(work)
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _route(self, rel: PurePosixPath) -> str | None:
+        if len(rel.parts) > 1:
+            return rel.parts[0]
+        return self.settings.spool.default_object or None
+
+    async def _submit(self, work: Work) -> Outcome | None:
+        """Check the file and create its job; an Outcome when it never became a job."""
+        rel = work.claimed.rel
+        inspection = await asyncio.to_thread(csvfile.inspect, work.claimed.path)
+        work.sha256, work.size = inspection.sha256, inspection.bytes
+        obj = self._route(rel)
+        if obj is None:
+            return Outcome(REJECTED, "files directly in inbox/ need an object: drop it into "
+                           "inbox/<object>/ (e.g. inbox/contact/) or set [spool] default_object")
+        work.obj, work.hub = obj, self.settings.hub_for(obj)
+        if not has_accepted_suffix(rel.name):
+            return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
+                           "export it as CSV and drop it again")
+        if inspection.problem:
+            return Outcome(REJECTED, inspection.problem)
+        try:
+            created = await self.policy.call("create_job", lambda: self._create(work),
+                                             file=work.rel)
+        except RejectedError as exc:
+            return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
+        except ApiError as exc:
+            return Outcome(FAILED, f"gave up uploading after "
+                           f"{self.settings.api.retry_deadline_seconds:g} s: {exc.message}")
+        work.job_id, work.submitted_at = created, utcnow()
+        # Recorded before anything else happens, and not cancellable half-way.
+        await asyncio.shield(self.ledger.record_job(work.claimed.claim_id, created,
+                                                    work.submitted_at))
+        work.log = work.log.bind(job_id=created)
+        work.log.info("job.created", object=obj, hub=work.hub, attempts=work.attempts)
+        return None
+
+    async def _create(self, work: Work) -> str:
+        assert work.obj is not None and work.hub is not None
+        work.attempts += 1
+        await self.ledger.mark_submitting(work.claimed.claim_id, work.obj, work.hub)
+        meta = self.settings.object_settings(work.obj).metadata
+        path = work.claimed.path
+
+        def body() -> AsyncIterator[bytes]:
+            return csvfile.stream(path)
+
+        job = await self.client.create_job(
+            work.hub, work.obj, work.claimed.rel.name, body, metadata=meta,
+            callback_url=self.settings.callback.public_url)
+        return job.id
+
+    async def _track(self, work: Work) -> Outcome:
+        assert work.job_id is not None and work.hub is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self.tracking.add(task)
+        try:
+            end = await self.tracker.follow(work.hub, work.job_id,
+                                            work.submitted_at or utcnow(), work.log)
+            return await self._outcome(work, end)
+        finally:
+            self.tracking.discard(task)
+
+    async def _outcome(self, work: Work, end: JobEnd) -> Outcome:
+        total = _count(end.body.get("recordsCount"))
+        failed = _count(end.body.get("recordsFailedCount"))
+        if not end.ok:
+            api_says = end.body.get("message") or end.body.get("error")
+            reason = end.reason or f"job {work.job_id} ended {end.status}" + (
+                f": {api_says}" if api_says else "")
+            return Outcome(FAILED, reason, end.status, total, failed)
+        errors: list[Any] = []
+        reason = f"job {work.job_id} completed: {total if total is not None else '?'} records"
+        if failed:
+            assert work.hub is not None and work.job_id is not None
+            try:
+                errors = await self.tracker.errors(work.hub, work.job_id)
+            except ApiError as exc:
+                reason += f"; its error records could not be read: {exc.message}"
+            reason += f", {failed} failed"
+        return Outcome(COMPLETE, reason, end.status, total, failed, errors)
+
+    async def _finish(self, work: Work, outcome: Outcome) -> None:
+        result = build_result(
+            outcome, rel=work.rel, obj=work.obj, hub=work.hub, job_id=work.job_id,
+            sha256=work.sha256, size=work.size, attempts=work.attempts,
+            received_at=work.received_at, submitted_at=work.submitted_at,
+            finished_at=utcnow())
+        await asyncio.shield(self.ledger.mark_finishing(
+            work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason,
+            json.dumps({**result, "errors_all": list(outcome.errors)})))
+        await self._file(work, {**result, "errors_all": list(outcome.errors)}, outcome.ok, None)
+
+    async def _file(self, work: Work, stored: dict[str, Any], ok: bool,
+                    dest: str | None) -> None:
+        # Shielded and tracked: a shutdown waits for it instead of leaving half a result.
+        task = asyncio.create_task(self._file_now(work, stored, ok, dest))
+        self.finishing.add(task)
+        task.add_done_callback(self.finishing.discard)
+        await asyncio.shield(task)
+
+    async def _file_now(self, work: Work, stored: dict[str, Any], ok: bool,
+                        dest: str | None) -> None:
+        all_errors = stored.pop("errors_all", [])
+        claimed = work.claimed
+        if not claimed.path.exists() and dest is None:
+            # Only a file removed by hand from processing/ gets here: nothing to file.
+            work.log.error("file.vanished", path=str(claimed.path))
+            await self.ledger.mark_finished(claimed.claim_id, stored["finished_at"])
+            return
+        if claimed.path.exists():
+            placed = await asyncio.to_thread(self.spool.place, claimed, ok)
+            await self.ledger.record_dest(claimed.claim_id, str(placed))
+        else:
+            placed = Path(dest)
+        csv_bytes = errors_csv(all_errors) if all_errors else None
+        await asyncio.to_thread(self.spool.complete, claimed, placed, stored, csv_bytes)
+        await self.ledger.mark_finished(claimed.claim_id, stored["finished_at"])
+        self.counts[stored["status"]] = self.counts.get(stored["status"], 0) + 1
+        work.log.info("file.finished", status=stored["status"], api_status=stored["api_status"],
+                      reason=stored["reason"], dest=str(placed.relative_to(self.spool.root)))
+
+    async def _inspect_quietly(self, path: Path) -> tuple[str | None, int | None]:
+        try:
+            found = await asyncio.to_thread(csvfile.inspect, path)
+        except OSError:
+            return None, None
+        return found.sha256, found.size
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,81 @@
+"""What a finished file says about itself: ``<file>.result.json`` and ``<file>.errors.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPLETE, FAILED, REJECTED = "COMPLETE", "FAILED", "REJECTED"
+ERRORS_IN_RESULT = 100  # the rest are in the errors CSV, uncapped
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str                        # COMPLETE | FAILED | REJECTED
+    reason: str
+    api_status: str | None = None
+    records_total: int | None = None
+    records_failed: int | None = None
+    errors: Sequence[Any] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETE
+
+
+def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None,
+                 job_id: str | None, sha256: str | None, size: int | None, attempts: int,
+                 received_at: str, submitted_at: str | None, finished_at: str) -> dict[str, Any]:
+    records = None
+    if outcome.records_total is not None or outcome.records_failed is not None:
+        records = {"total": outcome.records_total, "failed": outcome.records_failed}
+    return {
+        "file": rel,
+        "object": obj or None,
+        "hub": hub,
+        "status": outcome.status,
+        "api_status": outcome.api_status,
+        "job_id": job_id,
+        "records": records,
+        "errors": list(outcome.errors[:ERRORS_IN_RESULT]),
+        "errors_total": len(outcome.errors),
+        "reason": outcome.reason,
+        "sha256": sha256,
+        "bytes": size,
+        "attempts": attempts,
+        "received_at": received_at,
+        "submitted_at": submitted_at,
+        "finished_at": finished_at,
+    }
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """One level of columns: nested objects become dotted names, lists become JSON text."""
+    if isinstance(value, Mapping):
+        out: dict[str, str] = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    name = prefix or "error"
+    if value is None:
+        return {name: ""}
+    if isinstance(value, str):
+        return {name: value}
+    return {name: json.dumps(value, ensure_ascii=False)}
+
+
+def errors_csv(records: Iterable[Any]) -> bytes:
+    """All error records as a CSV a spreadsheet opens: one row each, columns in first-seen order."""
+    rows = [flatten(r) for r in records]
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")

@@ -1,0 +1,142 @@
+"""The one retry policy for every request to Open Connectors.
+
+Outcomes are types, decided in one place (:func:`daemon.client.classify`):
+``TransientError`` is retried with full-jitter exponential backoff (honouring
+``Retry-After``) until the deadline; ``AuthError`` waits on the shared
+:class:`AuthGate` and never counts against the deadline; ``RejectedError`` is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+from daemon.logs import get_logger
+
+T = TypeVar("T")
+log = get_logger()
+
+
+class ApiError(Exception):
+    """An answer or failure from the API; ``str()`` is safe to log and to show users."""
+
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientError(ApiError):
+    """Connection error, timeout, 429 or 5xx: worth trying again."""
+
+
+class AuthError(ApiError):
+    """401/403: the credentials, not the file. Pauses all uploads."""
+
+
+class RejectedError(ApiError):
+    """Any other 4xx: the API will not take this request as it is."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0,
+                  rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return (rng or random).uniform(0, min(cap, base * 2 ** attempt))
+
+
+class AuthGate:
+    """Closed while the API refuses our credentials; every request waits at it.
+
+    The first request to see a 401/403 closes the gate and becomes the prober: it
+    retries with backoff (one log line per attempt) while the others wait. The first
+    success opens the gate again for everyone.
+    """
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self._probing = asyncio.Lock()
+        self.base, self.cap = base, cap
+        self.failures = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    def ok(self) -> None:
+        if not self._open.is_set():
+            log.info("auth.restored", failed_attempts=self.failures)
+        self.failures = 0
+        self._open.set()
+
+    async def failed(self, error: AuthError) -> None:
+        """Called by a request that got 401/403; returns when it may try again."""
+        if self._probing.locked():
+            await self._open.wait()
+            return
+        async with self._probing:
+            self._open.clear()
+            delay = backoff_delay(self.failures, self.base, self.cap) + self.base / 2
+            self.failures += 1
+            log.warning("auth.refused", status=error.status, error=error.message,
+                        attempt=self.failures, retry_in=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+class RetryPolicy:
+    def __init__(self, deadline_seconds: float, gate: AuthGate | None = None,
+                 base: float = 1.0, cap: float = 60.0) -> None:
+        self.deadline_seconds = deadline_seconds
+        self.gate = gate or AuthGate(base, cap)
+        self.base, self.cap = base, cap
+
+    async def call(self, what: str, op: Callable[[], Awaitable[T]],
+                   deadline_seconds: float | None = None, **log_context: Any) -> T:
+        """Run *op* until it succeeds, is rejected, or transient errors outlast the deadline."""
+        limit = self.deadline_seconds if deadline_seconds is None else deadline_seconds
+        give_up_at = time.monotonic() + limit
+        attempt = 0
+        while True:
+            await self.gate.wait_open()
+            try:
+                result = await op()
+            except AuthError as exc:
+                await self.gate.failed(exc)
+                continue
+            except TransientError as exc:
+                left = give_up_at - time.monotonic()
+                delay = backoff_delay(attempt, self.base, self.cap)
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                if delay > left:
+                    raise
+                attempt += 1
+                log.info("api.retry", request=what, error=exc.message, attempt=attempt,
+                         retry_in=round(delay, 2), seconds_left=round(left), **log_context)
+                await asyncio.sleep(delay)
+                continue
+            self.gate.ok()
+            return result

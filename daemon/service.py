@@ -1,0 +1,191 @@
+"""``Daemon``: wires spool, watcher, ledger, client and pipeline; owns every task.
+
+Construction is apart from running: ``serve()`` is what tests drive, ``run()`` is the
+synchronous entry for the command line (signals, exit code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from daemon.client import OpenConnectorsClient
+from daemon.config import Settings
+from daemon.ledger import Ledger, utcnow
+from daemon.logs import get_logger
+from daemon.pipeline import Pipeline, Work
+from daemon.retry import RetryPolicy
+from daemon.spool import Spool
+from daemon.tracker import Tracker
+from daemon.watcher import Watcher
+
+log = get_logger()
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        s = settings
+        self.spool = Spool(s.spool.root, s.spool.node_id)
+        self.ledger = Ledger(s.spool.state_dir / "bulkdrop.db")
+        self.client = OpenConnectorsClient(
+            s.api.base_url, user_secret=s.api.user_secret,
+            organization_secret=s.api.organization_secret, element_token=s.api.element_token,
+            timeout_seconds=s.api.request_timeout_seconds)
+        self.policy = RetryPolicy(s.api.retry_deadline_seconds)
+        self.tracker = Tracker(self.client, self.policy,
+                               poll_interval=s.workers.poll_interval_seconds,
+                               poll_max_interval=s.workers.poll_max_interval_seconds,
+                               job_timeout=s.workers.job_timeout_seconds)
+        self.active_slots = asyncio.Semaphore(s.workers.max_active_jobs)
+        self.upload_slots = asyncio.Semaphore(s.workers.uploads)
+        self.pipeline = Pipeline(s, self.spool, self.ledger, self.client, self.policy,
+                                 self.tracker, self.upload_slots)
+        self.candidates: asyncio.Queue[Path] = asyncio.Queue(maxsize=max(64, s.workers.uploads))
+        self.watcher = Watcher(self.spool, self.candidates, settle_seconds=s.spool.settle_seconds,
+                               rescan_seconds=s.spool.rescan_seconds,
+                               force_polling=s.spool.force_polling)
+        self.stop_event = asyncio.Event()
+        self.ready = asyncio.Event()   # set once watching
+        self.files: set[asyncio.Task[None]] = set()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    async def serve(self) -> None:
+        """Run until :meth:`request_stop`; then shut down in phases and return."""
+        await asyncio.to_thread(self.spool.ensure_layout)
+        await self.ledger.open()
+        try:
+            await self._recover()
+            watcher = asyncio.create_task(self.watcher.run(self.stop_event), name="watcher")
+            claimer = asyncio.create_task(self._claim_loop(), name="claimer")
+            log.info("daemon.started", spool=str(self.spool.root), node=self.settings.spool.node_id,
+                     api=self.settings.api.base_url, uploads=self.settings.workers.uploads)
+            self.ready.set()
+            stopper = asyncio.create_task(self.stop_event.wait())
+            done, _ = await asyncio.wait({watcher, claimer, stopper},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            self.stop_event.set()
+            await self._shutdown(watcher, claimer)
+            for task in done - {stopper}:
+                task.result()  # a crashed watcher or claimer is an error worth raising
+        finally:
+            await self.client.close()
+            await self.ledger.close()
+
+    async def _recover(self) -> None:
+        """Continue every unfinished row; claim afresh files of ours the ledger lacks."""
+        rows = await self.ledger.unfinished()
+        known = {Path(r.claimed_path) for r in rows}
+        strays = [p for p in await asyncio.to_thread(lambda: list(self.spool.iter_processing()))
+                  if p not in known]
+        for row in rows:
+            self._spawn(lambda r=row: self.pipeline.resume(r), row.rel_path)
+        for path in strays:
+            claimed = self.spool.claimed_from_path(path)
+            if claimed is None:
+                log.warning("recovery.unknown_file", path=str(path))
+                continue
+            await self.ledger.add_claim(claimed.claim_id, str(claimed.rel), str(path), utcnow())
+            work = Work(claimed, utcnow())
+            self._spawn(lambda w=work: self.pipeline.process(w), str(claimed.rel))
+        if rows or strays:
+            log.info("recovery.started", resumed=len(rows), reclaimed=len(strays))
+
+    async def _claim_loop(self) -> None:
+        """Claim a settled file only when a job slot and an upload slot are free."""
+        while True:
+            await self.active_slots.acquire()
+            await self.upload_slots.acquire()
+            try:
+                path = await self.candidates.get()
+                claimed = await asyncio.to_thread(self.spool.claim, path)
+                self.watcher.release(path)
+                if claimed is None:
+                    raise LookupError  # another node took it, or it vanished
+                received = utcnow()
+                await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
+                                            str(claimed.path), received)
+            except (LookupError, asyncio.CancelledError) as exc:
+                self.upload_slots.release()
+                self.active_slots.release()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
+            work = Work(claimed, received)
+            self._spawn(lambda w=work: self.pipeline.process(w, holding_upload_slot=True),
+                        str(claimed.rel), holding_job_slot=True)
+
+    def _spawn(self, make: Callable[[], Awaitable[None]], name: str,
+               holding_job_slot: bool = False) -> None:
+        """Run one file's work as a task we hold, inside a job slot."""
+        async def in_slot() -> None:
+            if not holding_job_slot:
+                await self.active_slots.acquire()
+            try:
+                await make()
+            finally:
+                self.active_slots.release()
+
+        task = asyncio.create_task(in_slot(), name=name)
+        self.files.add(task)
+        task.add_done_callback(self._file_done)
+
+    def _file_done(self, task: asyncio.Task[None]) -> None:
+        self.files.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("file.crashed", file=task.get_name(), error=repr(exc), exc_info=exc)
+
+    async def _shutdown(self, *intake: asyncio.Task[None]) -> None:
+        """Stop intake, let uploads in flight finish within the grace, cancel the rest."""
+        started = time.monotonic()
+        self.pipeline.stopping = True
+        for task in intake:
+            task.cancel()
+        await asyncio.gather(*intake, return_exceptions=True)
+        grace = self.settings.workers.shutdown_grace_seconds
+        # Jobs being followed resume from the ledger next time: no need to wait for them.
+        for task in self.pipeline.tracking:
+            task.cancel()
+        uploading = [t for t in self.files if not t.done()]
+        if uploading:
+            await asyncio.wait(uploading, timeout=grace)
+        left = [t for t in self.files if not t.done()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        if self.pipeline.finishing:
+            await asyncio.gather(*self.pipeline.finishing, return_exceptions=True)
+        counts = {k.lower(): v for k, v in self.pipeline.counts.items()}
+        log.info("daemon.stopped", seconds=round(time.monotonic() - started, 2),
+                 cut_short=len(left), **counts)
+
+    def run(self) -> int:
+        """Serve in the foreground until SIGTERM/SIGINT; a second SIGINT exits at once."""
+        return asyncio.run(self.serve_until_signalled())
+
+    async def serve_until_signalled(self) -> int:
+        loop = asyncio.get_running_loop()
+        hits = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal hits
+            hits += 1
+            if hits > 1 and signum == signal.SIGINT:
+                # "Now" means now; the ledger is crash-safe, the next start resumes.
+                log.warning("daemon.abort", signal=signal.Signals(signum).name)
+                os._exit(130)
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await self.serve()
+        return 0

@@ -1,0 +1,95 @@
+"""`bulkdrop sim`: the simulator as a standalone server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import get_args
+
+from daemon.sim.config import JobOutcome, SimConfig
+from daemon.sim.server import SimServer
+from daemon.sim.state import Simulator
+
+DEFAULT_PORT = 8471
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = SimConfig()
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    add("--port", type=int, default=DEFAULT_PORT, help="0 lets the OS pick (default: %(default)s)")
+    add("--job-seconds", type=float, default=d.job_seconds, help="how long a job runs")
+    add("--complete-word", default=d.complete_word, help="terminal status word for success")
+    add("--objects", help="comma-separated object names for the hub (default: the API's example)")
+    add("--job-outcome", choices=get_args(JobOutcome), help="force how every new job ends")
+    add("--no-fail-invalid-emails", action="store_true", help="never fail records")
+    add("--latency", type=float, default=0.0, help="seconds added to every API request")
+    add("--error-rate", type=float, default=0.0, help="fraction of requests answered 5xx")
+    add("--rate-limit-rate", type=float, default=0.0, help="fraction answered 429")
+    add(
+        "--retry-after-rate",
+        type=float,
+        default=d.retry_after_rate,
+        help="fraction of 429/503 answers carrying Retry-After",
+    )
+    add("--retry-after-seconds", type=int, default=d.retry_after_seconds)
+    add("--drop-rate", type=float, default=0.0, help="fraction of connections dropped")
+    add("--seed", type=int, help="seed for the fault dice")
+    add("--user-secret", help="accept only this User secret (default: any non-empty)")
+    add("--element-token", help="accept only this Element token (default: any non-empty)")
+    add("--signature-key", help="sign completion callbacks with this key")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Raises ValueError naming the option's field when a value is out of range."""
+    config = SimConfig(
+        job_seconds=args.job_seconds,
+        complete_word=args.complete_word,
+        fail_invalid_emails=not args.no_fail_invalid_emails,
+        job_outcome=args.job_outcome,
+        latency_seconds=args.latency,
+        error_rate=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after_rate=args.retry_after_rate,
+        retry_after_seconds=args.retry_after_seconds,
+        drop_rate=args.drop_rate,
+        seed=args.seed,
+        user_secret=args.user_secret,
+        element_token=args.element_token,
+        signature_key=args.signature_key,
+    )
+    if args.objects:
+        config.objects = [name.strip() for name in args.objects.split(",") if name.strip()]
+    return config
+
+
+async def serve(sim: Simulator, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, announcing the base URL on stdout once listening."""
+    async with SimServer(sim, host=host, port=port) as server:
+        print(f"Open Connectors simulator at {server.base_url}", flush=True)
+        await stop.wait()
+
+
+async def _main(sim: Simulator, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(sim, host, port, stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad options, 1 if it cannot listen."""
+    try:
+        sim = Simulator(config_from_args(args))
+    except ValueError as exc:
+        print(f"bulkdrop sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_main(sim, args.host, args.port))
+    except OSError as exc:
+        print(f"bulkdrop sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0

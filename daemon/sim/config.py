@@ -1,0 +1,104 @@
+"""Simulator settings: one mutable dataclass, changeable live (attribute or PATCH)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JobOutcome = Literal["ERROR", "ABORTED", "CANCELLED", "NEVER"]
+
+DEFAULT_OBJECTS = ("activities", "contact", "campaign", "list", "account")
+SECRET_FIELDS = frozenset({"user_secret", "element_token", "signature_key"})
+_RATE_FIELDS = frozenset({"error_rate", "rate_limit_rate", "retry_after_rate", "drop_rate"})
+_NON_NEGATIVE_FIELDS = frozenset({"job_seconds", "latency_seconds", "retry_after_seconds"})
+
+
+@dataclass
+class SimConfig:
+    """Knobs of the simulator. Not frozen on purpose: tests and `/_sim/config` change it live."""
+
+    job_seconds: float = 1.0
+    complete_word: str = "COMPLETED"
+    objects: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTS))
+    fail_invalid_emails: bool = True
+    job_outcome: JobOutcome | None = None
+    keep_bodies: bool = True
+    # Secrets: None accepts any non-empty value; never shown by /_sim/state.
+    user_secret: str | None = None
+    element_token: str | None = None
+    signature_key: str | None = None
+    auth_broken: bool = False
+    # Fault injection, decided per API request with random.Random(seed).
+    latency_seconds: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after_rate: float = 0.5
+    retry_after_seconds: int = 1
+    drop_rate: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name))
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(SimConfig)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_field(name: str, value: Any) -> None:
+    """Raise ValueError naming `name` when `value` does not fit the field."""
+    types_ = _field_types()
+    if name not in types_:
+        raise ValueError(f"unknown field {name!r}")
+    if not _matches(value, types_[name]):
+        raise ValueError(f"field {name!r} must be {types_[name]}, got {value!r}")
+    if name in _RATE_FIELDS and not 0.0 <= value <= 1.0:
+        raise ValueError(f"field {name!r} must be between 0 and 1, got {value!r}")
+    if name in _NON_NEGATIVE_FIELDS and value < 0:
+        raise ValueError(f"field {name!r} must not be negative, got {value!r}")
+    if name == "complete_word" and not value:
+        raise ValueError("field 'complete_word' must not be empty")
+
+
+def apply_patch(config: SimConfig, patch: Any) -> None:
+    """Validate every entry of `patch` first, then apply them all (all or nothing)."""
+    if not isinstance(patch, dict):
+        raise ValueError("body must be a JSON object of SimConfig fields")
+    for name, value in patch.items():
+        check_field(name, value)
+    for name, value in patch.items():
+        setattr(config, name, float(value) if _field_types()[name] is float else value)
+
+
+def public_config(config: SimConfig) -> dict[str, Any]:
+    """The config as JSON-ready data; secrets are replaced by whether they are set."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in SECRET_FIELDS:
+            out[f"{f.name}_set"] = value is not None
+        else:
+            out[f.name] = list(value) if isinstance(value, list) else value
+    return out

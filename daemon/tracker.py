@@ -1,0 +1,107 @@
+"""Follows created jobs to a terminal status: polling with backoff, early wake-ups, timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.client import OpenConnectorsClient
+from daemon.retry import ApiError, RejectedError, RetryPolicy
+
+GOOD = frozenset({"COMPLETED", "COMPLETE"})
+BAD = frozenset({"FAILED", "ERROR", "ABORTED", "CANCELLED", "CANCELED"})
+
+
+def verdict(word: str | None) -> bool | None:
+    """True for a job that ended well, False for one that ended badly, None while running."""
+    upper = (word or "").strip().upper()
+    if upper in GOOD:
+        return True
+    if upper in BAD:
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    status: str | None        # the API's last word, verbatim
+    ok: bool
+    body: dict[str, Any]      # the last status response
+    reason: str | None = None  # why it ended badly, when the API did not say
+
+
+class Tracker:
+    def __init__(self, client: OpenConnectorsClient, policy: RetryPolicy, *,
+                 poll_interval: float, poll_max_interval: float, job_timeout: float) -> None:
+        self.client = client
+        self.policy = policy
+        self.poll_interval = poll_interval
+        self.poll_max_interval = poll_max_interval
+        self.job_timeout = job_timeout
+        self._wake: dict[str, asyncio.Event] = {}
+
+    def wake(self, job_id: str) -> bool:
+        """Check *job_id* now (a callback said it changed); False if we do not follow it."""
+        event = self._wake.get(job_id)
+        if event is not None:
+            event.set()
+        return event is not None
+
+    async def follow(self, hub: str, job_id: str, submitted_at: str, log: Any) -> JobEnd:
+        """Poll until the job ends or its time is up; poll errors never end it early."""
+        started = datetime.fromisoformat(submitted_at).timestamp()
+        event = self._wake.setdefault(job_id, asyncio.Event())
+        delay = self.poll_interval
+        last: dict[str, Any] = {}
+        try:
+            while True:
+                left = started + self.job_timeout - time.time()
+                if left <= 0:
+                    return await self._timed_out(hub, job_id, last, log)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(delay, left))
+                event.clear()
+                delay = min(delay * 1.5, self.poll_max_interval)
+                try:
+                    body = await self.client.job_status(hub, job_id)
+                except RejectedError as exc:
+                    return JobEnd(None, False, last,
+                                  f"the API no longer knows job {job_id}: {exc.message}")
+                except ApiError as exc:
+                    log.warning("job.poll_failed", error=exc.message, retry_in=round(delay, 2))
+                    continue
+                last = body
+                word = body.get("status")
+                ok = verdict(None if word is None else str(word))
+                log.debug("job.status", api_status=word)
+                if ok is not None:
+                    return JobEnd(str(word), ok, body)
+        finally:
+            self._wake.pop(job_id, None)
+
+    async def _timed_out(self, hub: str, job_id: str, last: dict[str, Any], log: Any) -> JobEnd:
+        word = last.get("status")
+        reason = (f"job {job_id} not finished after {self.job_timeout:g} s "
+                  f"(last status {word or 'unknown'})")
+        try:
+            await self.client.cancel_job(hub, job_id)
+            reason += "; asked the API to cancel it"
+        except ApiError as exc:
+            log.warning("job.cancel_failed", error=exc.message)
+        return JobEnd(None if word is None else str(word), False, last, reason)
+
+    async def errors(self, hub: str, job_id: str) -> list[Any]:
+        """Every error record of the job, following the paging token."""
+        records: list[Any] = []
+        token: str | None = None
+        for _ in range(5000):
+            page, token = await self.policy.call(
+                "errors", lambda t=token: self.client.job_errors_page(hub, job_id, t))
+            records.extend(page)
+            if not token or not page:
+                break
+        return records

@@ -1,0 +1,174 @@
+"""Finds complete files in inbox/: a start-up scan, watchfiles events, periodic rescans.
+
+Events only wake us; the scans make sure a missed or overflowed event delays a file
+and never loses it. A file is handed on once it has settled: its mtime is at least
+``settle_seconds`` old, or (clock skew, coarse mtimes) its size and mtime have not
+changed for that long while we watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Awaitable, Iterable
+from pathlib import Path
+
+import watchfiles
+
+from daemon.logs import get_logger
+from daemon.spool import Spool, is_ignored_name
+
+log = get_logger()
+
+
+class Watcher:
+    def __init__(self, spool: Spool, out: asyncio.Queue[Path], *, settle_seconds: float,
+                 rescan_seconds: float, force_polling: bool) -> None:
+        self.spool = spool
+        self.out = out
+        self.settle = settle_seconds
+        self.rescan = rescan_seconds
+        self.force_polling = force_polling
+        self._handed: set[Path] = set()   # in `out` or being claimed
+        self._pending: dict[Path, tuple[int, int, float]] = {}  # size, mtime_ns, since
+        self._scanning = asyncio.Lock()
+        self._kick = asyncio.Event()     # a folder appeared: scan now
+        self._stop = asyncio.Event()
+        self.scans = 0
+
+    def release(self, path: Path) -> None:
+        """The claimer is done with *path* (claimed or vanished): see it afresh next time."""
+        self._handed.discard(path)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(stop))
+            tg.create_task(self._settle_loop(stop))
+            tg.create_task(self._rescan_loop(stop))
+
+    async def scan(self) -> None:
+        """Offer every file in inbox/; the walk runs in a thread and waits when we are full."""
+        if self._scanning.locked():
+            return
+        async with self._scanning:
+            loop = asyncio.get_running_loop()
+            offered = await asyncio.to_thread(self._walk, loop)
+            self.scans += 1
+            log.debug("scan.done", offered=offered, pending=len(self._pending))
+
+    def _walk(self, loop: asyncio.AbstractEventLoop) -> int:
+        offered = 0
+        for path in self.spool.iter_inbox():
+            if self._stop.is_set():
+                break
+            if path in self._handed:
+                continue
+            st = _stat(path)
+            if st is None:
+                continue
+            asyncio.run_coroutine_threadsafe(self._offer(path, st), loop).result()
+            offered += 1
+        return offered
+
+    async def _offer(self, path: Path, st: os.stat_result) -> None:
+        if path in self._handed:
+            return
+        signature = (st.st_size, st.st_mtime_ns)
+        previous = self._pending.get(path)
+        since = previous[2] if previous and previous[:2] == signature else time.monotonic()
+        if self._settled(st, since):
+            self._pending.pop(path, None)
+            self._handed.add(path)
+            await self._put(path)
+        else:
+            self._pending[path] = (*signature, since)
+
+    async def _put(self, path: Path) -> None:
+        """Wait for room in the queue, unless we are stopping."""
+        if self.out.full():
+            await _first(self.out.put(path), self._stop.wait())
+        else:
+            self.out.put_nowait(path)
+
+    def _settled(self, st: os.stat_result, since: float) -> bool:
+        age = time.time() - st.st_mtime_ns / 1e9
+        return age >= self.settle or time.monotonic() - since >= self.settle
+
+    async def _settle_loop(self, stop: asyncio.Event) -> None:
+        tick = min(max(self.settle / 4, 0.05), 0.5)
+        while not stop.is_set():
+            if self._pending:
+                paths = list(self._pending)
+                stats = await asyncio.to_thread(_stat_all, paths)
+                for path, st in zip(paths, stats, strict=True):
+                    if st is None:
+                        self._pending.pop(path, None)
+                    else:
+                        await self._offer(path, st)
+            await _wait(stop, tick)
+
+    async def _rescan_loop(self, stop: asyncio.Event) -> None:
+        await self.scan()
+        while not await _wait(stop, self.rescan, self._kick):
+            self._kick.clear()
+            await self.scan()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        async for changes in watchfiles.awatch(
+                self.spool.inbox, stop_event=stop, watch_filter=None, debounce=100, step=50,
+                force_polling=self.force_polling or None, poll_delay_ms=200,
+                ignore_permission_denied=True):
+            await self._on_changes(path for change, path in changes
+                                   if change != watchfiles.Change.deleted)
+
+    async def _on_changes(self, paths: Iterable[str]) -> None:
+        for raw in set(paths):
+            path = Path(raw)
+            try:
+                rel = path.relative_to(self.spool.inbox)
+            except ValueError:
+                continue
+            if not rel.parts or any(is_ignored_name(part) for part in rel.parts):
+                continue
+            st = _stat(path)
+            if st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self._kick.set()  # a folder moved in brings files no event will name
+            else:
+                await self._offer(path, st)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
+
+
+def _stat_all(paths: list[Path]) -> list[os.stat_result | None]:
+    return [_stat(p) for p in paths]
+
+
+async def _first(*aws: Awaitable[object], limit: float | None = None) -> None:
+    """Wait until the first of *aws* is done (or *limit* seconds), cancelling the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait(stop: asyncio.Event, seconds: float, kick: asyncio.Event | None = None) -> bool:
+    """Sleep up to *seconds* or until *kick*; True as soon as *stop* is set."""
+    if kick is None:
+        await _first(stop.wait(), limit=seconds)
+    else:
+        await _first(stop.wait(), kick.wait(), limit=seconds)
+    return stop.is_set()
