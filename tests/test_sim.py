@@ -27,6 +27,7 @@ from daemon.sim import SimConfig, SimServer, Simulator, create_app
 from daemon.sim import cli as sim_cli
 from daemon.sim.records import RecordParser
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": "User u-secret, Organization o-secret, Element e-token"}
 
 # The sample contacts of reference/open-connectors-bulk-api.txt, tab-separated as printed.
@@ -108,15 +109,15 @@ async def get_json(
         return response.status, await response.json(), response
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
-    """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_for(check: Callable[[], Awaitable[Any]], within: float = 5.0) -> Any:
+    """Poll `check` until it returns something truthy, failing after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = await check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+            raise AssertionError(f"condition not met within {within}s (last: {result!r})")
         await asyncio.sleep(0.02)
 
 
@@ -126,7 +127,9 @@ async def status_until_terminal(
     seen: list[str] = []
 
     async def check() -> dict[str, Any] | None:
-        status, body, _ = await get_json(http, f"{server.base_url}/hubs/marketing/bulk/{job_id}/status")
+        status, body, _ = await get_json(
+            http, f"{server.base_url}/hubs/marketing/bulk/{job_id}/status"
+        )
         assert status == 200
         if not seen or seen[-1] != body["status"]:
             seen.append(body["status"])
@@ -186,11 +189,12 @@ async def test_auth_configured_secrets_and_broken_auth(
 async def test_sample_file_runs_to_completed(
     sim: Simulator, server: SimServer, http: aiohttp.ClientSession
 ) -> None:
+    sim.config.job_seconds = 0.45  # long enough to see every phase
     status, body, _ = await upload(http, server)
     assert status == 200
     assert body == {"id": "1001", "status": "CREATED"}
     seen, final = await status_until_terminal(http, server, body["id"])
-    assert seen[0] == "CREATED" and seen[-1] == "COMPLETED"
+    assert seen == ["CREATED", "RUNNING", "COMPLETED"]
     assert final["recordsCount"] == 10
     assert final["recordsFailedCount"] == 0
     assert final["object_name"] == "contact"
@@ -269,8 +273,11 @@ async def test_failed_records_are_paged_with_tokens(
     assert {record["recordNumber"] for record in collected} == bad
     third = next(record for record in collected if record["recordNumber"] == 3)
     assert third["message"] == "Invalid email address 'user3.example.com'"
-    assert third["record"] == {"Id": "3", "Work Email": "user3.example.com",
-                               "Note": 'multi\nline, "quoted"'}  # fmt: skip
+    assert third["record"] == {
+        "Id": "3",
+        "Work Email": "user3.example.com",
+        "Note": 'multi\nline, "quoted"',
+    }
 
     for token in ("garbage!", base64.urlsafe_b64encode(b"999:0").decode()):
         status, problem, _ = await get_json(http, url, nextPage=token)
@@ -427,6 +434,32 @@ async def test_dropped_connection_makes_no_job(
     assert status == 200
 
 
+async def test_client_vanishing_mid_upload_makes_no_job(
+    sim: Simulator, server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sent = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b"Email\r\n"
+        while True:
+            yield b"a@b.c\r\n" * 1000
+            sent.set()
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(upload(http, server, endless()))
+    await asyncio.wait_for(sent.wait(), timeout=5)
+    await wait_for(lambda: _true(sim.uploads_in_flight == 1))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for(lambda: _true(sim.client_disconnects == 1))
+    assert sim.uploads_in_flight == 0 and sim.jobs == {}
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_concurrency_counters(
     sim: Simulator, server: SimServer, http: aiohttp.ClientSession
 ) -> None:
@@ -452,8 +485,12 @@ async def test_control_state_and_patch(
         assert resp.status == 200
         assert (await resp.json())["error_rate"] == 0.25
     assert sim.config.error_rate == 0.25 and sim.config.job_seconds == 2.0
-    for patch, word in (({"bogus": 1}, "bogus"), ({"drop_rate": "x"}, "drop_rate"),
-                        ({"drop_rate": 2.0}, "drop_rate"), ([1], "object")):  # fmt: skip
+    for patch, word in (
+        ({"bogus": 1}, "bogus"),
+        ({"drop_rate": "x"}, "drop_rate"),
+        ({"drop_rate": 2.0}, "drop_rate"),
+        ([1], "object"),
+    ):
         async with http.patch(f"{url}/config", json=patch) as resp:
             assert resp.status == 400
             assert word in (await resp.json())["message"]
@@ -477,7 +514,8 @@ async def test_callback_is_posted_with_signature(
     received: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
 
     async def receive(request: web.Request) -> web.Response:
-        await received.put((await request.read(), request.headers.get("Elements-Webhook-Signature", "")))
+        signature = request.headers.get("Elements-Webhook-Signature", "")
+        await received.put((await request.read(), signature))
         return web.Response()
 
     app = web.Application()
@@ -488,8 +526,9 @@ async def test_callback_is_posted_with_signature(
     try:
         port = runner.addresses[0][1]
         headers = {"Elements-Async-Callback-Url": f"http://127.0.0.1:{port}/callbacks/bulk"}
-        _, body, _ = await upload(http, server, metadata='{"callback-payload": {"k": 1}}',
-                                  headers=headers)  # fmt: skip
+        _, body, _ = await upload(
+            http, server, metadata='{"callback-payload": {"k": 1}}', headers=headers
+        )
         raw, signature = await asyncio.wait_for(received.get(), timeout=5)
     finally:
         await runner.cleanup()
@@ -542,8 +581,20 @@ def test_record_parser_survives_garbage() -> None:
 def test_cli_arguments_build_config() -> None:
     parser = argparse.ArgumentParser()
     sim_cli.add_arguments(parser)
-    args = parser.parse_args(["--job-seconds", "0.5", "--error-rate", "0.1", "--seed", "3",
-                              "--complete-word", "COMPLETE", "--objects", "contact, lead"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--job-seconds",
+            "0.5",
+            "--error-rate",
+            "0.1",
+            "--seed",
+            "3",
+            "--complete-word",
+            "COMPLETE",
+            "--objects",
+            "contact, lead",
+        ]
+    )
     assert (args.host, args.port) == ("127.0.0.1", 8471)
     config = sim_cli.config_from_args(args)
     assert config.job_seconds == 0.5 and config.error_rate == 0.1 and config.seed == 3
@@ -556,10 +607,14 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
         "cli.add_arguments(p); sys.exit(cli.run(p.parse_args(sys.argv[1:])))"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, "--port", "0",
+        sys.executable,
+        "-c",
+        code,
+        "--port",
+        "0",
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )  # fmt: skip
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), timeout=20)).decode()

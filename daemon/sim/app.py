@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -13,6 +14,8 @@ from daemon.sim.config import apply_patch
 from daemon.sim.gate import DROPPED_STATUS, auth_problem, error_response, inject_fault
 from daemon.sim.state import Simulator
 from daemon.sim.upload import drain
+
+log = structlog.get_logger("daemon.sim")
 
 API_PREFIX = "/elements/api-v2"
 CONTROL_PREFIX = "/_sim"
@@ -44,7 +47,13 @@ async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
     sim = request.app[SIM_KEY]
     route = request.match_info.route.name or "unmatched"
     sim.requests[(request.method, route)] += 1
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except ConnectionResetError:
+        # The client went away mid-request (it crashed or gave up): nothing to answer.
+        sim.client_disconnects += 1
+        log.info("sim.client_disconnected", method=request.method, route=route)
+        return web.Response(status=DROPPED_STATUS)
     if response.status != DROPPED_STATUS:
         sim.responses[response.status] += 1
     return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class SimConfig:
             check_field(f.name, getattr(self, f.name))
 
 
+@functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(SimConfig)
 

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config import Settings, load_settings
+from daemon.service import Daemon
+from daemon.sim import SimConfig, Simulator, SimServer
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    """The Open Connectors simulator on 127.0.0.1, an OS-chosen port, fast jobs."""
+    async with SimServer(Simulator(SimConfig(job_seconds=0.2, seed=1234))) as server:
+        yield server
+
+
+@pytest.fixture
+def spool_root(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def make_settings(spool_root: Path, sim: SimServer) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "api.base_url": sim.base_url,
+            "api.user_secret": "test-user-secret",
+            "api.element_token": "test-element-token",
+            "spool.root": str(spool_root),
+            "spool.node_id": "node-a",
+            "spool.settle_seconds": 0.3,
+            "spool.rescan_seconds": 2.0,
+            "workers.poll_interval_seconds": 0.05,
+            "workers.poll_max_interval_seconds": 0.2,
+            "workers.shutdown_grace_seconds": 5,
+            "http.listen": "",
+        }
+        values.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return load_settings(None, {}, forced=values)
+    return make
+
+
+@pytest.fixture
+async def run_daemon() -> AsyncIterator[Callable[[Settings], Any]]:
+    """Start daemons in this event loop; each is stopped (and checked) at the end."""
+    running: list[tuple[Daemon, asyncio.Task[None]]] = []
+
+    async def start(settings: Settings) -> Daemon:
+        daemon = Daemon(settings)
+        task = asyncio.create_task(daemon.serve())
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()
+        assert daemon.ready.is_set(), "daemon did not get ready within 10 s"
+        running.append((daemon, task))
+        return daemon
+
+    yield start
+    for daemon, task in running:
+        daemon.request_stop()
+    for daemon, task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)

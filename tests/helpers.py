@@ -1,0 +1,60 @@
+"""Shared test helpers: waiting with a deadline, reading results, a slow writer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).parent / "data"
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 20.0,
+                   interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll *condition* until truthy; fail the test with *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def result_of(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.with_name(path.name + ".result.json").read_text())
+    return data
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finished(root: Path) -> list[Path]:
+    """Every filed data file below done/ and failed/ (not the result sidecars)."""
+    return sorted(p for base in (root / "done", root / "failed") if base.exists()
+                  for p in base.rglob("*") if p.is_file()
+                  and not p.name.endswith((".result.json", ".errors.csv")))
+
+
+def drop(root: Path, rel: str, data: bytes | str) -> Path:
+    """Drop a file the way careful tools do: write elsewhere, rename into inbox/."""
+    target = root / "inbox" / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name("." + target.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.rename(target)
+    return target
+
+
+def contacts_csv(n: int, tag: str = "", bad_every: int = 0) -> str:
+    rows = ["email,first_name,last_name"]
+    for i in range(n):
+        email = f"user{i}{tag}@example.com" if not bad_every or i % bad_every else f"user{i}"
+        rows.append(f"{email},First{i},Last{tag}")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,179 @@
+"""A file's whole life through a real daemon, real files and the simulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from daemon.sim import SimServer
+from tests.helpers import DATA, contacts_csv, drop, finished, result_of, sha256, wait_for
+
+
+async def test_sample_contacts_end_up_done_with_job_id(make_settings, run_daemon, sim: SimServer,
+                                                       spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    dropped = drop(spool_root, "contact/sample.csv", (DATA / "sample_contacts.tsv").read_bytes())
+    digest = sha256(dropped)
+    done = spool_root / "done" / "contact" / "sample.csv"
+    await wait_for(lambda: done.with_name("sample.csv.result.json").exists(), what="result")
+
+    result = result_of(done)
+    assert result["status"] == "COMPLETE"
+    assert result["api_status"] == "COMPLETED"
+    assert result["records"] == {"total": 10, "failed": 0}
+    assert result["errors"] == []
+    assert result["file"] == "contact/sample.csv"
+    assert (result["object"], result["hub"]) == ("contact", "marketing")
+    job = sim.sim.jobs[result["job_id"]]
+    assert job.sha256 == digest == result["sha256"]
+    assert job.name == "/sample.csv"
+    assert result["bytes"] == dropped.stat().st_size if dropped.exists() else done.stat().st_size
+    assert result["attempts"] == 1
+    assert result["received_at"] <= result["submitted_at"] <= result["finished_at"]
+    assert result["finished_at"].endswith("+00:00")
+    assert not dropped.exists()
+    assert list((spool_root / "processing" / "node-a").rglob("*.csv")) == []
+    assert not (done.parent / "sample.csv.errors.csv").exists()
+
+
+async def test_job_ending_error_is_filed_as_failed(make_settings, run_daemon,
+                                                   spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    drop(spool_root, "contact/export-sim-error.csv", contacts_csv(3))
+    failed = spool_root / "failed" / "contact" / "export-sim-error.csv"
+    await wait_for(lambda: failed.with_name(failed.name + ".result.json").exists(),
+                   what="failed result")
+    result = result_of(failed)
+    assert result["status"] == "FAILED"
+    assert result["api_status"] == "ERROR"
+    assert result["job_id"]
+    assert f"job {result['job_id']} ended ERROR" in result["reason"]
+
+
+async def test_failed_records_are_listed_and_written_as_csv(make_settings, run_daemon,
+                                                            sim: SimServer,
+                                                            spool_root: Path) -> None:
+    # 900 rows, every 3rd email invalid: 300 errors, read over two pages of 200.
+    await run_daemon(make_settings())
+    drop(spool_root, "contact/mixed.csv", contacts_csv(900, bad_every=3))
+    done = spool_root / "done" / "contact" / "mixed.csv"
+    await wait_for(lambda: done.with_name("mixed.csv.result.json").exists(), what="result")
+    result = result_of(done)
+    assert result["status"] == "COMPLETE"
+    assert result["records"] == {"total": 900, "failed": 300}
+    assert len(result["errors"]) == 100  # capped in the JSON ...
+    lines = done.with_name("mixed.csv.errors.csv").read_text().splitlines()
+    assert len(lines) == 1 + 300          # ... all of them in the CSV
+    assert lines[0].startswith("recordNumber,message,record.email")
+    assert "300 failed" in result["reason"]
+    assert sim.sim.requests[("GET", "bulk_errors")] == 2
+    assert result["errors"][0]["record"]["email"] == "user0"
+
+
+async def test_file_written_slowly_is_uploaded_whole_once(make_settings, run_daemon,
+                                                          sim: SimServer,
+                                                          spool_root: Path) -> None:
+    await run_daemon(make_settings(spool__settle_seconds=0.6))
+    target = spool_root / "inbox" / "contact" / "slow.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    content = contacts_csv(400).encode()
+    chunks = [content[i:i + len(content) // 20 + 1] for i in range(0, len(content),
+                                                                   len(content) // 20 + 1)]
+
+    def write_slowly() -> None:  # 20 chunks over about 2 s, in place, like a slow export
+        with open(target, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                fh.flush()
+                time.sleep(2.0 / len(chunks))
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    try:
+        done = spool_root / "done" / "contact" / "slow.csv"
+        await wait_for(lambda: done.with_name("slow.csv.result.json").exists(), timeout=30,
+                       what="slow file result")
+    finally:
+        writer.join()
+    assert len(sim.sim.jobs) == 1
+    job = next(iter(sim.sim.jobs.values()))
+    assert job.bytes == len(content)
+    assert job.body == content
+    assert result_of(done)["records"] == {"total": 400, "failed": 0}
+
+
+async def test_fifty_files_at_once_make_fifty_jobs(make_settings, run_daemon, sim: SimServer,
+                                                   spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    started = time.monotonic()
+    hashes = {sha256(drop(spool_root, f"contact/batch-{i:02}.csv", contacts_csv(20, tag=str(i))))
+              for i in range(50)}
+    await wait_for(lambda: len(finished(spool_root)) == 50, timeout=60, what="50 files filed")
+    elapsed = time.monotonic() - started
+    print(f"\n50 files in {elapsed:.2f} s: {50 / elapsed:.1f} files/s")
+    assert len(list((spool_root / "done" / "contact").glob("*.result.json"))) == 50
+    assert len(sim.sim.jobs) == 50
+    assert set(sim.sim.jobs_by_sha256) == hashes
+    assert all(len(ids) == 1 for ids in sim.sim.jobs_by_sha256.values())
+    assert sim.sim.max_concurrent_uploads <= 4
+
+
+async def test_same_name_twice_keeps_both(make_settings, run_daemon, spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    done = spool_root / "done" / "contact"
+    first = contacts_csv(2, tag="first")
+    second = contacts_csv(3, tag="second")
+    drop(spool_root, "contact/a.csv", first)
+    await wait_for(lambda: (done / "a.csv.result.json").exists(), what="first result")
+    drop(spool_root, "contact/a.csv", second)
+    await wait_for(lambda: (done / "a-1.csv.result.json").exists(), what="second result")
+    assert (done / "a.csv").read_text() == first
+    assert (done / "a-1.csv").read_text() == second
+    assert result_of(done / "a.csv")["records"]["total"] == 2
+    renamed = result_of(done / "a-1.csv")
+    assert renamed["records"]["total"] == 3
+    assert renamed["file"] == "contact/a.csv"
+
+
+async def test_default_object_routes_files_directly_in_inbox(make_settings, run_daemon,
+                                                             sim: SimServer,
+                                                             spool_root: Path) -> None:
+    await run_daemon(make_settings(spool__default_object="account"))
+    drop(spool_root, "top.csv", contacts_csv(2))
+    done = spool_root / "done" / "top.csv"
+    await wait_for(lambda: done.with_name("top.csv.result.json").exists(), what="result")
+    assert result_of(done)["object"] == "account"
+    assert next(iter(sim.sim.jobs.values())).object == "account"
+
+
+async def test_metadata_of_the_object_is_sent(make_settings, run_daemon, sim: SimServer,
+                                              spool_root: Path, tmp_path: Path) -> None:
+    from daemon.config import load_settings
+
+    config = tmp_path / "bulkdrop.toml"
+    config.write_text('[objects.contact]\nhub = "crm"\n'
+                      'metadata = { identifierFieldName = "email", action = "upsert" }\n')
+    base = make_settings()
+    settings = load_settings(config, {}, forced={
+        "api.base_url": sim.base_url, "api.user_secret": "u", "api.element_token": "e",
+        "spool.root": str(spool_root), "spool.settle_seconds": 0.1, "http.listen": "",
+        "workers.poll_interval_seconds": base.workers.poll_interval_seconds})
+    await run_daemon(settings)
+    drop(spool_root, "contact/m.csv", contacts_csv(2))
+    done = spool_root / "done" / "contact" / "m.csv"
+    await wait_for(lambda: done.with_name("m.csv.result.json").exists(), what="result")
+    job = next(iter(sim.sim.jobs.values()))
+    assert job.metadata == {"identifierFieldName": "email", "action": "upsert"}
+    assert job.hub == "crm"
+    assert result_of(done)["hub"] == "crm"
+
+
+async def test_stop_while_idle_is_quick(make_settings, run_daemon, spool_root: Path) -> None:
+    daemon = await run_daemon(make_settings())
+    started = time.monotonic()
+    daemon.request_stop()
+    await wait_for(lambda: not daemon.files and daemon.ready.is_set(), what="idle")
+    await asyncio.sleep(0)
+    assert time.monotonic() - started < 5

@@ -1,0 +1,84 @@
+"""Bad input ends in failed/ as REJECTED with a reason, never uploaded, never deleted;
+names that tools use while writing are left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.sim import SimServer
+from tests.helpers import contacts_csv, drop, result_of, wait_for
+
+
+async def _rejected(spool_root: Path, rel: str) -> dict:
+    failed = spool_root / "failed" / rel
+    await wait_for(lambda: failed.with_name(failed.name + ".result.json").exists(),
+                   what=f"failed/{rel}")
+    result = result_of(failed)
+    assert result["status"] == "REJECTED"
+    assert result["job_id"] is None and result["api_status"] is None
+    assert result["file"] == rel
+    return result
+
+
+@pytest.mark.parametrize(("rel", "data", "reason"), [
+    ("contact/report.xlsx", b"PK\x03\x04 not a csv", "not a .csv, .tsv or .txt file"),
+    ("contact/empty.csv", b"", "the file is empty"),
+    ("contact/blank.csv", b"\r\n\r\n", "only blank lines"),
+    ("contact/header.csv", b"email,first_name\r\n", "header line but no data rows"),
+    ("contact/HEADER.TXT", b"\xef\xbb\xbfemail,first_name\n\n", "header line but no data rows"),
+])
+async def test_bad_files_are_rejected_without_upload(make_settings, run_daemon, sim: SimServer,
+                                                     spool_root: Path, rel: str, data: bytes,
+                                                     reason: str) -> None:
+    await run_daemon(make_settings())
+    drop(spool_root, rel, data)
+    result = await _rejected(spool_root, rel)
+    assert reason in result["reason"]
+    assert (spool_root / "failed" / rel).read_bytes() == data  # kept, byte for byte
+    assert result["bytes"] == len(data)
+    assert sim.sim.creates_attempted == 0
+
+
+async def test_unknown_object_is_rejected_with_the_api_message(make_settings, run_daemon,
+                                                               sim: SimServer,
+                                                               spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    drop(spool_root, "contacts/typo.csv", contacts_csv(2))
+    result = await _rejected(spool_root, "contacts/typo.csv")
+    assert "No resource found for object 'contacts'" in result["reason"]
+    assert "404" in result["reason"]
+    assert result["object"] == "contacts"
+    assert sim.sim.jobs == {}
+
+
+async def test_file_directly_in_inbox_without_default_object(make_settings, run_daemon,
+                                                            sim: SimServer,
+                                                            spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    drop(spool_root, "loose.csv", contacts_csv(2))
+    result = await _rejected(spool_root, "loose.csv")
+    assert "inbox/<object>/" in result["reason"]
+    assert "default_object" in result["reason"]
+    assert sim.sim.creates_attempted == 0
+
+
+IGNORED = [".hidden.csv", "~$lock.csv", "export.csv.tmp", "export.csv.part", "big.CSV.partial",
+           "dl.csv.crdownload", ".export.csv.swp", "x.csv.SWP"]
+
+
+async def test_temp_and_hidden_names_are_left_alone(make_settings, run_daemon, sim: SimServer,
+                                                    spool_root: Path) -> None:
+    daemon = await run_daemon(make_settings(spool__rescan_seconds=0.1))
+    ignored = [drop(spool_root, f"contact/{name}", contacts_csv(1)) for name in IGNORED]
+    hidden_dir = drop(spool_root, "contact/.staging/inner.csv", contacts_csv(1))
+    drop(spool_root, "contact/real.csv", contacts_csv(1))
+    done = spool_root / "done" / "contact" / "real.csv.result.json"
+    await wait_for(done.exists, what="the real file")
+    scans = daemon.watcher.scans
+    await wait_for(lambda: daemon.watcher.scans >= scans + 2, what="two more rescans")
+    for path in [*ignored, hidden_dir]:
+        assert path.exists(), f"{path.name} was touched"
+    assert len(sim.sim.jobs) == 1
+    assert not list((spool_root / "failed").rglob("*"))
