@@ -113,7 +113,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_objects(args: argparse.Namespace) -> int:
     from daemon.client import OpenConnectorsClient
-    from daemon.retry import ApiError
+    from daemon.retry import ApiError, AuthError
 
     settings = _settings(args)
     logs.configure(settings.log.format, settings.log.level)
@@ -131,8 +131,14 @@ def cmd_objects(args: argparse.Namespace) -> int:
 
     try:
         names = asyncio.run(fetch())
+    except AuthError as exc:
+        print(f"bulkdrop: the API refused the credentials (HTTP {exc.status}: {exc.message});"
+              " check api.user_secret and api.element_token", file=sys.stderr)
+        return EXIT_FAILURE
     except ApiError as exc:
-        print(f"bulkdrop: cannot list objects of hub {api.hub!r}: {exc}", file=sys.stderr)
+        status = f"HTTP {exc.status}: " if exc.status else ""
+        print(f"bulkdrop: cannot list objects of hub {api.hub!r}: {status}{exc.message}",
+              file=sys.stderr)
         return EXIT_FAILURE
     for name in names:
         print(name)

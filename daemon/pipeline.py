@@ -209,6 +209,7 @@ class Pipeline:
             placed = await asyncio.to_thread(self.spool.place, claimed, ok)
             await self.ledger.record_dest(claimed.claim_id, str(placed))
         else:
+            assert dest is not None
             placed = Path(dest)
         csv_bytes = errors_csv(all_errors) if all_errors else None
         await asyncio.to_thread(self.spool.complete, claimed, placed, stored, csv_bytes)
@@ -222,7 +223,7 @@ class Pipeline:
             found = await asyncio.to_thread(csvfile.inspect, path)
         except OSError:
             return None, None
-        return found.sha256, found.size
+        return found.sha256, found.bytes
 
 
 def _count(value: Any) -> int | None:

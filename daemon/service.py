@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from daemon.client import OpenConnectorsClient
@@ -72,8 +73,8 @@ class Daemon:
                                          return_when=asyncio.FIRST_COMPLETED)
             self.stop_event.set()
             await self._shutdown(watcher, claimer)
-            for task in done - {stopper}:
-                task.result()  # a crashed watcher or claimer is an error worth raising
+            for finished in done - {stopper}:
+                finished.result()  # a crashed watcher or claimer is an error worth raising
         finally:
             await self.client.close()
             await self.ledger.close()
@@ -82,18 +83,18 @@ class Daemon:
         """Continue every unfinished row; claim afresh files of ours the ledger lacks."""
         rows = await self.ledger.unfinished()
         known = {Path(r.claimed_path) for r in rows}
-        strays = [p for p in await asyncio.to_thread(lambda: list(self.spool.iter_processing()))
+        strays = [p for p in await asyncio.to_thread(self.spool.list_processing)
                   if p not in known]
         for row in rows:
-            self._spawn(lambda r=row: self.pipeline.resume(r), row.rel_path)
+            self._spawn(partial(self.pipeline.resume, row), row.rel_path)
         for path in strays:
             claimed = self.spool.claimed_from_path(path)
             if claimed is None:
                 log.warning("recovery.unknown_file", path=str(path))
                 continue
             await self.ledger.add_claim(claimed.claim_id, str(claimed.rel), str(path), utcnow())
-            work = Work(claimed, utcnow())
-            self._spawn(lambda w=work: self.pipeline.process(w), str(claimed.rel))
+            self._spawn(partial(self.pipeline.process, Work(claimed, utcnow())),
+                        str(claimed.rel))
         if rows or strays:
             log.info("recovery.started", resumed=len(rows), reclaimed=len(strays))
 
@@ -118,8 +119,8 @@ class Daemon:
                     raise
                 continue
             log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
-            work = Work(claimed, received)
-            self._spawn(lambda w=work: self.pipeline.process(w, holding_upload_slot=True),
+            self._spawn(partial(self.pipeline.process, Work(claimed, received),
+                                holding_upload_slot=True),
                         str(claimed.rel), holding_job_slot=True)
 
     def _spawn(self, make: Callable[[], Awaitable[None]], name: str,
@@ -152,8 +153,8 @@ class Daemon:
         await asyncio.gather(*intake, return_exceptions=True)
         grace = self.settings.workers.shutdown_grace_seconds
         # Jobs being followed resume from the ledger next time: no need to wait for them.
-        for task in self.pipeline.tracking:
-            task.cancel()
+        for tracking in self.pipeline.tracking:
+            tracking.cancel()
         uploading = [t for t in self.files if not t.done()]
         if uploading:
             await asyncio.wait(uploading, timeout=grace)

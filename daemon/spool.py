@@ -111,11 +111,9 @@ class Spool:
         rel_dir = PurePosixPath(path.parent.relative_to(self.processing).as_posix())
         return Claimed(claim_id, rel_dir / name, path)
 
-    def iter_processing(self) -> Iterator[Path]:
-        for folder, _dirs, files in os.walk(self.processing):
-            for name in files:
-                if not is_ignored_name(name):
-                    yield Path(folder) / name
+    def list_processing(self) -> list[Path]:
+        return [Path(folder) / name for folder, _dirs, files in os.walk(self.processing)
+                for name in files if not is_ignored_name(name)]
 
     def place(self, claimed: Claimed, ok: bool) -> Path:
         """Link the claimed file under done/ or failed/ at the first free name.

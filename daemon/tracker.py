@@ -7,6 +7,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from daemon.client import OpenConnectorsClient
@@ -100,7 +101,7 @@ class Tracker:
         token: str | None = None
         for _ in range(5000):
             page, token = await self.policy.call(
-                "errors", lambda t=token: self.client.job_errors_page(hub, job_id, t))
+                "errors", partial(self.client.job_errors_page, hub, job_id, token))
             records.extend(page)
             if not token or not page:
                 break

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.config import Settings, load_settings
 from daemon.service import Daemon
-from daemon.sim import SimConfig, Simulator, SimServer
+from daemon.sim import SimConfig, SimServer, Simulator
 
 
 @pytest.fixture
@@ -64,8 +64,8 @@ async def run_daemon() -> AsyncIterator[Callable[[Settings], Any]]:
         return daemon
 
     yield start
-    for daemon, task in running:
+    for daemon, _task in running:
         daemon.request_stop()
-    for daemon, task in running:
+    for _daemon, task in running:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)

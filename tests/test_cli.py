@@ -1,0 +1,188 @@
+"""The command line as users run it: real subprocesses, real signals, the simulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon.sim import SimServer
+from tests.helpers import contacts_csv, drop, result_of, wait_for
+
+SECRETS = {"BULKDROP_API_USER_SECRET": "u-5ecret-7f3a",
+           "BULKDROP_API_ELEMENT_TOKEN": "el-t0ken-91c",
+           "BULKDROP_API_ORGANIZATION_SECRET": "org-5ecret-22b"}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKDROP_")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Callable[..., Any]]:
+    """Start ``python -m daemon ...``; every process is stopped at the end of the test."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str, env: dict[str, str] | None = None,
+                    cwd: Path | None = None) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", *args, env=env or _env(), cwd=cwd,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Lines:
+    """Collects a process's stream line by line while the test goes on."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[str] = []
+        self.task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.lines.append(line.decode())
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+async def test_missing_base_url_exits_2_naming_the_key(spawn, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[spool]\nroot = "%s"\n' % (tmp_path / "spool"))
+    code, _, err = await _finish(await spawn("run", "--config", str(config)))
+    assert code == 2
+    assert "api.base_url" in err
+
+
+@pytest.mark.parametrize(("toml", "env", "named"), [
+    ('[api]\nbase_url = "http://x"\n[spool]\nsettle = 3\n', {}, "spool.settle"),
+    ('[api]\nbase_url = "http://x"\n', {"BULKDROP_WORKERS_UPLOADS": "many"},
+     "BULKDROP_WORKERS_UPLOADS"),
+    ('[api]\nbase_url = "http://x"\n[workers]\nuploads = "4"\n', {}, "workers.uploads"),
+])
+async def test_bad_config_exits_2_naming_the_key(spawn, tmp_path: Path, toml: str,
+                                                 env: dict[str, str], named: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    code, out, err = await _finish(await spawn("run", "--config", str(config), env=_env(**env)))
+    assert code == 2
+    assert named in err
+    assert not (tmp_path / "spool").exists()
+
+
+async def test_objects_lists_the_hub(spawn, sim: SimServer) -> None:
+    env = _env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
+    code, out, err = await _finish(await spawn("objects", env=env))
+    assert code == 0, err
+    assert out.split() == ["activities", "contact", "campaign", "list", "account"]
+
+
+async def test_objects_with_refused_credentials_says_so(spawn, sim: SimServer) -> None:
+    sim.sim.config.user_secret = "the-right-one"
+    env = _env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
+    code, out, err = await _finish(await spawn("objects", env=env))
+    assert code == 1
+    assert "HTTP 401" in err and "api.user_secret" in err
+    assert SECRETS["BULKDROP_API_USER_SECRET"] not in out + err
+
+
+async def test_sim_serves_alone_and_stops_on_sigterm(spawn) -> None:
+    port = free_port()
+    proc = await spawn("sim", "--port", str(port))
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert f"http://127.0.0.1:{port}/elements/api-v2" in first.decode()
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{port}/elements/api-v2/hubs/marketing/objects"
+        async with session.get(url) as resp:
+            assert resp.status == 401
+        async with session.get(url, headers={"Authorization": "User u, Element e"}) as resp:
+            assert resp.status == 200
+            assert "contact" in await resp.json()
+    proc.send_signal(signal.SIGTERM)
+    code, _, _ = await _finish(proc)
+    assert code == 0
+
+
+async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: Path) -> None:
+    proc = await spawn("run", "--sandbox", env=_env(BULKDROP_SPOOL_SETTLE_SECONDS="0.2"),
+                       cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    await wait_for(lambda: "drop CSV files into" in out.text(), what="sandbox banner")
+    assert str(tmp_path / "spool" / "inbox") in out.text()
+    drop(tmp_path / "spool", "people.csv", contacts_csv(5))   # default_object = contact
+    done = tmp_path / "spool" / "done" / "people.csv"
+    await wait_for(lambda: done.with_name("people.csv.result.json").exists(), timeout=30,
+                   what="sandbox result")
+    assert result_of(done)["status"] == "COMPLETE"
+    assert result_of(done)["object"] == "contact"
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    await asyncio.gather(out.task, err.task)
+    assert '"event": "daemon.stopped"' in err.text()
+
+
+async def test_daemon_logs_json_lines_with_context_and_no_secrets(spawn, sim: SimServer,
+                                                                 tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    config = tmp_path / "bulkdrop.toml"
+    config.write_text(f'[api]\nbase_url = "{sim.base_url}"\n'
+                      f'[spool]\nroot = "{root}"\nsettle_seconds = 0.2\nnode_id = "n1"\n'
+                      '[workers]\npoll_interval_seconds = 0.05\n'
+                      'poll_max_interval_seconds = 0.2\n[http]\nlisten = ""\n')
+    proc = await spawn("run", "--config", str(config), env=_env(**SECRETS))
+    assert proc.stderr is not None
+    err = Lines(proc.stderr)
+    await wait_for(lambda: "daemon.started" in err.text(), what="start")
+    drop(root, "contact/good.csv", contacts_csv(3, bad_every=2))
+    drop(root, "contact/bad.xlsx", b"nope")
+    await wait_for(lambda: (root / "done/contact/good.csv.result.json").exists()
+                   and (root / "failed/contact/bad.xlsx.result.json").exists(), what="results")
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    await err.task
+
+    events = [json.loads(line) for line in err.lines]     # every line is one JSON object
+    names = [e["event"] for e in events]
+    for name in ("daemon.started", "file.claimed", "job.created", "file.finished",
+                 "daemon.stopping", "daemon.stopped"):
+        assert name in names
+    good = [e for e in events if e.get("file") == "contact/good.csv"]
+    assert {"file.claimed", "job.created", "file.finished"} <= {e["event"] for e in good}
+    assert all(e.get("job_id") for e in good if e["event"] in ("job.created", "file.finished"))
+    everything = err.text() + "".join(p.read_text(errors="replace") for p in root.rglob("*")
+                                      if p.is_file() and ".state" not in p.parts)
+    for secret in SECRETS.values():
+        assert secret not in everything
+    assert sim.sim.jobs, "the daemon did talk to the simulator with those secrets"

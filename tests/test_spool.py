@@ -1,0 +1,125 @@
+"""Spool mechanics on real files: claim by rename, filing without overwrite, repeatable finish."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path, PurePosixPath
+
+from daemon.spool import Claimed, Spool, is_ignored_name
+
+
+def _spool(tmp_path: Path, node: str = "n1") -> Spool:
+    spool = Spool(tmp_path / "spool", node)
+    spool.ensure_layout()
+    return spool
+
+
+def _claimed_file(spool: Spool, rel: str, data: bytes = b"a,b\n1,2\n") -> Claimed:
+    path = spool.inbox / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    claimed = spool.claim(path)
+    assert claimed is not None
+    return claimed
+
+
+def test_claim_moves_into_processing_and_keeps_the_relative_path(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    claimed = _claimed_file(spool, "contact/sub/a.csv")
+    assert claimed.rel == PurePosixPath("contact/sub/a.csv")
+    assert claimed.path.parent == spool.processing / "contact" / "sub"
+    assert claimed.path.exists() and not (spool.inbox / "contact/sub/a.csv").exists()
+    again = spool.claimed_from_path(claimed.path)
+    assert again == claimed
+
+
+def test_only_one_of_many_claimers_wins(tmp_path: Path) -> None:
+    spools = [_spool(tmp_path, f"n{i}") for i in range(8)]
+    target = spools[0].inbox / "contact" / "race.csv"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"a\n1\n")
+    results: list[Claimed | None] = []
+    barrier = threading.Barrier(len(spools))
+
+    def claim(spool: Spool) -> None:
+        barrier.wait()
+        results.append(spool.claim(target))
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in spools]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r is not None for r in results) == 1
+
+
+def test_finish_never_overwrites_and_result_follows_the_name(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    dests = []
+    for i in range(3):
+        claimed = _claimed_file(spool, "contact/a.csv", f"a\n{i}\n".encode())
+        dest = spool.place(claimed, ok=True)
+        spool.complete(claimed, dest, {"file": "contact/a.csv", "n": i}, None)
+        dests.append(dest.name)
+    assert dests == ["a.csv", "a-1.csv", "a-2.csv"]
+    for i, name in enumerate(dests):
+        folder = spool.done / "contact"
+        assert (folder / name).read_bytes() == f"a\n{i}\n".encode()
+        assert json.loads((folder / f"{name}.result.json").read_text())["n"] == i
+    assert not any(spool.processing.rglob("*.csv"))
+
+
+def test_finish_repeated_after_a_crash_files_the_file_once(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    claimed = _claimed_file(spool, "contact/b.csv")
+    first = spool.place(claimed, ok=False)        # crash here: linked, no result yet
+    second = spool.place(claimed, ok=False)       # the restart files it again
+    assert first == second == spool.failed / "contact" / "b.csv"
+    spool.complete(claimed, second, {"status": "FAILED"}, b"x\r\n")
+    assert sorted(p.name for p in (spool.failed / "contact").iterdir()) == [
+        "b.csv", "b.csv.errors.csv", "b.csv.result.json"]
+
+
+def test_a_lone_result_file_keeps_its_name_taken(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    (spool.done / "contact").mkdir()
+    (spool.done / "contact" / "c.csv.result.json").write_text("{}")  # its CSV was moved away
+    claimed = _claimed_file(spool, "contact/c.csv")
+    assert spool.place(claimed, ok=True).name == "c-1.csv"
+
+
+def test_names_without_extension_get_a_plain_suffix(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    names = []
+    for _ in range(2):
+        claimed = _claimed_file(spool, "contact/README")
+        names.append(spool.place(claimed, ok=False).name)
+        spool.complete(claimed, spool.failed / "contact" / names[-1], {}, None)
+    assert names == ["README", "README-1"]
+
+
+def test_ignore_rules() -> None:
+    for name in (".x.csv", "~x.csv", "a.tmp", "a.PART", "a.partial", "a.crdownload", "a.swp"):
+        assert is_ignored_name(name), name
+    for name in ("a.csv", "a.tsv", "a.TXT", "a.xlsx", "tmp.csv", "a~.csv"):
+        assert not is_ignored_name(name), name
+
+
+def test_unwritable_spool_is_a_clear_error(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    from daemon.spool import SpoolError
+
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a folder")
+        with pytest.raises(SpoolError, match=str(blocker)):
+            Spool(blocker / "spool", "n").ensure_layout()
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(SpoolError, match="locked"):
+        Spool(locked / "spool", "n").ensure_layout()
