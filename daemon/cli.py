@@ -70,17 +70,17 @@ def _settings(args: argparse.Namespace, **kwargs: object) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.service import Daemon
+    from daemon.service import Daemon, StartupError
     from daemon.spool import SpoolError
 
-    if args.sandbox:
-        return _run_sandbox(args)
-    settings = _settings(args)
-    logs.configure(settings.log.format, settings.log.level)
     try:
+        if args.sandbox:
+            return _run_sandbox(args)
+        settings = _settings(args)
+        logs.configure(settings.log.format, settings.log.level)
         return Daemon(settings).run()
-    except SpoolError as exc:
-        print(f"bulkdrop: spool error: {exc}", file=sys.stderr)
+    except (SpoolError, StartupError) as exc:
+        print(f"bulkdrop: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 

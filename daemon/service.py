@@ -14,17 +14,24 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
+from aiohttp import web
+
 from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
 from daemon.ledger import Ledger, utcnow
 from daemon.logs import get_logger
 from daemon.pipeline import Pipeline, Work
-from daemon.retry import RetryPolicy
+from daemon.retry import ApiError, AuthError, RetryPolicy
 from daemon.spool import Spool
 from daemon.tracker import Tracker
 from daemon.watcher import Watcher
+from daemon.web import create_app
 
 log = get_logger()
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message names what to fix."""
 
 
 class Daemon:
@@ -53,15 +60,47 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()   # set once watching
         self.files: set[asyncio.Task[None]] = set()
+        self.api_problem: str | None = None
+        self._api_checked = -1e9
 
     def request_stop(self) -> None:
         self.stop_event.set()
+
+    async def api_reachable(self, max_age: float) -> bool:
+        """Ask the API (objects of the hub) at most every *max_age* seconds."""
+        if time.monotonic() - self._api_checked > max_age:
+            self._api_checked = time.monotonic()
+            try:
+                await self.client.objects(self.settings.api.hub)
+                self.api_problem = None
+                self.policy.gate.ok()
+            except AuthError as exc:
+                self.api_problem = f"HTTP {exc.status}: {exc.message}"
+            except ApiError as exc:
+                self.api_problem = exc.message
+        return self.api_problem is None
+
+    async def _serve_http(self) -> web.AppRunner | None:
+        http = self.settings.http
+        if not http.enabled:
+            return None
+        runner = web.AppRunner(create_app(self), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, http.host, http.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {http.listen} ([http] listen): "
+                             f"{exc.strerror}") from exc
+        return runner
 
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
         await asyncio.to_thread(self.spool.ensure_layout)
         await self.ledger.open()
+        runner = None
         try:
+            runner = await self._serve_http()
             await self._recover()
             watcher = asyncio.create_task(self.watcher.run(self.stop_event), name="watcher")
             claimer = asyncio.create_task(self._claim_loop(), name="claimer")
@@ -76,6 +115,8 @@ class Daemon:
             for finished in done - {stopper}:
                 finished.result()  # a crashed watcher or claimer is an error worth raising
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await self.client.close()
             await self.ledger.close()
 

@@ -1,0 +1,30 @@
+# bulkdrop: CSV files dropped into /var/spool/bulkdrop/inbox become Open Connectors bulk jobs.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BULKDROP_SPOOL_ROOT=/var/spool/bulkdrop \
+    BULKDROP_HTTP_LISTEN=0.0.0.0:8470 \
+    BULKDROP_LOG_FORMAT=json
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY daemon ./daemon
+RUN pip install . && rm -rf /src \
+    && useradd --system --uid 10001 --home-dir /var/spool/bulkdrop --shell /usr/sbin/nologin bulkdrop \
+    && mkdir -p /var/spool/bulkdrop && chown bulkdrop:bulkdrop /var/spool/bulkdrop
+
+WORKDIR /var/spool/bulkdrop
+USER bulkdrop
+VOLUME ["/var/spool/bulkdrop"]
+EXPOSE 8470
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8470/healthz', timeout=4).status == 200 else 1)"]
+
+# Exec form: the daemon is PID 1 and gets SIGTERM directly; it stops cleanly within
+# [workers] shutdown_grace_seconds.
+ENTRYPOINT ["bulkdrop"]
+CMD ["run"]
