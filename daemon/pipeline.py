@@ -84,6 +84,11 @@ class Pipeline:
         work = Work(claimed, row.received_at, row.object, row.hub, row.job_id, row.attempts,
                     row.submitted_at)
         work.log = get_logger(file=work.rel, job_id=row.job_id)
+        if row.state != ledger.FINISHING and not claimed.path.exists():
+            # Only a file removed by hand from processing/ gets here.
+            work.log.error("file.vanished", path=str(claimed.path), state=row.state)
+            await self.ledger.mark_finished(claimed.claim_id, utcnow())
+            return
         if row.state == ledger.FINISHING and row.result_json:
             await self._file(work, json.loads(row.result_json), row.outcome == COMPLETE,
                              row.dest_path)

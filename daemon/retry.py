@@ -92,11 +92,15 @@ class AuthGate:
         self.failures = 0
         self._open.set()
 
-    async def failed(self, error: AuthError) -> None:
-        """Called by a request that got 401/403; returns when it may try again."""
+    async def failed(self, error: AuthError) -> bool:
+        """Called by a request that got 401/403; returns when it may try again.
+
+        True when the caller is the prober: it must try again without waiting at the
+        gate, which stays closed until a request succeeds.
+        """
         if self._probing.locked():
             await self._open.wait()
-            return
+            return False
         async with self._probing:
             self._open.clear()
             delay = backoff_delay(self.failures, self.base, self.cap) + self.base / 2
@@ -104,6 +108,7 @@ class AuthGate:
             log.warning("auth.refused", status=error.status, error=error.message,
                         attempt=self.failures, retry_in=round(delay, 2))
             await asyncio.sleep(delay)
+        return True
 
 
 class RetryPolicy:
@@ -119,12 +124,14 @@ class RetryPolicy:
         limit = self.deadline_seconds if deadline_seconds is None else deadline_seconds
         give_up_at = time.monotonic() + limit
         attempt = 0
+        probing = False
         while True:
-            await self.gate.wait_open()
+            if not probing:
+                await self.gate.wait_open()
             try:
                 result = await op()
             except AuthError as exc:
-                await self.gate.failed(exc)
+                probing = await self.gate.failed(exc)
                 continue
             except TransientError as exc:
                 left = give_up_at - time.monotonic()
@@ -134,6 +141,7 @@ class RetryPolicy:
                 if delay > left:
                     raise
                 attempt += 1
+                probing = False
                 log.info("api.retry", request=what, error=exc.message, attempt=attempt,
                          retry_in=round(delay, 2), seconds_left=round(left), **log_context)
                 await asyncio.sleep(delay)

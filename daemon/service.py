@@ -22,7 +22,7 @@ from daemon.ledger import Ledger, utcnow
 from daemon.logs import get_logger
 from daemon.pipeline import Pipeline, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
-from daemon.spool import Spool
+from daemon.spool import Spool, SpoolError
 from daemon.tracker import Tracker
 from daemon.watcher import Watcher
 from daemon.web import create_app
@@ -136,8 +136,15 @@ class Daemon:
             await self.ledger.add_claim(claimed.claim_id, str(claimed.rel), str(path), utcnow())
             self._spawn(partial(self.pipeline.process, Work(claimed, utcnow())),
                         str(claimed.rel))
+        if self.ledger.set_aside is not None:
+            log.error("ledger.rebuilt", unreadable=str(self.ledger.set_aside),
+                      reclaimed=len(strays), note="files in processing/ are uploaded again")
+        elif self.ledger.created and strays:
+            log.error("ledger.missing", path=str(self.ledger.path), reclaimed=len(strays),
+                      note="files in processing/ are uploaded again")
         if rows or strays:
-            log.info("recovery.started", resumed=len(rows), reclaimed=len(strays))
+            log.info("recovery.started", resumed=len(rows), reclaimed=len(strays),
+                     following=sum(1 for r in rows if r.job_id))
 
     async def _claim_loop(self) -> None:
         """Claim a settled file only when a job slot and an upload slot are free."""
@@ -146,7 +153,12 @@ class Daemon:
             await self.upload_slots.acquire()
             try:
                 path = await self.candidates.get()
-                claimed = await asyncio.to_thread(self.spool.claim, path)
+                try:
+                    claimed = await asyncio.to_thread(self.spool.claim, path)
+                except (OSError, SpoolError) as exc:
+                    # Left in inbox/: the next scan offers it again.
+                    log.error("file.claim_failed", file=str(path), error=str(exc))
+                    claimed = None
                 self.watcher.release(path)
                 if claimed is None:
                     raise LookupError  # another node took it, or it vanished

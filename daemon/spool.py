@@ -91,17 +91,17 @@ class Spool:
         rel = self.rel_to_inbox(path)
         claim_id = new_claim_id()
         target = self.processing / rel.parent / f"{claim_id}{CLAIM_SEP}{rel.name}"
-        for _ in range(3):
-            target.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(path, target)
                 return Claimed(claim_id, rel, target)
-            except FileNotFoundError:
-                # Gone: another node claimed it. Or our target folder was pruned by a
-                # finishing file between mkdir and rename: then try again.
+            except (FileNotFoundError, FileExistsError):
+                # Gone: another node claimed it. Or our target folder was being pruned
+                # by a finishing file just then: try again.
                 if not path.exists():
                     return None
-        return None
+        raise SpoolError(f"cannot claim {path}: {target.parent} keeps vanishing")
 
     def claimed_from_path(self, path: Path) -> Claimed | None:
         """Rebuild a claim from a name in processing/ (recovery without a ledger row)."""

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from daemon.client import OpenConnectorsClient
-from daemon.retry import ApiError, RejectedError, RetryPolicy
+from daemon.retry import ApiError, AuthError, RejectedError, RetryPolicy
 
 GOOD = frozenset({"COMPLETED", "COMPLETE"})
 BAD = frozenset({"FAILED", "ERROR", "ABORTED", "CANCELLED", "CANCELED"})
@@ -72,9 +72,13 @@ class Tracker:
                 except RejectedError as exc:
                     return JobEnd(None, False, last,
                                   f"the API no longer knows job {job_id}: {exc.message}")
+                except AuthError as exc:
+                    await self.policy.gate.failed(exc)  # one line per attempt, not per job
+                    continue
                 except ApiError as exc:
                     log.warning("job.poll_failed", error=exc.message, retry_in=round(delay, 2))
                     continue
+                self.policy.gate.ok()
                 last = body
                 word = body.get("status")
                 ok = verdict(None if word is None else str(word))

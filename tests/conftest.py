@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
+from daemon import logs
 from daemon.config import Settings, load_settings
 from daemon.service import Daemon
 from daemon.sim import SimConfig, SimServer, Simulator
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quiet_logs() -> None:
+    """In-process daemons and the simulator log warnings only; subprocesses keep info."""
+    logs.configure("console", "warning")
 
 
 @pytest.fixture
