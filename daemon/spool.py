@@ -166,8 +166,12 @@ def _sidecar(dest: Path, suffix: str) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary name, fsync, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """Write to a hidden temporary name, fsync, then rename into place.
+
+    The temporary name is fixed, so a write cut short by a crash leaves nothing behind
+    once the restarted daemon writes the same result again.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

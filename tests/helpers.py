@@ -38,8 +38,14 @@ def sha256(path: Path) -> str:
 def finished(root: Path) -> list[Path]:
     """Every filed data file below done/ and failed/ (not the result sidecars)."""
     return sorted(p for base in (root / "done", root / "failed") if base.exists()
-                  for p in base.rglob("*") if p.is_file()
+                  for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
                   and not p.name.endswith((".result.json", ".errors.csv")))
+
+
+def litter(root: Path) -> list[Path]:
+    """Hidden files left in done/ or failed/ (an interrupted write that was never redone)."""
+    return [p for base in (root / "done", root / "failed") if base.exists()
+            for p in base.rglob(".*")]
 
 
 def drop(root: Path, rel: str, data: bytes | str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.sim import SimServer
-from tests.helpers import contacts_csv, drop, finished, result_of, sha256, wait_for
+from tests.helpers import contacts_csv, drop, finished, litter, result_of, sha256, wait_for
 from tests.procs import DaemonProc, daemons, recorded_job_ids, write_config
 
 SEED = int(os.environ.get("BULKDROP_TEST_SEED", "20261128"))
@@ -34,6 +34,7 @@ def _assert_all_complete(root: Path, dropped: dict[str, str]) -> dict[str, dict]
         assert result["sha256"] == dropped[rel]
     assert not [p for p in (root / "inbox").rglob("*.csv")]
     assert not [p for p in (root / "processing").rglob("*") if p.is_file()]
+    assert not litter(root)
     return results
 
 
