@@ -1,10 +1,13 @@
 # bulkdrop: CSV files dropped into /var/spool/bulkdrop/inbox become Open Connectors bulk jobs.
+# Configure with BULKDROP_* environment variables (at least BULKDROP_API_BASE_URL) and
+# secrets through *_FILE variables pointing at mounted secret files.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/bulkdrop/bin:$PATH \
     BULKDROP_SPOOL_ROOT=/var/spool/bulkdrop \
     BULKDROP_HTTP_LISTEN=0.0.0.0:8470 \
     BULKDROP_LOG_FORMAT=json
@@ -12,9 +15,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-RUN pip install . && rm -rf /src \
+RUN python3 -m venv /opt/bulkdrop \
+    && /opt/bulkdrop/bin/pip install --no-compile . \
+    && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/spool/bulkdrop --shell /usr/sbin/nologin bulkdrop \
-    && mkdir -p /var/spool/bulkdrop && chown bulkdrop:bulkdrop /var/spool/bulkdrop
+    && mkdir -p /var/spool/bulkdrop \
+    && chown bulkdrop:bulkdrop /var/spool/bulkdrop
 
 WORKDIR /var/spool/bulkdrop
 USER bulkdrop
@@ -22,9 +28,9 @@ VOLUME ["/var/spool/bulkdrop"]
 EXPOSE 8470
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8470/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8470/healthz', timeout=4).status != 200)"]
 
-# Exec form: the daemon is PID 1 and gets SIGTERM directly; it stops cleanly within
+# Exec form: the daemon is PID 1 and receives SIGTERM itself; it stops cleanly within
 # [workers] shutdown_grace_seconds.
 ENTRYPOINT ["bulkdrop"]
 CMD ["run"]

@@ -182,3 +182,23 @@ async def test_two_daemons_share_one_spool(sim: SimServer, tmp_path: Path) -> No
     claimed = [d.seen("file.claimed") for d in started]
     assert sum(claimed) == 60 and min(claimed) > 0, claimed
     print(f"\ntwo daemons: claimed {claimed[0]} and {claimed[1]} of 60")
+
+
+async def test_second_ctrl_c_exits_at_once(sim: SimServer, tmp_path: Path) -> None:
+    sim.sim.config.latency_seconds = 30  # an upload that would hold the grace period
+    root = tmp_path / "spool"
+    _drop_many(root, 2, "c")
+    config = write_config(tmp_path / "c.toml", sim.base_url, root,
+                          workers={"shutdown_grace_seconds": 60})
+    async with daemons() as started:
+        daemon = await DaemonProc(config, tmp_path / "d.log").start()
+        started.append(daemon)
+        await wait_for(lambda: sim.sim.uploads_in_flight >= 1, what="an upload in flight")
+        daemon.signal(signal.SIGINT)
+        await wait_for(lambda: daemon.seen("daemon.stopping") == 1, what="stopping")
+        assert daemon.running, "the first Ctrl-C waits for the upload"
+        begun = time.monotonic()
+        daemon.signal(signal.SIGINT)
+        assert await daemon.wait(timeout=10) == 130
+        assert time.monotonic() - begun < 5
+    assert daemon.seen("daemon.abort") == 1
