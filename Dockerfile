@@ -18,12 +18,14 @@ COPY daemon ./daemon
 RUN python3 -m venv /opt/bulkdrop \
     && /opt/bulkdrop/bin/pip install --no-compile . \
     && rm -rf /src \
-    && useradd --system --uid 10001 --home-dir /var/spool/bulkdrop --shell /usr/sbin/nologin bulkdrop \
+    && groupadd --system --gid 10001 bulkdrop \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/spool/bulkdrop \
+       --shell /usr/sbin/nologin bulkdrop \
     && mkdir -p /var/spool/bulkdrop \
-    && chown bulkdrop:bulkdrop /var/spool/bulkdrop
+    && chown 10001:10001 /var/spool/bulkdrop
 
 WORKDIR /var/spool/bulkdrop
-USER bulkdrop
+USER 10001:10001
 VOLUME ["/var/spool/bulkdrop"]
 EXPOSE 8470
 
