@@ -70,8 +70,12 @@ class Tracker:
                 try:
                     body = await self.client.job_status(hub, job_id)
                 except RejectedError as exc:
-                    return JobEnd(None, False, last,
-                                  f"the API no longer knows job {job_id}: {exc.message}")
+                    if exc.status == 404:
+                        return JobEnd(None, False, last,
+                                      f"the API no longer knows job {job_id}: {exc.message}")
+                    log.warning("job.poll_failed", error=exc.message, status=exc.status,
+                                retry_in=round(delay, 2))
+                    continue
                 except AuthError as exc:
                     await self.policy.gate.failed(exc)  # one line per attempt, not per job
                     continue
