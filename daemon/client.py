@@ -93,8 +93,9 @@ class OpenConnectorsClient:
                 try:
                     return (json.loads(body) if body else None), resp.headers
                 except ValueError:
-                    raise TransientError(f"HTTP {resp.status}: response is not JSON",
-                                         resp.status) from None
+                    # Not retried: for an upload the API may well have made the job.
+                    raise ApiError(f"HTTP {resp.status}: the answer is not JSON",
+                                   resp.status) from None
         except TimeoutError:
             raise TransientError(f"{method} timed out") from None
         except aiohttp.ClientError as exc:
@@ -117,7 +118,7 @@ class OpenConnectorsClient:
             "POST", f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}",
             params={"path": "/" + name}, data=form, headers=headers)
         if not isinstance(data, dict) or data.get("id") in (None, ""):
-            raise TransientError("the API accepted the upload but returned no job id")
+            raise ApiError("the API accepted the upload but returned no job id")
         status = data.get("status")
         return CreatedJob(str(data["id"]), str(status) if status is not None else None)
 

@@ -20,7 +20,7 @@ from daemon.config import Settings
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
-from daemon.retry import ApiError, RejectedError, RetryPolicy
+from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
 from daemon.spool import Claimed, Spool, has_accepted_suffix
 from daemon.tracker import JobEnd, Tracker
 
@@ -125,9 +125,11 @@ class Pipeline:
                                              file=work.rel)
         except RejectedError as exc:
             return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
-        except ApiError as exc:
+        except TransientError as exc:
             return Outcome(FAILED, f"gave up uploading after "
                            f"{self.settings.api.retry_deadline_seconds:g} s: {exc.message}")
+        except ApiError as exc:  # an answer we cannot use; the job may exist
+            return Outcome(FAILED, f"upload answer unusable, not retried: {exc.message}")
         work.job_id, work.submitted_at = created, utcnow()
         # Recorded before anything else happens, and not cancellable half-way.
         await asyncio.shield(self.ledger.record_job(work.claimed.claim_id, created,

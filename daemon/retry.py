@@ -86,6 +86,10 @@ class AuthGate:
     async def wait_open(self) -> None:
         await self._open.wait()
 
+    def reopen(self) -> None:
+        """Open the gate without claiming the credentials work; the next 401 closes it."""
+        self._open.set()
+
     def ok(self) -> None:
         if not self._open.is_set():
             log.info("auth.restored", failed_attempts=self.failures)
@@ -107,7 +111,11 @@ class AuthGate:
             self.failures += 1
             log.warning("auth.refused", status=error.status, error=error.message,
                         attempt=self.failures, retry_in=round(delay, 2))
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                self.reopen()  # cancelled: do not leave the others waiting for good
+                raise
         return True
 
 
@@ -124,27 +132,35 @@ class RetryPolicy:
         limit = self.deadline_seconds if deadline_seconds is None else deadline_seconds
         give_up_at = time.monotonic() + limit
         attempt = 0
-        probing = False
-        while True:
-            if not probing:
-                await self.gate.wait_open()
-            try:
-                result = await op()
-            except AuthError as exc:
-                probing = await self.gate.failed(exc)
-                continue
-            except TransientError as exc:
-                left = give_up_at - time.monotonic()
-                delay = backoff_delay(attempt, self.base, self.cap)
-                if exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
-                if delay > left:
+        probing = False  # we closed the gate: retry past it, and never leave it closed
+        try:
+            while True:
+                if not probing:
+                    await self.gate.wait_open()
+                try:
+                    result = await op()
+                except AuthError as exc:
+                    probing = await self.gate.failed(exc)
+                    continue
+                except TransientError as exc:
+                    # Says nothing about the credentials: a prober stays the prober.
+                    left = give_up_at - time.monotonic()
+                    delay = backoff_delay(attempt, self.base, self.cap)
+                    if exc.retry_after is not None:
+                        delay = max(delay, exc.retry_after)
+                    if delay > left:
+                        raise
+                    attempt += 1
+                    log.info("api.retry", request=what, error=exc.message, attempt=attempt,
+                             retry_in=round(delay, 2), seconds_left=round(left), **log_context)
+                    await asyncio.sleep(delay)
+                    continue
+                except ApiError:
+                    self.gate.ok()  # any answer but 401/403 means the credentials work
                     raise
-                attempt += 1
-                probing = False
-                log.info("api.retry", request=what, error=exc.message, attempt=attempt,
-                         retry_in=round(delay, 2), seconds_left=round(left), **log_context)
-                await asyncio.sleep(delay)
-                continue
-            self.gate.ok()
-            return result
+                self.gate.ok()
+                return result
+        finally:
+            if probing:
+                # Leaving without a verdict (gave up, cancelled): let a waiter probe next.
+                self.gate.reopen()
