@@ -66,7 +66,7 @@ async def test_rejection_is_final() -> None:
 
 
 async def test_auth_refusal_pauses_everyone_and_one_success_reopens() -> None:
-    policy = fast_policy()
+    policy = RetryPolicy(30, base=0.2, cap=0.2)  # each probe waits 0.1 to 0.3 s
     a = scripted(AuthError("401", 401), AuthError("401", 401), "a")
     b_calls = 0
 
@@ -87,7 +87,7 @@ async def test_auth_refusal_pauses_everyone_and_one_success_reopens() -> None:
 @pytest.mark.parametrize("after", [RejectedError("no such object", 404),
                                    TransientError("giving up", 503)])
 async def test_prober_leaving_without_success_does_not_lock_others_out(after: Exception) -> None:
-    policy = RetryPolicy(0.0, base=0.01, cap=0.05)  # deadline 0: the 503 is final at once
+    policy = RetryPolicy(0.0, base=0.2, cap=0.2)  # deadline 0: the 503 is final at once
     first = asyncio.create_task(policy.call("a", scripted(AuthError("401", 401), after)))
     await wait_for(lambda: not policy.gate.is_open, what="the gate to close")
     waiting = asyncio.create_task(policy.call("b", scripted("b")))
