@@ -1,6 +1,8 @@
 # bulkdrop: CSV files dropped into /var/spool/bulkdrop/inbox become Open Connectors bulk jobs.
 # Configure with BULKDROP_* environment variables (at least BULKDROP_API_BASE_URL) and
-# secrets through *_FILE variables pointing at mounted secret files.
+# secrets through *_FILE variables pointing at mounted secret files. The node id is
+# fixed (a container's hostname changes when it is recreated, and a node finishes only
+# the files it claimed itself): give each container sharing one spool its own.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/bulkdrop/bin:$PATH \
     BULKDROP_SPOOL_ROOT=/var/spool/bulkdrop \
+    BULKDROP_SPOOL_NODE_ID=bulkdrop \
     BULKDROP_HTTP_LISTEN=0.0.0.0:8470 \
     BULKDROP_LOG_FORMAT=json
 

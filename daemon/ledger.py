@@ -59,6 +59,19 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+class LedgerError(Exception):
+    """The ledger cannot be used; the message names the path and the cause."""
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    pass
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 @dataclass(frozen=True)
 class Row:
     claim_id: str
@@ -98,9 +111,13 @@ class Ledger:
         self.created = not self.path.exists()
         try:
             self._conn = self._connect()
-        except sqlite3.DatabaseError:
-            # Unreadable: keep it for a person to look at, start a new one. The files
-            # in processing/ are claimed afresh by the caller, so none is lost.
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                # Permissions, a full disk, I/O errors: not the ledger's fault, and
+                # starting afresh would upload recorded jobs again. Stop instead.
+                raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
+            # Corrupt: keep it for a person to look at, start a new one. The files in
+            # processing/ are claimed afresh by the caller, so none is lost.
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
             for suffix in ("", "-wal", "-shm"):
@@ -118,7 +135,7 @@ class Ledger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
+                raise _Corrupt("quick_check found damage")
             conn.executescript(SCHEMA)
         except BaseException:
             conn.close()

@@ -78,22 +78,26 @@ class Pipeline:
         await self._finish(work, outcome)
 
     async def resume(self, row: Row) -> None:
-        claimed = self.spool.claimed_from_path(Path(row.claimed_path))
-        if claimed is None:
-            return
+        path = self.spool.from_stored(row.claimed_path)
+        claimed = Claimed(row.claim_id, PurePosixPath(row.rel_path), path)
         work = Work(claimed, row.received_at, row.object, row.hub, row.job_id, row.attempts,
                     row.submitted_at)
         work.log = get_logger(file=work.rel, job_id=row.job_id)
-        if row.state != ledger.FINISHING and not claimed.path.exists():
+        if row.state == ledger.FINISHING and row.result_json:
+            stored = await asyncio.to_thread(json.loads, row.result_json)
+            errors = stored.pop("errors_all", [])
+            dest = self.spool.from_stored(row.dest_path) if row.dest_path else None
+            await self._file(work, stored, errors, row.outcome == COMPLETE, dest)
+            return
+        if not await asyncio.to_thread(path.exists):
             # Only a file removed by hand from processing/ gets here.
-            work.log.error("file.vanished", path=str(claimed.path), state=row.state)
+            work.log.error("file.vanished", path=str(path), state=row.state)
             await self.ledger.mark_finished(claimed.claim_id, utcnow())
             return
-        if row.state == ledger.FINISHING and row.result_json:
-            await self._file(work, json.loads(row.result_json), row.outcome == COMPLETE,
-                             row.dest_path)
-        elif row.state == ledger.SUBMITTED and row.job_id:
-            work.sha256, work.size = await self._inspect_quietly(claimed.path)
+        if row.state == ledger.SUBMITTED and row.job_id:
+            if self.stopping:
+                return
+            work.sha256, work.size = await self._inspect_quietly(path)
             await self._finish(work, await self._track(work))
         else:
             await self.process(work)
@@ -108,7 +112,11 @@ class Pipeline:
     async def _submit(self, work: Work) -> Outcome | None:
         """Check the file and create its job; an Outcome when it never became a job."""
         rel = work.claimed.rel
-        inspection = await asyncio.to_thread(csvfile.inspect, work.claimed.path)
+        try:
+            inspection = await asyncio.to_thread(csvfile.inspect, work.claimed.path)
+        except OSError as exc:
+            return Outcome(REJECTED, f"cannot read the file: {exc.strerror or exc}; "
+                           "check its permissions and drop it again")
         work.sha256, work.size = inspection.sha256, inspection.bytes
         obj = self._route(rel)
         if obj is None:
@@ -190,40 +198,45 @@ class Pipeline:
             sha256=work.sha256, size=work.size, attempts=work.attempts,
             received_at=work.received_at, submitted_at=work.submitted_at,
             finished_at=utcnow())
+        errors = list(outcome.errors)
+        stored = await asyncio.to_thread(json.dumps, {**result, "errors_all": errors})
         await asyncio.shield(self.ledger.mark_finishing(
-            work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason,
-            json.dumps({**result, "errors_all": list(outcome.errors)})))
-        await self._file(work, {**result, "errors_all": list(outcome.errors)}, outcome.ok, None)
+            work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored))
+        await self._file(work, result, errors, outcome.ok, None)
 
-    async def _file(self, work: Work, stored: dict[str, Any], ok: bool,
-                    dest: str | None) -> None:
+    async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
+                    dest: Path | None) -> None:
         # Shielded and tracked: a shutdown waits for it instead of leaving half a result.
-        task = asyncio.create_task(self._file_now(work, stored, ok, dest))
+        task = asyncio.create_task(self._file_now(work, result, errors, ok, dest))
         self.finishing.add(task)
         task.add_done_callback(self.finishing.discard)
         await asyncio.shield(task)
 
-    async def _file_now(self, work: Work, stored: dict[str, Any], ok: bool,
-                        dest: str | None) -> None:
-        all_errors = stored.pop("errors_all", [])
+    async def _file_now(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
+                        dest: Path | None) -> None:
+        """Move the file to its recorded destination, then write the result beside it.
+
+        The destination is recorded before the move, so a crash at any point leaves the
+        ledger knowing where the file is (or is going).
+        """
         claimed = work.claimed
-        if not claimed.path.exists() and dest is None:
-            # Only a file removed by hand from processing/ gets here: nothing to file.
-            work.log.error("file.vanished", path=str(claimed.path))
-            await self.ledger.mark_finished(claimed.claim_id, stored["finished_at"])
-            return
-        if claimed.path.exists():
-            placed = await asyncio.to_thread(self.spool.place, claimed, ok)
-            await self.ledger.record_dest(claimed.claim_id, str(placed))
-        else:
-            assert dest is not None
-            placed = Path(dest)
-        csv_bytes = errors_csv(all_errors) if all_errors else None
-        await asyncio.to_thread(self.spool.complete, claimed, placed, stored, csv_bytes)
-        await self.ledger.mark_finished(claimed.claim_id, stored["finished_at"])
-        self.counts[stored["status"]] = self.counts.get(stored["status"], 0) + 1
-        work.log.info("file.finished", status=stored["status"], api_status=stored["api_status"],
-                      reason=stored["reason"], dest=str(placed.relative_to(self.spool.root)))
+        while True:
+            if dest is None:
+                if not await asyncio.to_thread(claimed.path.exists):
+                    work.log.error("file.vanished", path=str(claimed.path))
+                    await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
+                    return
+                dest = await asyncio.to_thread(self.spool.choose_dest, claimed, ok)
+                await self.ledger.record_dest(claimed.claim_id, self.spool.to_stored(dest))
+            if await asyncio.to_thread(self.spool.move_to, claimed, dest):
+                break
+            dest = None  # taken meanwhile (another node, a person): choose again
+        csv_bytes = await asyncio.to_thread(errors_csv, errors) if errors else None
+        await asyncio.to_thread(self.spool.complete, claimed, dest, result, csv_bytes)
+        await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
+        self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
+        work.log.info("file.finished", status=result["status"], api_status=result["api_status"],
+                      reason=result["reason"], dest=self.spool.to_stored(dest))
 
     async def _inspect_quietly(self, path: Path) -> tuple[str | None, int | None]:
         try:

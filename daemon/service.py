@@ -18,11 +18,11 @@ from aiohttp import web
 
 from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
-from daemon.ledger import Ledger, utcnow
+from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import get_logger
 from daemon.pipeline import Pipeline, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
-from daemon.spool import Spool, SpoolError
+from daemon.spool import Claimed, FileChanged, Spool, SpoolError
 from daemon.tracker import Tracker
 from daemon.watcher import Watcher
 from daemon.web import create_app
@@ -97,7 +97,10 @@ class Daemon:
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
         await asyncio.to_thread(self.spool.ensure_layout)
-        await self.ledger.open()
+        try:
+            await self.ledger.open()
+        except (LedgerError, OSError) as exc:
+            raise StartupError(str(exc)) from exc
         runner = None
         try:
             runner = await self._serve_http()
@@ -123,7 +126,7 @@ class Daemon:
     async def _recover(self) -> None:
         """Continue every unfinished row; claim afresh files of ours the ledger lacks."""
         rows = await self.ledger.unfinished()
-        known = {Path(r.claimed_path) for r in rows}
+        known = {self.spool.from_stored(r.claimed_path) for r in rows}
         strays = [p for p in await asyncio.to_thread(self.spool.list_processing)
                   if p not in known]
         for row in rows:
@@ -133,7 +136,8 @@ class Daemon:
             if claimed is None:
                 log.warning("recovery.unknown_file", path=str(path))
                 continue
-            await self.ledger.add_claim(claimed.claim_id, str(claimed.rel), str(path), utcnow())
+            await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
+                                        self.spool.to_stored(path), utcnow())
             self._spawn(partial(self.pipeline.process, Work(claimed, utcnow())),
                         str(claimed.rel))
         if self.ledger.set_aside is not None:
@@ -145,36 +149,57 @@ class Daemon:
         if rows or strays:
             log.info("recovery.started", resumed=len(rows), reclaimed=len(strays),
                      following=sum(1 for r in rows if r.job_id))
+        others = await asyncio.to_thread(self.spool.other_nodes_with_files)
+        if others:
+            # Each node recovers only its own folder: a node renamed (a new container
+            # hostname) leaves its files behind until it runs again under its old name.
+            log.warning("spool.other_nodes_busy", nodes=others, node=self.settings.spool.node_id,
+                        note="files there are finished only by a daemon with that node_id")
 
     async def _claim_loop(self) -> None:
         """Claim a settled file only when a job slot and an upload slot are free."""
         while True:
-            await self.active_slots.acquire()
+            await self._claim_one()
+
+    async def _claim_one(self) -> None:
+        await self.active_slots.acquire()
+        try:
             await self.upload_slots.acquire()
-            try:
-                path = await self.candidates.get()
-                try:
-                    claimed = await asyncio.to_thread(self.spool.claim, path)
-                except (OSError, SpoolError) as exc:
-                    # Left in inbox/: the next scan offers it again.
-                    log.error("file.claim_failed", file=str(path), error=str(exc))
-                    claimed = None
-                self.watcher.release(path)
-                if claimed is None:
-                    raise LookupError  # another node took it, or it vanished
-                received = utcnow()
-                await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
-                                            str(claimed.path), received)
-            except (LookupError, asyncio.CancelledError) as exc:
-                self.upload_slots.release()
-                self.active_slots.release()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
-            self._spawn(partial(self.pipeline.process, Work(claimed, received),
-                                holding_upload_slot=True),
-                        str(claimed.rel), holding_job_slot=True)
+        except BaseException:
+            self.active_slots.release()
+            raise
+        try:
+            path = await self.candidates.get()
+            claimed = await self._claim(path)
+            if claimed is None:
+                raise LookupError  # another node took it, it vanished, or it changed
+            received = utcnow()
+            await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
+                                        self.spool.to_stored(claimed.path), received)
+        except (LookupError, asyncio.CancelledError) as exc:
+            self.upload_slots.release()
+            self.active_slots.release()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
+        self._spawn(partial(self.pipeline.process, Work(claimed, received),
+                            holding_upload_slot=True),
+                    str(claimed.rel), holding_job_slot=True)
+
+    async def _claim(self, path: Path) -> Claimed | None:
+        expect = self.watcher.signature(path)
+        try:
+            return await asyncio.to_thread(self.spool.claim, path, expect)
+        except FileChanged:
+            self.watcher.recheck(path)  # still being written: let it settle again
+            return None
+        except (OSError, SpoolError) as exc:
+            # Left in inbox/: the next scan offers it again.
+            log.error("file.claim_failed", file=str(path), error=str(exc))
+            return None
+        finally:
+            self.watcher.release(path)
 
     def _spawn(self, make: Callable[[], Awaitable[None]], name: str,
                holding_job_slot: bool = False) -> None:

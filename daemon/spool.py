@@ -7,6 +7,7 @@ Everything here is synchronous file-system work; the daemon calls it through
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import secrets
@@ -21,10 +22,15 @@ ACCEPTED_SUFFIXES = (".csv", ".tsv", ".txt")
 CLAIM_SEP = "__"
 RESULT_SUFFIX = ".result.json"
 ERRORS_SUFFIX = ".errors.csv"
+NAME_MAX = 255
 
 
 class SpoolError(Exception):
     """The spool cannot be used (missing permission, not a directory ...)."""
+
+
+class FileChanged(Exception):
+    """The file changed after it was judged complete: it is still being written."""
 
 
 def is_ignored_name(name: str) -> bool:
@@ -35,6 +41,17 @@ def is_ignored_name(name: str) -> bool:
 
 def has_accepted_suffix(name: str) -> bool:
     return name.lower().endswith(ACCEPTED_SUFFIXES)
+
+
+def _claim_name(claim_id: str, name: str) -> str:
+    """``<claim id>__<name>``, shortened to fit a 255-byte file name if need be."""
+    full = f"{claim_id}{CLAIM_SEP}{name}"
+    if len(full.encode()) <= NAME_MAX:
+        return full
+    stem, dot, ext = name.rpartition(".")
+    keep = NAME_MAX - len(f"{claim_id}{CLAIM_SEP}{dot}{ext}".encode())
+    short = (stem or name).encode()[:max(keep, 1)].decode("utf-8", "ignore")
+    return f"{claim_id}{CLAIM_SEP}{short}{dot}{ext}"
 
 
 def new_claim_id() -> str:
@@ -86,11 +103,22 @@ class Spool:
             except FileNotFoundError:
                 continue
 
-    def claim(self, path: Path) -> Claimed | None:
-        """Move *path* into processing/<node>/ atomically; None if another node won it."""
+    def claim(self, path: Path, expect: tuple[int, int] | None = None) -> Claimed | None:
+        """Move *path* into processing/<node>/ atomically; None if another node won it.
+
+        With *expect* (size, mtime_ns), a file that changed since it was judged settled
+        is not claimed: :class:`FileChanged` says to wait for it to settle again.
+        """
         rel = self.rel_to_inbox(path)
+        if expect is not None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            if (st.st_size, st.st_mtime_ns) != expect:
+                raise FileChanged(str(path))
         claim_id = new_claim_id()
-        target = self.processing / rel.parent / f"{claim_id}{CLAIM_SEP}{rel.name}"
+        target = self.processing / rel.parent / _claim_name(claim_id, rel.name)
         for _ in range(5):
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,10 +126,20 @@ class Spool:
                 return Claimed(claim_id, rel, target)
             except (FileNotFoundError, FileExistsError):
                 # Gone: another node claimed it. Or our target folder was being pruned
-                # by a finishing file just then: try again.
+                # by a finishing file just then: try again. (An NFS rename that was
+                # retransmitted reports ENOENT although it was done.)
+                if target.exists():
+                    return Claimed(claim_id, rel, target)
                 if not path.exists():
                     return None
         raise SpoolError(f"cannot claim {path}: {target.parent} keeps vanishing")
+
+    def to_stored(self, path: Path) -> str:
+        """A path below the spool root as kept in the ledger (the root may move)."""
+        return path.relative_to(self.root).as_posix()
+
+    def from_stored(self, stored: str) -> Path:
+        return self.root / stored  # absolute values from older ledgers stay absolute
 
     def claimed_from_path(self, path: Path) -> Claimed | None:
         """Rebuild a claim from a name in processing/ (recovery without a ledger row)."""
@@ -111,44 +149,64 @@ class Spool:
         rel_dir = PurePosixPath(path.parent.relative_to(self.processing).as_posix())
         return Claimed(claim_id, rel_dir / name, path)
 
+    def other_nodes_with_files(self) -> list[str]:
+        """Nodes other than ours whose processing/ folder still holds files."""
+        found = []
+        for folder in self.processing.parent.iterdir():
+            if folder == self.processing or not folder.is_dir():
+                continue
+            if any(files for _dir, _sub, files in os.walk(folder)):
+                found.append(folder.name)
+        return sorted(found)
+
     def list_processing(self) -> list[Path]:
         return [Path(folder) / name for folder, _dirs, files in os.walk(self.processing)
                 for name in files if not is_ignored_name(name)]
 
-    def place(self, claimed: Claimed, ok: bool) -> Path:
-        """Link the claimed file under done/ or failed/ at the first free name.
+    def choose_dest(self, claimed: Claimed, ok: bool) -> Path:
+        """The first free name for the file under done/ or failed/ (a.csv, a-1.csv ...).
 
-        Never overwrites. Safe to repeat after a crash: a destination that already is
-        this very file (same inode) is reused, so a file is never filed twice.
+        A name is free when neither it nor its result file exists; a name that already
+        is this very file (same inode, an earlier interrupted filing) is reused.
         """
         base = (self.done if ok else self.failed) / claimed.rel.parent
         base.mkdir(parents=True, exist_ok=True)
         stem, dot, ext = claimed.rel.name.rpartition(".")
         if not dot or not stem:
             stem, ext = claimed.rel.name, ""
-        n = 0
-        while True:
+        for n in itertools.count():
             name = claimed.rel.name if n == 0 else f"{stem}-{n}{'.' + ext if ext else ''}"
             candidate = base / name
-            n += 1
             if candidate.exists():
-                if os.path.samefile(candidate, claimed.path):
+                if _same(candidate, claimed.path):
                     return candidate
                 continue
-            if _sidecar(candidate, RESULT_SUFFIX).exists():
-                continue
-            try:
-                os.link(claimed.path, candidate)
+            if not _sidecar(candidate, RESULT_SUFFIX).exists():
                 return candidate
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
-                    raise
-            # A filesystem without hard links: check, then rename (a small race remains).
-            if not candidate.exists():
-                os.rename(claimed.path, candidate)
-                return candidate
+        raise AssertionError("unreachable")
+
+    def move_to(self, claimed: Claimed, dest: Path) -> bool:
+        """Put the claimed file at *dest* without overwriting; False if *dest* is taken.
+
+        Repeatable: True when the file is already there. A hard link makes the no-overwrite
+        check atomic; where links are refused (``fs.protected_hardlinks`` for files the
+        daemon does not own, filesystems without links) it is check-then-rename.
+        """
+        if not claimed.path.exists():
+            return dest.exists()
+        try:
+            os.link(claimed.path, dest)
+            return True
+        except FileExistsError:
+            return _same(dest, claimed.path)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EXDEV,
+                                 errno.EMLINK, errno.EOPNOTSUPP):
+                raise
+        if dest.exists():
+            return _same(dest, claimed.path)
+        os.rename(claimed.path, dest)
+        return True
 
     def complete(self, claimed: Claimed, dest: Path, result: dict[str, Any],
                  errors_csv: bytes | None) -> None:
@@ -159,6 +217,13 @@ class Spool:
             write_atomic(_sidecar(dest, ERRORS_SUFFIX), errors_csv)
         claimed.path.unlink(missing_ok=True)
         _prune_empty(claimed.path.parent, self.processing)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
 
 
 def _sidecar(dest: Path, suffix: str) -> Path:

@@ -31,7 +31,7 @@ class Watcher:
         self.settle = settle_seconds
         self.rescan = rescan_seconds
         self.force_polling = force_polling
-        self._handed: set[Path] = set()   # in `out` or being claimed
+        self._handed: dict[Path, tuple[int, int]] = {}  # in `out` or being claimed
         self._pending: dict[Path, tuple[int, int, float]] = {}  # size, mtime_ns, since
         self._scanning = asyncio.Lock()
         self._kick = asyncio.Event()     # a folder appeared: scan now
@@ -40,7 +40,16 @@ class Watcher:
 
     def release(self, path: Path) -> None:
         """The claimer is done with *path* (claimed or vanished): see it afresh next time."""
-        self._handed.discard(path)
+        self._handed.pop(path, None)
+
+    def signature(self, path: Path) -> tuple[int, int] | None:
+        """(size, mtime_ns) of *path* when it was judged settled."""
+        return self._handed.get(path)
+
+    def recheck(self, path: Path) -> None:
+        """*path* changed after it was handed on: watch it settle again."""
+        self._handed.pop(path, None)
+        self._pending[path] = (-1, -1, time.monotonic())
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -66,22 +75,24 @@ class Watcher:
                 break
             if path in self._handed:
                 continue
+            stat_at = time.time()
             st = _stat(path)
             if st is None:
                 continue
-            asyncio.run_coroutine_threadsafe(self._offer(path, st), loop).result()
+            asyncio.run_coroutine_threadsafe(self._offer(path, st, stat_at), loop).result()
             offered += 1
         return offered
 
-    async def _offer(self, path: Path, st: os.stat_result) -> None:
+    async def _offer(self, path: Path, st: os.stat_result, stat_at: float) -> None:
+        """Hand *path* on if the stat taken at *stat_at* (wall clock) shows it settled."""
         if path in self._handed:
             return
         signature = (st.st_size, st.st_mtime_ns)
         previous = self._pending.get(path)
         since = previous[2] if previous and previous[:2] == signature else time.monotonic()
-        if self._settled(st, since):
+        if self._settled(st, since, stat_at):
             self._pending.pop(path, None)
-            self._handed.add(path)
+            self._handed[path] = signature
             await self._put(path)
         else:
             self._pending[path] = (*signature, since)
@@ -93,8 +104,10 @@ class Watcher:
         else:
             self.out.put_nowait(path)
 
-    def _settled(self, st: os.stat_result, since: float) -> bool:
-        age = time.time() - st.st_mtime_ns / 1e9
+    def _settled(self, st: os.stat_result, since: float, stat_at: float) -> bool:
+        # Age as of the stat, not as of now: waiting for room in the queue must not
+        # make a file that was still growing look settled.
+        age = stat_at - st.st_mtime_ns / 1e9
         return age >= self.settle or time.monotonic() - since >= self.settle
 
     async def _settle_loop(self, stop: asyncio.Event) -> None:
@@ -102,12 +115,7 @@ class Watcher:
         while not stop.is_set():
             if self._pending:
                 paths = list(self._pending)
-                stats = await asyncio.to_thread(_stat_all, paths)
-                for path, st in zip(paths, stats, strict=True):
-                    if st is None:
-                        self._pending.pop(path, None)
-                    else:
-                        await self._offer(path, st)
+                await self._offer_all(paths, forget_missing=True)
             await _wait(stop, tick)
 
     async def _rescan_loop(self, stop: asyncio.Event) -> None:
@@ -125,21 +133,29 @@ class Watcher:
                                    if change != watchfiles.Change.deleted)
 
     async def _on_changes(self, paths: Iterable[str]) -> None:
+        wanted = []
         for raw in set(paths):
             path = Path(raw)
             try:
                 rel = path.relative_to(self.spool.inbox)
             except ValueError:
                 continue
-            if not rel.parts or any(is_ignored_name(part) for part in rel.parts):
-                continue
-            st = _stat(path)
+            if rel.parts and not any(is_ignored_name(part) for part in rel.parts):
+                wanted.append(path)
+        await self._offer_all(wanted, forget_missing=False)
+
+    async def _offer_all(self, paths: list[Path], forget_missing: bool) -> None:
+        """Stat *paths* in a thread (network mounts can be slow), then offer each."""
+        stat_at = time.time()
+        stats = await asyncio.to_thread(_stat_all, paths)
+        for path, st in zip(paths, stats, strict=True):
             if st is None:
-                continue
-            if stat.S_ISDIR(st.st_mode):
+                if forget_missing:
+                    self._pending.pop(path, None)
+            elif stat.S_ISDIR(st.st_mode):
                 self._kick.set()  # a folder moved in brings files no event will name
             else:
-                await self._offer(path, st)
+                await self._offer(path, st, stat_at)
 
 
 def _stat(path: Path) -> os.stat_result | None:

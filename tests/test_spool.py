@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
 from pathlib import Path, PurePosixPath
 
-from daemon.spool import Claimed, Spool, is_ignored_name
+import pytest
+
+from daemon.spool import Claimed, FileChanged, Spool, is_ignored_name
 
 
 def _spool(tmp_path: Path, node: str = "n1") -> Spool:
@@ -59,7 +63,7 @@ def test_finish_never_overwrites_and_result_follows_the_name(tmp_path: Path) -> 
     dests = []
     for i in range(3):
         claimed = _claimed_file(spool, "contact/a.csv", f"a\n{i}\n".encode())
-        dest = spool.place(claimed, ok=True)
+        dest = _file(spool, claimed, ok=True)
         spool.complete(claimed, dest, {"file": "contact/a.csv", "n": i}, None)
         dests.append(dest.name)
     assert dests == ["a.csv", "a-1.csv", "a-2.csv"]
@@ -70,33 +74,63 @@ def test_finish_never_overwrites_and_result_follows_the_name(tmp_path: Path) -> 
     assert not any(spool.processing.rglob("*.csv"))
 
 
+def _file(spool: Spool, claimed: Claimed, ok: bool) -> Path:
+    dest = spool.choose_dest(claimed, ok)
+    assert spool.move_to(claimed, dest)
+    return dest
+
+
 def test_finish_repeated_after_a_crash_files_the_file_once(tmp_path: Path) -> None:
     spool = _spool(tmp_path)
     claimed = _claimed_file(spool, "contact/b.csv")
-    first = spool.place(claimed, ok=False)        # crash here: linked, no result yet
-    second = spool.place(claimed, ok=False)       # the restart files it again
+    first = _file(spool, claimed, ok=False)     # crash here: linked, no result yet
+    second = _file(spool, claimed, ok=False)    # the restart files it again
     assert first == second == spool.failed / "contact" / "b.csv"
     spool.complete(claimed, second, {"status": "FAILED"}, b"x\r\n")
     assert sorted(p.name for p in (spool.failed / "contact").iterdir()) == [
         "b.csv", "b.csv.errors.csv", "b.csv.result.json"]
 
 
-def test_a_lone_result_file_keeps_its_name_taken(tmp_path: Path) -> None:
+def test_without_hard_links_filing_renames_and_is_repeatable(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    # fs.protected_hardlinks refuses links to files the daemon does not own; root is
+    # exempt, so the refusal is the one OS edge provoked by hand here.
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
     spool = _spool(tmp_path)
-    (spool.done / "contact").mkdir()
-    (spool.done / "contact" / "c.csv.result.json").write_text("{}")  # its CSV was moved away
-    claimed = _claimed_file(spool, "contact/c.csv")
-    assert spool.place(claimed, ok=True).name == "c-1.csv"
+    taken = spool.done / "contact" / "c.csv"
+    taken.parent.mkdir(parents=True)
+    taken.write_text("someone else's")
+    claimed = _claimed_file(spool, "contact/c.csv", b"mine\n")
+    dest = spool.choose_dest(claimed, ok=True)
+    assert dest.name == "c-1.csv"
+    assert spool.move_to(claimed, dest) and spool.move_to(claimed, dest)  # repeatable
+    assert dest.read_bytes() == b"mine\n" and taken.read_text() == "someone else's"
+    assert not claimed.path.exists()
 
 
-def test_names_without_extension_get_a_plain_suffix(tmp_path: Path) -> None:
+def test_a_file_changed_after_settling_is_not_claimed(tmp_path: Path) -> None:
     spool = _spool(tmp_path)
-    names = []
-    for _ in range(2):
-        claimed = _claimed_file(spool, "contact/README")
-        names.append(spool.place(claimed, ok=False).name)
-        spool.complete(claimed, spool.failed / "contact" / names[-1], {}, None)
-    assert names == ["README", "README-1"]
+    path = spool.inbox / "contact" / "growing.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"a\n1\n")
+    st = path.stat()
+    with path.open("ab") as fh:
+        fh.write(b"2\n")
+    with pytest.raises(FileChanged):
+        spool.claim(path, expect=(st.st_size, st.st_mtime_ns))
+    assert path.exists()
+
+
+def test_a_very_long_name_is_claimed_under_a_shortened_name(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    name = "x" * 250 + ".csv"
+    claimed = _claimed_file(spool, f"contact/{name}")
+    assert claimed.rel.name == name
+    assert len(claimed.path.name.encode()) <= 255 and claimed.path.name.endswith(".csv")
 
 
 def test_ignore_rules() -> None:
@@ -107,10 +141,6 @@ def test_ignore_rules() -> None:
 
 
 def test_unwritable_spool_is_a_clear_error(tmp_path: Path) -> None:
-    import os
-
-    import pytest
-
     from daemon.spool import SpoolError
 
     if os.geteuid() == 0:
