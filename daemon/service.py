@@ -241,7 +241,9 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
         if self.pipeline.finishing:
-            await asyncio.gather(*self.pipeline.finishing, return_exceptions=True)
+            # Filing is quick; bound it anyway (a hung network mount must not hang us).
+            # Whatever is cut short is redone from the ledger at the next start.
+            await asyncio.wait(self.pipeline.finishing, timeout=max(1.0, grace / 4))
         counts = {k.lower(): v for k, v in self.pipeline.counts.items()}
         log.info("daemon.stopped", seconds=round(time.monotonic() - started, 2),
                  cut_short=len(left), **counts)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from daemon.client import OpenConnectorsClient
 from daemon.config import Secret, Settings
 from daemon.ledger import Ledger, utcnow
+from daemon.service import Daemon, StartupError
 from daemon.sim import SimServer
 from daemon.spool import Spool
 from tests.helpers import contacts_csv, drop, result_of, sha256, wait_for
@@ -96,3 +99,12 @@ async def test_job_that_never_finishes_fails_at_the_timeout(make_settings, run_d
     assert result["job_id"] and f"job {result['job_id']} not finished after 1 s" in result["reason"]
     assert "last status RUNNING" in result["reason"]
     assert sim.sim.jobs[result["job_id"]].status == "CANCELLED", "the API was asked to cancel it"
+
+
+async def test_unopenable_ledger_stops_start_up_instead_of_starting_afresh(
+        make_settings, sim: SimServer) -> None:
+    settings = make_settings()
+    (settings.spool.state_dir / "bulkdrop.db").mkdir(parents=True)  # not a file at all
+    with pytest.raises(StartupError, match="bulkdrop.db"):
+        await Daemon(settings).serve()
+    assert not list(settings.spool.state_dir.glob("*.corrupt-*"))
