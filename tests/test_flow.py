@@ -177,3 +177,16 @@ async def test_stop_while_idle_is_quick(make_settings, run_daemon, spool_root: P
     await wait_for(lambda: not daemon.files and daemon.ready.is_set(), what="idle")
     await asyncio.sleep(0)
     assert time.monotonic() - started < 5
+
+
+async def test_folder_moved_into_inbox_is_picked_up_by_its_event(make_settings, run_daemon,
+                                                                 spool_root: Path,
+                                                                 tmp_path: Path) -> None:
+    await run_daemon(make_settings(spool__rescan_seconds=600))  # no rescan will help
+    staging = tmp_path / "staging" / "account"
+    staging.mkdir(parents=True)
+    for i in range(3):
+        (staging / f"acc{i}.csv").write_text(contacts_csv(2, tag=str(i)))
+    staging.rename(spool_root / "inbox" / "account")
+    done = spool_root / "done" / "account"
+    await wait_for(lambda: len(list(done.glob("*.result.json"))) == 3, what="3 results")
