@@ -23,6 +23,7 @@ SANDBOX_DEFAULTS = {
     "api.user_secret": "sandbox-user",
     "api.element_token": "sandbox-element",
     "http.listen": "",
+    "workers.poll_interval_seconds": 1.0,
 }
 
 
