@@ -1,20 +1,71 @@
-"""Local checks on a dropped file and the byte stream that is uploaded.
+"""Dropped files as CSV: dialect and encoding detection, validation, streaming normaliser.
 
-``inspect`` reads the file once, in chunks (call it in a thread): its sha256, its
-size, and the first problem that means it must never become a job.
+``inspect`` reads the file once, in chunks (call it in a thread): its sha256 and size,
+the dialect found, the rows, and every problem that means it must never become a job,
+with 1-based physical line numbers. ``upload_body`` then streams it: byte for byte when
+it is already comma-separated UTF-8 without BOM and no column changes apply, else
+converted block by block in a thread to RFC 4180 UTF-8 comma CSV. Memory stays flat.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiofiles
+from typing import Any
 
 CHUNK = 256 * 1024
-BLANK = b"\r\n\t \xef\xbb\xbf"
+OUT_BLOCK = 64 * 1024
+MAX_PROBLEMS = 100
+FIELD_LIMIT = 16 * 1024 * 1024  # a longer field is an unbalanced quote, not data
+DELIMITERS = ("\t", ";", "|", ",")  # ties go to the earlier: commas fill free text
+DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+csv.field_size_limit(FIELD_LIMIT)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Per-object column changes: renames and drops in the upload, required names."""
+    rename: Mapping[str, str] = field(default_factory=dict)
+    drop: Sequence[str] = ()
+    require: Sequence[str] = ()
+
+    @property
+    def changes_data(self) -> bool:
+        return bool(self.rename or self.drop)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    encoding: str     # utf-8, utf-8-sig, utf-16-le, utf-16-be, cp1252
+    delimiter: str
+    line_endings: str  # CRLF, LF, CR, none
+
+    @property
+    def is_rfc4180_utf8(self) -> bool:
+        return self.encoding == "utf-8" and self.delimiter == ","
+
+    def describe(self) -> dict[str, str]:
+        return {"encoding": self.encoding, "delimiter": DELIMITER_NAMES[self.delimiter],
+                "line_endings": self.line_endings}
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
 
 
 @dataclass(frozen=True)
@@ -22,46 +73,241 @@ class Inspection:
     sha256: str
     bytes: int
     lines: int
-    problem: str | None  # one line a person can act on; None when the file may be uploaded
+    dialect: Dialect | None
+    header: tuple[str, ...] = ()
+    rows: int = 0
+    problems: tuple[Problem, ...] = ()   # the first MAX_PROBLEMS
+    problems_total: int = 0
+
+    @property
+    def problem(self) -> str | None:
+        """One line a person can act on; None when the file may be uploaded."""
+        if not self.problems:
+            return None
+        if self.problems_total == 1:
+            return str(self.problems[0])
+        return f"{self.problems_total} problems found before upload, first: {self.problems[0]}"
+
+    def passes_through(self, columns: Columns) -> bool:
+        return self.dialect is not None and self.dialect.is_rfc4180_utf8 \
+            and not columns.changes_data
 
 
-def inspect(path: Path) -> Inspection:
-    digest = hashlib.sha256()
-    size = newlines = 0
-    last = b""
-    header_seen = has_data = False
-    tail = b""
+def header_names(row: Sequence[str]) -> list[str]:
+    """Column names as compared and mapped: without a byte order mark or outer spaces."""
+    names = [v.strip() for v in row]
+    if names and names[0].startswith("\ufeff"):
+        names[0] = names[0][1:].strip()
+    return names
+
+
+class _Rejected(Exception):
+    """Stops the scan: the file cannot be read on (bad bytes for its encoding)."""
+
+
+class _Scan:
+    """One pass over the file: hash, decode, parse, check, count."""
+
+    def __init__(self, path: Path, encoding: str | None, columns: Columns) -> None:
+        self.path, self.columns = path, columns
+        self.encoding = encoding or "utf-8"
+        self.guessing = encoding is None   # UTF-8 until a bad byte says cp1252
+        self.digest = hashlib.sha256()
+        self.size = self.physical = self.rows = 0
+        self.non_ascii = False
+        self.problems: list[Problem] = []
+        self.total = 0
+        self.header: tuple[str, ...] = ()
+
+    def add(self, line: int | None, message: str) -> None:
+        self.total += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(line, message))
+
+    def text_lines(self, newline: str) -> Iterator[str]:
+        """Decoded physical lines; decoding errors stop the scan with their line."""
+        decoder = codecs.getincrementaldecoder(self.encoding)("strict")
+        tail = ""
+        with open(self.path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                self.digest.update(chunk)
+                self.size += len(chunk)
+                try:
+                    text = decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    good = chunk[:exc.start].decode(self.encoding, "replace")
+                    self.non_ascii = self.non_ascii or not good.isascii()
+                    line = self.physical + (tail + good).count(newline) + 1
+                    raise _Rejected(line) from None
+                if not self.non_ascii and not text.isascii():
+                    self.non_ascii = True
+                parts = (tail + text).split(newline)
+                tail = parts.pop()
+                for part in parts:
+                    self.physical += 1
+                    yield part + newline
+            try:
+                tail += decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise _Rejected(self.physical + 1) from None
+        if tail:
+            self.physical += 1
+            yield tail
+
+
+def _bom_encoding(head: bytes) -> str | None:
+    for bom, name in BOMS:
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def _line_endings(text: str) -> tuple[str, str]:
+    """(the newline to split on, its name) from a sample of the text."""
+    if "\n" in text:
+        return "\n", "CRLF" if "\r\n" in text else "LF"
+    return ("\r", "CR") if "\r" in text else ("\n", "none")
+
+
+def sniff_delimiter(sample: str) -> str:
+    """The candidate that splits the sample's first rows into the most consistent columns."""
+    lines = sample.splitlines(keepends=True)[:50]
+    if len(lines) > 1 and not sample.endswith(("\n", "\r")):
+        lines = lines[:-1]  # the sample may cut the last line short
+    best, best_score = ",", (-1.0, 0)
+    for delimiter in DELIMITERS:
+        try:
+            counts = [len(r) for r in csv.reader(lines, delimiter=delimiter) if r]
+        except csv.Error:
+            continue
+        if not counts or counts[0] < 2:
+            continue
+        consistency = sum(c == counts[0] for c in counts) / len(counts)
+        score = (consistency, -DELIMITERS.index(delimiter))
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def digest(path: Path) -> tuple[str, int]:
+    """sha256 and size of any file, read in chunks."""
+    hashed = hashlib.sha256()
+    size = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
-            digest.update(chunk)
+            hashed.update(chunk)
             size += len(chunk)
-            newlines += chunk.count(b"\n")
-            last = chunk[-1:]
-            if has_data:
-                continue
-            parts = (tail + chunk).split(b"\n")
-            tail = parts.pop()
-            for part in parts:
-                if not header_seen:
-                    header_seen = bool(part.strip(BLANK))
-                elif part.strip(BLANK):
-                    has_data = True
-                    break
-    if not has_data and tail.strip(BLANK):
-        has_data, header_seen = header_seen, True
-    problem = None
-    if size == 0:
-        problem = "the file is empty"
-    elif not header_seen:
-        problem = "the file holds only blank lines"
-    elif not has_data:
-        problem = "the file has a header line but no data rows"
-    lines = newlines + (1 if size and last != b"\n" else 0)
-    return Inspection(digest.hexdigest(), size, lines, problem)
+    return hashed.hexdigest(), size
 
 
-async def stream(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
-    """The file's bytes, chunk by chunk, read off the event loop."""
-    async with aiofiles.open(path, "rb") as fh:
-        while chunk := await fh.read(chunk_size):
-            yield chunk
+def inspect(path: Path, columns: Columns | None = None) -> Inspection:
+    """Detect, validate and count; never raises for bad content, only for I/O errors."""
+    columns = columns or Columns()
+    with open(path, "rb") as fh:
+        head = fh.read(CHUNK)
+    if not head:
+        return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
+                          (Problem(None, "the file is empty"),), 1)
+    declared = _bom_encoding(head)
+    scan = _run_scan(path, head, declared, columns)
+    if scan is None:  # not UTF-8 and no BOM: read it as Windows-1252
+        scan = _run_scan(path, head, "cp1252", columns)
+    assert scan is not None
+    return scan
+
+
+def _run_scan(path: Path, head: bytes, encoding: str | None,
+              columns: Columns) -> Inspection | None:
+    sample = head.decode(encoding or "utf-8", "replace")
+    if encoding == "utf-8-sig" or encoding is None:
+        sample = sample.lstrip("\ufeff")
+    newline, endings = _line_endings(sample)
+    delimiter = sniff_delimiter(sample)
+    scan = _Scan(path, encoding, columns)
+    try:
+        _check_rows(scan, scan.text_lines(newline), delimiter)
+    except _Rejected as exc:
+        if scan.guessing and not scan.non_ascii:
+            return None
+        line = exc.args[0]
+        scan.add(line, f"bytes that are not valid {scan.encoding} text; "
+                       "save the file as UTF-8 and drop it again")
+        _drain(scan)
+    encoding_found = scan.encoding if not scan.guessing else "utf-8"
+    return Inspection(scan.digest.hexdigest(), scan.size, scan.physical,
+                      Dialect(encoding_found, delimiter, endings), scan.header, scan.rows,
+                      tuple(scan.problems), scan.total)
+
+
+def _drain(scan: _Scan) -> None:
+    """Finish hashing after a stop, so sha256 and bytes still describe the whole file."""
+    with open(scan.path, "rb") as fh:
+        fh.seek(scan.size)
+        while chunk := fh.read(CHUNK):
+            scan.digest.update(chunk)
+            scan.size += len(chunk)
+
+
+def _check_rows(scan: _Scan, lines: Iterator[str], delimiter: str) -> None:
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    width = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if _stops(scan, reader.line_num, exc, lines):
+                break
+            continue
+        line = reader.line_num
+        if any("\x00" in value for value in row):
+            scan.add(line, "NUL bytes: is this a UTF-16 file without a byte order mark?")
+        if not width:
+            width = _check_header(scan, row, line)
+            continue
+        if not row:
+            continue  # a blank line
+        scan.rows += 1
+        if len(row) != width:
+            scan.add(line, f"{len(row)} fields, the header has {width}")
+    if width and not scan.rows and not scan.total:
+        scan.add(None, "the file has a header line but no data rows")
+    if not width and not scan.total:
+        scan.add(None, "the file holds only blank lines")
+
+
+def _stops(scan: _Scan, line: int, exc: csv.Error, lines: Iterator[str]) -> bool:
+    """Record a parse error; True when parsing cannot go on."""
+    if "end of data" in str(exc):
+        scan.add(line, 'a quoted field is never closed (unbalanced ")')
+        return True
+    scan.add(line, f"malformed CSV: {exc}")
+    if "field limit" in str(exc):
+        for _ in lines:  # read on so the hash and count cover the whole file
+            pass
+        return True
+    return False
+
+
+def _check_header(scan: _Scan, row: list[str], line: int) -> int:
+    if not row:
+        return 0  # blank lines before the header are skipped
+    names = header_names(row)
+    if not any(names):
+        scan.add(line, "the header line has no column names")
+        return len(row)
+    scan.header = tuple(names)
+    for i, name in enumerate(names, 1):
+        if not name:
+            scan.add(line, f"column {i} has no name")
+    renamed = [scan.columns.rename.get(n, n) for n in names if n not in scan.columns.drop]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(renamed, 1):
+        if name and name in seen:
+            scan.add(line, f"column name {name!r} appears twice (columns {seen[name]} and {i})")
+        seen.setdefault(name, i)
+    for required in scan.columns.require:
+        if required not in seen:
+            scan.add(line, f"required column {required!r} is missing")
+    return len(row)

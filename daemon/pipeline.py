@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,6 +19,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
+from daemon.normalise import upload_body
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
 from daemon.spool import Claimed, Spool, has_accepted_suffix
@@ -36,6 +37,7 @@ class Work:
     attempts: int = 0
     submitted_at: str | None = None
     sha256: str | None = None
+    inspection: csvfile.Inspection | None = None
     size: int | None = None
     log: Any = field(default=None, repr=False)
 
@@ -97,7 +99,7 @@ class Pipeline:
         if row.state == ledger.SUBMITTED and row.job_id:
             if self.stopping:
                 return
-            work.sha256, work.size = await self._inspect_quietly(path)
+            await self._inspect_quietly(work)
             await self._finish(work, await self._track(work))
         else:
             await self.process(work)
@@ -112,24 +114,33 @@ class Pipeline:
     async def _submit(self, work: Work) -> Outcome | None:
         """Check the file and create its job; an Outcome when it never became a job."""
         rel = work.claimed.rel
+        obj = self._route(rel)
+        columns = self._columns(obj)
+        accepted = has_accepted_suffix(rel.name)
         try:
-            inspection = await asyncio.to_thread(csvfile.inspect, work.claimed.path)
+            if accepted:
+                found = await asyncio.to_thread(csvfile.inspect, work.claimed.path, columns)
+                work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
+            else:
+                work.sha256, work.size = await asyncio.to_thread(csvfile.digest,
+                                                                 work.claimed.path)
         except OSError as exc:
             return Outcome(REJECTED, f"cannot read the file: {exc.strerror or exc}; "
                            "check its permissions and drop it again")
-        work.sha256, work.size = inspection.sha256, inspection.bytes
-        obj = self._route(rel)
         if obj is None:
             return Outcome(REJECTED, "files directly in inbox/ need an object: drop it into "
                            "inbox/<object>/ (e.g. inbox/contact/) or set [spool] default_object")
         work.obj, work.hub = obj, self.settings.hub_for(obj)
-        if not has_accepted_suffix(rel.name):
+        if not accepted or work.inspection is None:
             return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
                            "export it as CSV and drop it again")
-        if inspection.problem:
-            return Outcome(REJECTED, inspection.problem)
+        if work.inspection.problem:
+            return Outcome(REJECTED, work.inspection.problem,
+                           errors=[p.as_dict() for p in work.inspection.problems],
+                           errors_total=work.inspection.problems_total)
+        body = upload_body(work.claimed.path, work.inspection, columns)
         try:
-            created = await self.policy.call("create_job", lambda: self._create(work),
+            created = await self.policy.call("create_job", lambda: self._create(work, body),
                                              file=work.rel)
         except RejectedError as exc:
             return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
@@ -146,16 +157,17 @@ class Pipeline:
         work.log.info("job.created", object=obj, hub=work.hub, attempts=work.attempts)
         return None
 
-    async def _create(self, work: Work) -> str:
+    def _columns(self, obj: str | None) -> csvfile.Columns:
+        if obj is None:
+            return csvfile.Columns()
+        conf = self.settings.object_settings(obj)
+        return csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+
+    async def _create(self, work: Work, body: Callable[[], AsyncIterator[bytes]]) -> str:
         assert work.obj is not None and work.hub is not None
         work.attempts += 1
         await self.ledger.mark_submitting(work.claimed.claim_id, work.obj, work.hub)
         meta = self.settings.object_settings(work.obj).metadata
-        path = work.claimed.path
-
-        def body() -> AsyncIterator[bytes]:
-            return csvfile.stream(path)
-
         job = await self.client.create_job(
             work.hub, work.obj, work.claimed.rel.name, body, metadata=meta,
             callback_url=self.settings.callback.public_url)
@@ -196,6 +208,7 @@ class Pipeline:
         result = build_result(
             outcome, rel=work.rel, obj=work.obj, hub=work.hub, job_id=work.job_id,
             sha256=work.sha256, size=work.size, attempts=work.attempts,
+            csv_info=_csv_info(work.inspection, self._columns(work.obj)),
             received_at=work.received_at, submitted_at=work.submitted_at,
             finished_at=utcnow())
         errors = list(outcome.errors)
@@ -238,12 +251,22 @@ class Pipeline:
         work.log.info("file.finished", status=result["status"], api_status=result["api_status"],
                       reason=result["reason"], dest=self.spool.to_stored(dest))
 
-    async def _inspect_quietly(self, path: Path) -> tuple[str | None, int | None]:
+    async def _inspect_quietly(self, work: Work) -> None:
+        """Hash and describe a file whose job already exists (resumed after a restart)."""
+        columns = self._columns(work.obj)
         try:
-            found = await asyncio.to_thread(csvfile.inspect, path)
+            found = await asyncio.to_thread(csvfile.inspect, work.claimed.path, columns)
         except OSError:
-            return None, None
-        return found.sha256, found.bytes
+            return
+        work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
+
+
+def _csv_info(found: csvfile.Inspection | None, columns: csvfile.Columns) -> dict[str, Any] | None:
+    """What the file turned out to be: dialect, encoding, rows, converted or sent as is."""
+    if found is None or found.dialect is None:
+        return None
+    return {**found.dialect.describe(), "rows": found.rows,
+            "converted": not found.passes_through(columns)}
 
 
 def _count(value: Any) -> int | None:

@@ -21,6 +21,7 @@ class Outcome:
     records_total: int | None = None
     records_failed: int | None = None
     errors: Sequence[Any] = field(default_factory=list)
+    errors_total: int | None = None    # when more were found than are listed
 
     @property
     def ok(self) -> bool:
@@ -29,6 +30,7 @@ class Outcome:
 
 def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None,
                  job_id: str | None, sha256: str | None, size: int | None, attempts: int,
+                 csv_info: dict[str, Any] | None,
                  received_at: str, submitted_at: str | None, finished_at: str) -> dict[str, Any]:
     records = None
     if outcome.records_total is not None or outcome.records_failed is not None:
@@ -42,10 +44,12 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
         "job_id": job_id,
         "records": records,
         "errors": list(outcome.errors[:ERRORS_IN_RESULT]),
-        "errors_total": len(outcome.errors),
+        "errors_total": (outcome.errors_total if outcome.errors_total is not None
+                         else len(outcome.errors)),
         "reason": outcome.reason,
         "sha256": sha256,
         "bytes": size,
+        "csv": csv_info,
         "attempts": attempts,
         "received_at": received_at,
         "submitted_at": submitted_at,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import threading
 import time
 from pathlib import Path
@@ -27,8 +29,16 @@ async def test_sample_contacts_end_up_done_with_job_id(make_settings, run_daemon
     assert result["file"] == "contact/sample.csv"
     assert (result["object"], result["hub"]) == ("contact", "marketing")
     job = sim.sim.jobs[result["job_id"]]
-    assert job.sha256 == digest == result["sha256"]
+    assert result["sha256"] == digest  # of the file as dropped
     assert job.name == "/sample.csv"
+    # The seed's sample is tab-separated: it arrives as comma CSV, field for field.
+    seed_rows = list(csv.reader(io.StringIO((DATA / "sample_contacts.tsv").read_text()),
+                                delimiter="\t"))
+    assert job.body is not None
+    sent_rows = list(csv.reader(io.StringIO(job.body.decode("utf-8"))))
+    assert sent_rows == seed_rows and len(seed_rows) == 11 and len(seed_rows[0]) == 7
+    assert result["csv"] == {"encoding": "utf-8", "delimiter": "tab", "line_endings": "LF",
+                             "rows": 10, "converted": True}
     assert result["bytes"] == dropped.stat().st_size if dropped.exists() else done.stat().st_size
     assert result["attempts"] == 1
     assert result["received_at"] <= result["submitted_at"] <= result["finished_at"]
@@ -190,3 +200,18 @@ async def test_folder_moved_into_inbox_is_picked_up_by_its_event(make_settings, 
     staging.rename(spool_root / "inbox" / "account")
     done = spool_root / "done" / "account"
     await wait_for(lambda: len(list(done.glob("*.result.json"))) == 3, what="3 results")
+
+
+async def test_comma_utf8_file_reaches_the_api_byte_for_byte(make_settings, run_daemon,
+                                                             sim: SimServer,
+                                                             spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    content = ('email,name,note\r\n"a@example.com","Zoë","line one\nline two"\r\n'
+               'b@example.com,Bob,"say ""hi"""\r\n').encode()
+    dropped = drop(spool_root, "contact/exact.csv", content)
+    digest = sha256(dropped)
+    done = spool_root / "done" / "contact" / "exact.csv"
+    await wait_for(lambda: done.with_name("exact.csv.result.json").exists(), what="result")
+    job = next(iter(sim.sim.jobs.values()))
+    assert job.sha256 == digest == result_of(done)["sha256"]
+    assert result_of(done)["csv"]["converted"] is False
