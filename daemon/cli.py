@@ -10,12 +10,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from daemon import __version__, logs
 from daemon.config import ConfigError, Settings, find_config_path, load_settings
 from daemon.sim import cli as sim_cli
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 
 SANDBOX_DEFAULTS = {
     "spool.root": "spool",
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sandbox", action="store_true",
                      help="start the embedded Open Connectors simulator and use ./spool")
     command("objects", "list the objects of the configured hub")
+    validate = command("validate", "check a file as the daemon would, without uploading")
+    validate.add_argument("file", type=Path, metavar="FILE")
+    validate.add_argument("--object", metavar="O",
+                          help="apply this object's column settings from the config")
     sim = command("sim", "serve the Open Connectors simulator on its own")
     sim_cli.add_arguments(sim)
     return parser
@@ -57,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "objects":
             return cmd_objects(args)
+        if args.command == "validate":
+            return cmd_validate(args)
         return sim_cli.run(args)
     except ConfigError as exc:
         print(f"bulkdrop: configuration error: {exc}", file=sys.stderr)
@@ -146,3 +153,41 @@ def cmd_objects(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from daemon import csvfile
+    from daemon.spool import has_accepted_suffix
+
+    settings = _settings(args, require_base_url=False)
+    columns = csvfile.Columns()
+    if args.object:
+        conf = settings.object_settings(args.object)
+        columns = csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+    path: Path = args.file
+    try:
+        found = csvfile.inspect(path, columns)
+    except OSError as exc:
+        print(f"bulkdrop: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"file: {path} ({found.bytes} bytes, sha256 {found.sha256})")
+    if found.dialect is not None:
+        d = found.dialect.describe()
+        print(f"dialect: {d['delimiter']}-separated, {d['encoding']}, "
+              f"{d['line_endings']} line endings")
+    if found.header:
+        print(f"header: {len(found.header)} columns: {', '.join(found.header)}")
+    print(f"rows: {found.rows} (lines: {found.lines})")
+    problems = [str(p) for p in found.problems]
+    if not has_accepted_suffix(path.name):
+        problems.insert(0, "not a .csv, .tsv or .txt file: the daemon rejects it")
+    if problems:
+        total = found.problems_total + (len(problems) - len(found.problems))
+        print(f"problems ({total}):")
+        for line in problems:
+            print(f"  {line}")
+        print("result: rejected")
+        return EXIT_REJECTED
+    how = "as is" if found.passes_through(columns) else "converted to comma-separated UTF-8"
+    print(f"result: accepted (sent {how})")
+    return EXIT_OK

@@ -141,6 +141,8 @@ class _Scan:
                     raise _Rejected(line) from None
                 if not self.non_ascii and not text.isascii():
                     self.non_ascii = True
+                if self.size == len(chunk):
+                    text = text.removeprefix("\ufeff")  # a UTF-16 byte order mark
                 parts = (tail + text).split(newline)
                 tail = parts.pop()
                 for part in parts:
@@ -252,15 +254,15 @@ def _check_rows(scan: _Scan, lines: Iterator[str], delimiter: str) -> None:
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
     width = 0
     while True:
+        line = reader.line_num + 1  # where the record starts (it may span lines)
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            if _stops(scan, reader.line_num, exc, lines):
+            if _stops(scan, line, exc, lines):
                 break
             continue
-        line = reader.line_num
         if any("\x00" in value for value in row):
             scan.add(line, "NUL bytes: is this a UTF-16 file without a byte order mark?")
         if not width:

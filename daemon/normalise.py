@@ -52,9 +52,13 @@ def _lines(path: Path, dialect: Dialect) -> Iterator[str]:
     newline = "\r" if dialect.line_endings == "CR" else "\n"
     decoder = codecs.getincrementaldecoder(dialect.encoding)("strict")
     tail = ""
+    first = True
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
-            parts = (tail + decoder.decode(chunk)).split(newline)
+            text = decoder.decode(chunk)
+            if first:
+                text, first = text.removeprefix("\ufeff"), False  # a UTF-16 byte order mark
+            parts = (tail + text).split(newline)
             tail = parts.pop()
             for part in parts:
                 yield part + newline

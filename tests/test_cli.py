@@ -186,3 +186,19 @@ async def test_daemon_logs_json_lines_with_context_and_no_secrets(spawn, sim: Si
     for secret in SECRETS.values():
         assert secret not in everything
     assert sim.sim.jobs, "the daemon did talk to the simulator with those secrets"
+
+
+async def test_validate_reports_and_exits_0_or_3(spawn, tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_bytes("email;name\r\na@x;Zoë\r\n".encode("cp1252"))
+    code, out, _ = await _finish(await spawn("validate", str(good)))
+    assert code == 0
+    assert "semicolon-separated, cp1252, CRLF" in out and "rows: 1" in out
+    assert "converted to comma-separated UTF-8" in out
+
+    config = tmp_path / "c.toml"
+    config.write_text('[objects.contact]\nrequire_columns = ["phone"]\n')
+    code, out, _ = await _finish(await spawn("validate", str(good), "--object", "contact",
+                                             "--config", str(config)))
+    assert code == 3
+    assert "line 1: required column 'phone' is missing" in out and "result: rejected" in out

@@ -1,0 +1,177 @@
+"""CSV intake on real files: detection, every rejection with its line, the normaliser."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon.csvfile import Columns, inspect
+from daemon.normalise import normalised_blocks
+
+
+def _write(tmp_path: Path, data: bytes, name: str = "f.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _normalised(path: Path, columns: Columns | None = None) -> list[list[str]]:
+    found = inspect(path, columns)
+    assert found.problem is None, found.problem
+    assert found.dialect is not None
+    out = b"".join(normalised_blocks(path, found.dialect, columns or Columns()))
+    return list(csv.reader(io.StringIO(out.decode("utf-8"), newline="")))
+
+
+ROWS = [["email", "name", "city"], ["a@x.com", "Zoë", "Köln"], ["b@x.com", "Bob, Jr.", "Paris"]]
+
+
+def _render(rows: list[list[str]], delimiter: str, encoding: str,
+            lineterminator: str = "\r\n") -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator=lineterminator).writerows(rows)
+    text = buf.getvalue()
+    if encoding == "utf-16-le-bom":
+        return b"\xff\xfe" + text.encode("utf-16-le")
+    if encoding == "utf-16-be-bom":
+        return b"\xfe\xff" + text.encode("utf-16-be")
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize(("delimiter", "encoding", "name", "expected"), [
+    (",", "utf-8", "comma", "utf-8"),
+    ("\t", "utf-8", "tab", "utf-8"),
+    (";", "utf-8-sig", "semicolon", "utf-8-sig"),
+    ("|", "cp1252", "pipe", "cp1252"),
+    ("\t", "utf-16-le-bom", "tab", "utf-16-le"),
+    (";", "utf-16-be-bom", "semicolon", "utf-16-be"),
+])
+def test_dialects_and_encodings_are_detected_and_converted(
+        tmp_path: Path, delimiter: str, encoding: str, name: str, expected: str) -> None:
+    path = _write(tmp_path, _render(ROWS, delimiter, encoding))
+    found = inspect(path)
+    assert found.dialect is not None
+    assert (found.dialect.encoding, found.dialect.describe()["delimiter"]) == (expected, name)
+    assert found.rows == 2 and found.header == ("email", "name", "city")
+    assert _normalised(path) == ROWS
+    assert found.passes_through(Columns()) == (delimiter == "," and encoding == "utf-8")
+
+
+def test_the_seeds_tab_separated_sample(tmp_path: Path) -> None:
+    sample = (Path(__file__).parent / "data" / "sample_contacts.tsv").read_bytes()
+    path = _write(tmp_path, sample, "sample.csv")
+    found = inspect(path)
+    assert found.dialect is not None and found.dialect.delimiter == "\t"
+    assert (found.rows, len(found.header), found.lines) == (10, 7, 11)
+    assert _normalised(path) == list(csv.reader(io.StringIO(sample.decode()), delimiter="\t"))
+
+
+def test_commas_inside_tab_separated_fields_do_not_fool_detection(tmp_path: Path) -> None:
+    rows = [["company", "address"], ["Acme, Inc.", "1 Main St, Springfield"],
+            ["Beta", "2 High St, Shelbyville, OR"]]
+    path = _write(tmp_path, _render(rows, "\t", "utf-8"))
+    assert _normalised(path) == rows
+
+
+def test_old_mac_line_endings(tmp_path: Path) -> None:
+    path = _write(tmp_path, b"email,name\r1@x,A\r2@x,B\r")
+    found = inspect(path)
+    assert found.dialect is not None and found.dialect.line_endings == "CR"
+    assert _normalised(path) == [["email", "name"], ["1@x", "A"], ["2@x", "B"]]
+
+
+def test_columns_are_renamed_dropped_and_required(tmp_path: Path) -> None:
+    path = _write(tmp_path, b"C_EmailAddress,C_FirstName,Internal\r\na@x,Ann,secret\r\n")
+    columns = Columns(rename={"C_EmailAddress": "email", "C_FirstName": "firstName"},
+                      drop=("Internal",), require=("email",))
+    assert _normalised(path, columns) == [["email", "firstName"], ["a@x", "Ann"]]
+    assert not inspect(path, columns).passes_through(columns)
+    missing = inspect(path, Columns(require=("email", "phone")))
+    assert missing.problem == "line 1: required column 'email' is missing" or \
+        missing.problems_total == 2
+    assert [str(p) for p in missing.problems] == [
+        "line 1: required column 'email' is missing",
+        "line 1: required column 'phone' is missing"]
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"email,name\r\na@x,A\r\nb@x\r\nc@x,C,extra\r\n",
+     ["line 3: 1 fields, the header has 2", "line 4: 3 fields, the header has 2"]),
+    (b"email,,name\na,b,c\n", ["line 1: column 2 has no name"]),
+    (b"email,name,Email ,name\n1,2,3,4\n",
+     ["line 1: column name 'name' appears twice (columns 2 and 4)"]),
+    (b",,\n1,2,3\n", ["line 1: the header line has no column names"]),
+    (b"email,name\na@x,A\nb@x,\"B\nc@x,C\n", ['line 3: a quoted field is never closed '
+                                            '(unbalanced ")']),
+    (b"email,name\na@x,A\x00B\n", ["line 2: NUL bytes: is this a UTF-16 file without a byte "
+                                  "order mark?"]),
+    (b"email,name\na@x,Zo\xc3\xab\nb@x,\xff\xfe bad\n",
+     ["line 3: bytes that are not valid utf-8 text; save the file as UTF-8 and drop it "
+      "again"]),
+    (b"email,name\na@x,caf\xe9\nb@x,\x81\n",
+     ["line 3: bytes that are not valid cp1252 text; save the file as UTF-8 and drop it "
+      "again"]),
+])
+def test_rejections_name_their_lines(tmp_path: Path, data: bytes, expected: list[str]) -> None:
+    found = inspect(_write(tmp_path, data))
+    assert [str(p) for p in found.problems] == expected
+    assert found.problems_total == len(expected)
+    assert found.bytes == len(data)
+
+
+def test_windows_1252_is_the_fallback_when_utf8_fails(tmp_path: Path) -> None:
+    path = _write(tmp_path, "email,name\r\na@x,café\r\nb@x,Müller – 5 €\r\n".encode("cp1252"))
+    found = inspect(path)
+    assert found.dialect is not None and found.dialect.encoding == "cp1252"
+    assert _normalised(path)[2] == ["b@x", "Müller – 5 €"]
+
+
+def test_problems_are_capped_but_counted(tmp_path: Path) -> None:
+    data = b"a,b\n" + b"1\n" * 250
+    found = inspect(_write(tmp_path, data))
+    assert len(found.problems) == 100 and found.problems_total == 250
+    assert found.problem is not None and found.problem.startswith("250 problems")
+    assert found.problems[0].line == 2 and found.problems[-1].line == 101
+
+
+# Fields may hold the file's own delimiter, quotes, newlines, unicode and nothing at all.
+# A second candidate delimiter filling every field would make any file ambiguous, so
+# other delimiters stay out of the cells (commas in a TSV are covered above).
+def _table(delimiter: str, encoding: str) -> st.SearchStrategy[list[list[str]]]:
+    others = "".join(d for d in ",\t;|" if d != delimiter)
+    if encoding == "cp1252":   # letters whose bytes can never read as UTF-8 by accident
+        alphabet = st.sampled_from([chr(c) for c in range(0x20, 0x7f) if chr(c) not in others]
+                                   + [chr(c) for c in range(0xC0, 0x100)] + ['"', "\n"])
+    else:
+        alphabet = st.characters(blacklist_categories=("Cs",),
+                                 blacklist_characters="\x00\r\ufeff" + others)
+    cell = st.text(alphabet, max_size=12)
+    name = st.text(alphabet.filter(lambda c: c.strip() and c not in '"\n'),  # type: ignore[attr-defined]
+                   min_size=1, max_size=8)
+    return st.integers(2, 5).flatmap(lambda width: st.tuples(
+        st.lists(name, min_size=width, max_size=width, unique_by=str.strip),
+        st.lists(st.lists(cell, min_size=width, max_size=width), min_size=1, max_size=6),
+    )).map(lambda t: [t[0], *t[1]])
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16-le-bom", "utf-16-be-bom",
+                                      "cp1252"])
+@pytest.mark.parametrize("delimiter", [",", "\t", ";", "|"])
+def test_normalising_keeps_every_row_and_field(tmp_path_factory: pytest.TempPathFactory,
+                                               delimiter: str, encoding: str) -> None:
+    folder = tmp_path_factory.mktemp("prop")
+
+    @settings(max_examples=25, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_table(delimiter, encoding))
+    def check(rows: list[list[str]]) -> None:
+        rows = [rows[0]] + [r for r in rows[1:] if r != [""] * len(r) or len(r) > 1]
+        path = _write(folder, _render(rows, delimiter, encoding))
+        assert _normalised(path) == rows
+
+    check()
