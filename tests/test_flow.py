@@ -164,7 +164,9 @@ async def test_metadata_of_the_object_is_sent(make_settings, run_daemon, sim: Si
 
     config = tmp_path / "bulkdrop.toml"
     config.write_text('[objects.contact]\nhub = "crm"\n'
-                      'metadata = { identifierFieldName = "email", action = "upsert" }\n')
+                      'metadata = { identifierFieldName = "email", action = "upsert" }\n'
+                      'rename_columns = { first_name = "firstName" }\n'
+                      'drop_columns = ["last_name"]\n')
     base = make_settings()
     settings = load_settings(config, {}, forced={
         "api.base_url": sim.base_url, "api.user_secret": "u", "api.element_token": "e",
@@ -176,6 +178,8 @@ async def test_metadata_of_the_object_is_sent(make_settings, run_daemon, sim: Si
     await wait_for(lambda: done.with_name("m.csv.result.json").exists(), what="result")
     job = next(iter(sim.sim.jobs.values()))
     assert job.metadata == {"identifierFieldName": "email", "action": "upsert"}
+    assert job.body is not None
+    assert job.body.decode().splitlines()[:2] == ["email,firstName", "user0@example.com,First0"]
     assert job.hub == "crm"
     assert result_of(done)["hub"] == "crm"
 

@@ -82,3 +82,20 @@ async def test_temp_and_hidden_names_are_left_alone(make_settings, run_daemon, s
         assert path.exists(), f"{path.name} was touched"
     assert len(sim.sim.jobs) == 1
     assert not list((spool_root / "failed").rglob("*"))
+
+
+async def test_problems_are_listed_with_lines_in_the_result(make_settings, run_daemon,
+                                                           sim: SimServer,
+                                                           spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    data = b"email,name\r\na@x,A\r\nb@x\r\nc@x,C\r\nd@x,D,extra\r\n"
+    drop(spool_root, "contact/ragged.csv", data)
+    result = await _rejected(spool_root, "contact/ragged.csv")
+    assert result["errors"] == [{"line": 3, "message": "1 fields, the header has 2"},
+                                {"line": 5, "message": "3 fields, the header has 2"}]
+    assert result["errors_total"] == 2
+    assert result["reason"].startswith("2 problems found before upload, first: line 3")
+    assert result["csv"]["rows"] == 4
+    errors_csv = (spool_root / "failed" / "contact" / "ragged.csv.errors.csv").read_text()
+    assert errors_csv.splitlines()[1] == "3,\"1 fields, the header has 2\""
+    assert sim.sim.creates_attempted == 0
