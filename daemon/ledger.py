@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE TABLE IF NOT EXISTS parts (
+    claim_id    TEXT NOT NULL,
+    part        INTEGER NOT NULL,
+    first_row   INTEGER NOT NULL,
+    rows        INTEGER NOT NULL,
+    job_id      TEXT,
+    submitted_at TEXT,
+    result_json TEXT,
+    PRIMARY KEY (claim_id, part)
+);
 CREATE TABLE IF NOT EXISTS events (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     claim_id TEXT NOT NULL,
@@ -57,6 +67,16 @@ CREATE TABLE IF NOT EXISTS events (
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Part:
+    part: int            # 1-based
+    first_row: int       # 0-based index of its first data row
+    rows: int
+    job_id: str | None
+    submitted_at: str | None
+    result_json: str | None  # set once the part's job has ended
 
 
 class LedgerError(Exception):
@@ -214,6 +234,39 @@ class Ledger:
     async def latest(self, limit: int = 10) -> list[Row]:
         return await self._run(self._select, "SELECT * FROM files ORDER BY updated_at DESC"
                                " LIMIT ?", (limit,))
+
+    # -- a file sent as several jobs (objects.<name>.max_rows_per_job) -----------------
+
+    async def plan_parts(self, claim_id: str, spans: list[tuple[int, int]]) -> None:
+        """Record how the file is cut (first data row, rows) before any part is sent."""
+        def plan() -> None:
+            assert self._conn is not None, "ledger is not open"
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO parts (claim_id, part, first_row, rows)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(claim_id, i, first, rows) for i, (first, rows) in enumerate(spans, 1)])
+        await self._run(plan)
+
+    async def record_part_job(self, claim_id: str, part: int, job_id: str,
+                              submitted_at: str) -> None:
+        await self._run(
+            self._write, claim_id, SUBMITTED, f"part {part}: {job_id}",
+            "UPDATE parts SET job_id=?, submitted_at=? WHERE claim_id=? AND part=?",
+            (job_id, submitted_at, claim_id, part))
+
+    async def finish_part(self, claim_id: str, part: int, result_json: str) -> None:
+        await self._run(
+            self._write, claim_id, SUBMITTED, f"part {part} ended",
+            "UPDATE parts SET result_json=? WHERE claim_id=? AND part=?",
+            (result_json, claim_id, part))
+
+    async def parts(self, claim_id: str) -> list[Part]:
+        rows = await self._run(self._query, "SELECT * FROM parts WHERE claim_id=? ORDER BY part",
+                               (claim_id,))
+        return [Part(r["part"], r["first_row"], r["rows"], r["job_id"], r["submitted_at"],
+                     r["result_json"]) for r in rows]
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         assert self._conn is not None, "ledger is not open"

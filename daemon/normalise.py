@@ -19,14 +19,17 @@ import aiofiles
 from daemon.csvfile import CHUNK, OUT_BLOCK, Columns, Dialect, Inspection, header_names
 
 
-def upload_body(path: Path, inspection: Inspection,
-                columns: Columns) -> Callable[[], AsyncIterator[bytes]]:
-    """A factory of fresh upload streams (a retried upload starts from the top)."""
-    if inspection.passes_through(columns):
+def upload_body(path: Path, inspection: Inspection, columns: Columns,
+                rows: range | None = None) -> Callable[[], AsyncIterator[bytes]]:
+    """A factory of fresh upload streams (a retried upload starts from the top).
+
+    With *rows* (0-based data rows), only the header and those rows are sent.
+    """
+    if rows is None and inspection.passes_through(columns):
         return lambda: stream_raw(path)
     assert inspection.dialect is not None, "only a file with a dialect is uploaded"
     dialect = inspection.dialect
-    return lambda: stream_normalised(path, dialect, columns)
+    return lambda: stream_normalised(path, dialect, columns, rows)
 
 
 async def stream_raw(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
@@ -36,9 +39,9 @@ async def stream_raw(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes
             yield chunk
 
 
-async def stream_normalised(path: Path, dialect: Dialect,
-                            columns: Columns) -> AsyncIterator[bytes]:
-    blocks = normalised_blocks(path, dialect, columns)
+async def stream_normalised(path: Path, dialect: Dialect, columns: Columns,
+                            rows: range | None = None) -> AsyncIterator[bytes]:
+    blocks = normalised_blocks(path, dialect, columns, rows)
     try:
         while (block := await asyncio.to_thread(next, blocks, None)) is not None:
             yield block
@@ -67,16 +70,26 @@ def _lines(path: Path, dialect: Dialect) -> Iterator[str]:
         yield tail
 
 
-def normalised_blocks(path: Path, dialect: Dialect,
-                      columns: Columns) -> Generator[bytes, None, None]:
-    """RFC 4180 (CRLF, minimal quoting) UTF-8 blocks of the file, with column changes."""
+def normalised_blocks(path: Path, dialect: Dialect, columns: Columns,
+                      rows: range | None = None) -> Generator[bytes, None, None]:
+    """RFC 4180 (CRLF, minimal quoting) UTF-8 blocks of the file, with column changes.
+
+    With *rows*, the header and only those data rows (0-based, blank lines not counted).
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     keep: list[int] | None = None
+    index = -1
     for row in csv.reader(_lines(path, dialect), delimiter=dialect.delimiter, strict=True):
         if not row:
             continue  # blank lines carry no record
-        if keep is None:
+        if keep is not None:
+            index += 1
+            if rows is not None and index not in rows:
+                if index >= rows.stop:
+                    break
+                continue
+        else:
             names = header_names(row)
             keep = [i for i, name in enumerate(names) if name not in columns.drop]
             if row[0].startswith("\ufeff"):

@@ -20,6 +20,7 @@ from daemon.config import Settings
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
 from daemon.normalise import upload_body
+from daemon.parts import run_parts
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
 from daemon.spool import Claimed, Spool, has_accepted_suffix
@@ -45,6 +46,10 @@ class Work:
     def rel(self) -> str:
         return str(self.claimed.rel)
 
+    @property
+    def rows(self) -> int | None:
+        return self.inspection.rows if self.inspection else None
+
 
 class Pipeline:
     def __init__(self, settings: Settings, spool: Spool, ledger: Ledger,
@@ -67,12 +72,22 @@ class Pipeline:
         work.log = get_logger(file=work.rel)
         if not holding_upload_slot:
             await self.upload_slots.acquire()
+        held = True
         try:
             if self.stopping:
                 return
-            outcome = await self._submit(work)
+            outcome = await self._check(work)
+            if outcome is None and await self._in_parts(work):
+                self.upload_slots.release()  # each part takes its own turn
+                held = False
+                outcome = await run_parts(self, work, self._max_rows(work))
+                if outcome is None:
+                    return  # stopping: the ledger knows which parts are out
+            elif outcome is None:
+                outcome = await self._submit(work)
         finally:
-            self.upload_slots.release()
+            if held:
+                self.upload_slots.release()
         if outcome is None:  # a job exists: follow it
             if self.stopping:
                 return
@@ -96,7 +111,9 @@ class Pipeline:
             work.log.error("file.vanished", path=str(path), state=row.state)
             await self.ledger.mark_finished(claimed.claim_id, utcnow())
             return
-        if row.state == ledger.SUBMITTED and row.job_id:
+        if await self.ledger.parts(row.claim_id):
+            await self.process(work)  # sent in parts: continue with what is not done
+        elif row.state == ledger.SUBMITTED and row.job_id:
             if self.stopping:
                 return
             await self._inspect_quietly(work)
@@ -111,8 +128,8 @@ class Pipeline:
             return rel.parts[0]
         return self.settings.spool.default_object or None
 
-    async def _submit(self, work: Work) -> Outcome | None:
-        """Check the file and create its job; an Outcome when it never became a job."""
+    async def _check(self, work: Work) -> Outcome | None:
+        """Route, read and validate the file; an Outcome when it must not become a job."""
         rel = work.claimed.rel
         obj = self._route(rel)
         columns = self._columns(obj)
@@ -138,10 +155,24 @@ class Pipeline:
             return Outcome(REJECTED, work.inspection.problem,
                            errors=[p.as_dict() for p in work.inspection.problems],
                            errors_total=work.inspection.problems_total)
-        body = upload_body(work.claimed.path, work.inspection, columns)
+        return None
+
+    def _max_rows(self, work: Work) -> int:
+        limit = self.settings.object_settings(work.obj).max_rows_per_job if work.obj else 0
+        return limit or (1 << 62)
+
+    async def _in_parts(self, work: Work) -> bool:
+        """Too many rows for one job, or already being sent in parts (a resumed file)."""
+        return (self._max_rows(work) < (work.rows or 0)
+                or bool(await self.ledger.parts(work.claimed.claim_id)))
+
+    async def send(self, work: Work, rows: range | None = None) -> str | Outcome:
+        """Create one job for the file (or for *rows* of it): its id, or why not."""
+        assert work.inspection is not None
+        body = upload_body(work.claimed.path, work.inspection, self._columns(work.obj), rows)
         try:
-            created = await self.policy.call("create_job", lambda: self._create(work, body),
-                                             file=work.rel)
+            return await self.policy.call("create_job", lambda: self._create(work, body),
+                                          file=work.rel)
         except RejectedError as exc:
             return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
         except TransientError as exc:
@@ -149,12 +180,18 @@ class Pipeline:
                            f"{self.settings.api.retry_deadline_seconds:g} s: {exc.message}")
         except ApiError as exc:  # an answer we cannot use; the job may exist
             return Outcome(FAILED, f"upload answer unusable, not retried: {exc.message}")
+
+    async def _submit(self, work: Work) -> Outcome | None:
+        """Create the file's job and record its id; an Outcome when that failed."""
+        created = await self.send(work)
+        if isinstance(created, Outcome):
+            return created
         work.job_id, work.submitted_at = created, utcnow()
         # Recorded before anything else happens, and not cancellable half-way.
         await asyncio.shield(self.ledger.record_job(work.claimed.claim_id, created,
                                                     work.submitted_at))
         work.log = work.log.bind(job_id=created)
-        work.log.info("job.created", object=obj, hub=work.hub, attempts=work.attempts)
+        work.log.info("job.created", object=work.obj, hub=work.hub, attempts=work.attempts)
         return None
 
     def _columns(self, obj: str | None) -> csvfile.Columns:
@@ -174,31 +211,34 @@ class Pipeline:
         return job.id
 
     async def _track(self, work: Work) -> Outcome:
-        assert work.job_id is not None and work.hub is not None
+        assert work.job_id is not None
+        return await self.follow(work, work.job_id, work.submitted_at or utcnow())
+
+    async def follow(self, work: Work, job_id: str, submitted_at: str) -> Outcome:
+        """Follow one job to its end (cancelled at shutdown: it resumes from the ledger)."""
+        assert work.hub is not None
         task = asyncio.current_task()
         assert task is not None
         self.tracking.add(task)
         try:
-            end = await self.tracker.follow(work.hub, work.job_id,
-                                            work.submitted_at or utcnow(), work.log)
-            return await self._outcome(work, end)
+            end = await self.tracker.follow(work.hub, job_id, submitted_at, work.log)
+            return await self._outcome_of(work.hub, job_id, end)
         finally:
             self.tracking.discard(task)
 
-    async def _outcome(self, work: Work, end: JobEnd) -> Outcome:
+    async def _outcome_of(self, hub: str, job_id: str, end: JobEnd) -> Outcome:
         total = _count(end.body.get("recordsCount"))
         failed = _count(end.body.get("recordsFailedCount"))
         if not end.ok:
             api_says = end.body.get("message") or end.body.get("error")
-            reason = end.reason or f"job {work.job_id} ended {end.status}" + (
+            reason = end.reason or f"job {job_id} ended {end.status}" + (
                 f": {api_says}" if api_says else "")
             return Outcome(FAILED, reason, end.status, total, failed)
         errors: list[Any] = []
-        reason = f"job {work.job_id} completed: {total if total is not None else '?'} records"
+        reason = f"job {job_id} completed: {total if total is not None else '?'} records"
         if failed:
-            assert work.hub is not None and work.job_id is not None
             try:
-                errors = await self.tracker.errors(work.hub, work.job_id)
+                errors = await self.tracker.errors(hub, job_id)
             except ApiError as exc:
                 reason += f"; its error records could not be read: {exc.message}"
             reason += f", {failed} failed"

@@ -22,6 +22,7 @@ class Outcome:
     records_failed: int | None = None
     errors: Sequence[Any] = field(default_factory=list)
     errors_total: int | None = None    # when more were found than are listed
+    jobs: Sequence[Any] | None = None  # a file sent in parts: one entry per job
 
     @property
     def ok(self) -> bool:
@@ -35,7 +36,7 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
     records = None
     if outcome.records_total is not None or outcome.records_failed is not None:
         records = {"total": outcome.records_total, "failed": outcome.records_failed}
-    return {
+    result = {
         "file": rel,
         "object": obj or None,
         "hub": hub,
@@ -55,6 +56,9 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
         "submitted_at": submitted_at,
         "finished_at": finished_at,
     }
+    if outcome.jobs is not None:
+        result["jobs"] = list(outcome.jobs)
+    return result
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:

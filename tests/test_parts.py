@@ -1,0 +1,104 @@
+"""Files sent as several jobs (objects.<name>.max_rows_per_job)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import signal
+import sqlite3
+from pathlib import Path
+
+from daemon.config import Settings, load_settings
+from daemon.sim import SimServer
+from tests.helpers import contacts_csv, drop, finished, result_of, wait_for
+from tests.procs import DaemonProc, daemons, write_config
+
+
+def _split_settings(sim: SimServer, root: Path, tmp_path: Path, max_rows: int = 4) -> Settings:
+    config = tmp_path / "split.toml"
+    config.write_text(f"[objects.contact]\nmax_rows_per_job = {max_rows}\n")
+    return load_settings(config, {}, forced={
+        "api.base_url": sim.base_url, "api.user_secret": "u", "api.element_token": "e",
+        "spool.root": str(root), "spool.node_id": "n1", "spool.settle_seconds": 0.1,
+        "http.listen": "", "workers.poll_interval_seconds": 0.05,
+        "workers.poll_max_interval_seconds": 0.2})
+
+
+def _rows(body: bytes | None) -> list[list[str]]:
+    assert body is not None
+    return list(csv.reader(io.StringIO(body.decode())))
+
+
+async def test_a_file_over_the_limit_goes_as_several_jobs(run_daemon, sim: SimServer,
+                                                          tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    await run_daemon(_split_settings(sim, root, tmp_path))
+    content = contacts_csv(10, bad_every=4)   # rows 0, 4, 8 have bad emails
+    drop(root, "contact/big.csv", content)
+    done = root / "done" / "contact" / "big.csv"
+    await wait_for(lambda: done.with_name("big.csv.result.json").exists(), what="result")
+    result = result_of(done)
+    assert result["status"] == "COMPLETE"
+    assert [j["rows"] for j in result["jobs"]] == [[1, 4], [5, 8], [9, 10]]
+    assert [j["status"] for j in result["jobs"]] == ["COMPLETE"] * 3
+    assert result["records"] == {"total": 10, "failed": 3}
+    assert [e["part"] for e in result["errors"]] == [1, 2, 3]
+    assert result["job_id"] == result["jobs"][0]["job_id"]
+    # Every part carries the header; together they are the file, row for row.
+    sent = [_rows(sim.sim.jobs[j["job_id"]].body) for j in result["jobs"]]
+    dropped = list(csv.reader(io.StringIO(content)))
+    assert all(part[0] == dropped[0] for part in sent)
+    assert [row for part in sent for row in part[1:]] == dropped[1:]
+
+
+async def test_a_failing_part_stops_the_rest(run_daemon, sim: SimServer, tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    await run_daemon(_split_settings(sim, root, tmp_path))
+    drop(root, "contact/x-sim-error.csv", contacts_csv(10))
+    failed = root / "failed" / "contact" / "x-sim-error.csv"
+    await wait_for(lambda: failed.with_name(failed.name + ".result.json").exists(),
+                   what="result")
+    result = result_of(failed)
+    assert result["status"] == "FAILED" and result["api_status"] == "ERROR"
+    assert result["reason"].startswith("part 1 of 3 (rows 1-4): job ")
+    assert result["reason"].endswith("parts 2, 3 not sent")
+    assert [j["status"] for j in result["jobs"]] == ["FAILED", "NOT_SENT", "NOT_SENT"]
+    assert len(sim.sim.jobs) == 1
+
+
+def _recorded_parts(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM parts WHERE job_id IS NOT NULL").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+async def test_kill_between_parts_continues_with_the_rest(sim: SimServer,
+                                                          tmp_path: Path) -> None:
+    sim.sim.config.job_seconds = 1.5  # the daemon is following part 1 when it dies
+    root = tmp_path / "spool"
+    drop(root, "contact/three.csv", contacts_csv(9))
+    config = write_config(tmp_path / "c.toml", sim.base_url, root)
+    config.write_text(config.read_text() + "[objects.contact]\nmax_rows_per_job = 3\n")
+    db = root / ".state" / "n1" / "bulkdrop.db"
+    async with daemons() as started:
+        daemon = await DaemonProc(config, tmp_path / "d.log").start()
+        started.append(daemon)
+        await wait_for(lambda: _recorded_parts(db) == 1, what="part 1 recorded")
+        await daemon.kill()
+        assert len(sim.sim.jobs) == 1
+        daemon = await DaemonProc(config, tmp_path / "d.log").start()
+        started.append(daemon)
+        await wait_for(lambda: len(finished(root)) == 1, timeout=30, what="filed")
+        daemon.signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 20) == 0
+    result = result_of(root / "done" / "contact" / "three.csv")
+    assert result["status"] == "COMPLETE" and result["records"]["total"] == 9
+    assert len(sim.sim.jobs) == 3, "part 1 was followed by its id, not sent again"
+    assert sorted(j["job_id"] for j in result["jobs"]) == sorted(sim.sim.jobs)
