@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon import __version__, logs
+from daemon import __version__, csvfile, logs
 from daemon.config import ConfigError, Settings, find_config_path, load_settings
 from daemon.sim import cli as sim_cli
 
@@ -156,7 +156,6 @@ def cmd_objects(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from daemon import csvfile
     from daemon.spool import has_accepted_suffix
 
     settings = _settings(args, require_base_url=False)
@@ -188,6 +187,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print("result: rejected")
         return EXIT_REJECTED
+    if args.object and settings.api.base_url:
+        _warn_unknown_columns(settings, args.object, found.header, columns)
     how = "as is" if found.passes_through(columns) else "converted to comma-separated UTF-8"
     print(f"result: accepted (sent {how})")
     return EXIT_OK
+
+
+def _warn_unknown_columns(settings: Settings, obj: str, header: Sequence[str],
+                          columns: csvfile.Columns) -> None:
+    """Compare the columns as they would be sent with the object's fields, when the API says."""
+    from daemon.client import OpenConnectorsClient
+    from daemon.retry import ApiError
+
+    api = settings.api
+
+    async def fetch() -> list[str]:
+        client = OpenConnectorsClient(
+            api.base_url, user_secret=api.user_secret,
+            organization_secret=api.organization_secret, element_token=api.element_token,
+            timeout_seconds=min(api.request_timeout_seconds, 30))
+        try:
+            return await client.object_fields(settings.hub_for(obj), obj)
+        finally:
+            await client.close()
+
+    try:
+        fields = asyncio.run(fetch())
+    except ApiError as exc:
+        print(f"note: no field list for {obj!r} from the API ({exc.message})")
+        return
+    if not fields:
+        return
+    sent = [columns.rename.get(n, n) for n in csvfile.header_names(header)
+            if n not in columns.drop]
+    for name in sent:
+        if name not in fields:
+            print(f"warning: column {name!r} is not a field of {obj!r} "
+                  f"(fields: {', '.join(fields)})")

@@ -144,6 +144,14 @@ class OpenConnectorsClient:
         data, _ = await self._request("GET", f"/hubs/{quote(hub, safe='')}/objects")
         return [str(x) for x in data] if isinstance(data, list) else []
 
+    async def object_fields(self, hub: str, obj: str) -> list[str]:
+        """Field names of *obj* (``vendorPath`` of ``GET /objects/{obj}/metadata``)."""
+        data, _ = await self._request(
+            "GET", f"/hubs/{quote(hub, safe='')}/objects/{quote(obj, safe='')}/metadata")
+        fields = data.get("fields") if isinstance(data, dict) else None
+        return [str(f["vendorPath"]) for f in fields or []
+                if isinstance(f, dict) and f.get("vendorPath")]
+
     async def cancel_job(self, hub: str, job_id: str) -> None:
         await self._request(
             "PUT", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/cancel")

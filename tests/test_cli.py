@@ -202,3 +202,21 @@ async def test_validate_reports_and_exits_0_or_3(spawn, tmp_path: Path) -> None:
                                              "--config", str(config)))
     assert code == 3
     assert "line 1: required column 'phone' is missing" in out and "result: rejected" in out
+
+
+async def test_validate_warns_about_columns_the_object_lacks(spawn, sim: SimServer,
+                                                             tmp_path: Path) -> None:
+    file = tmp_path / "export.csv"
+    file.write_text("C_EmailAddress,firstName\na@x,Ann\n")
+    env = _env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
+    code, out, _ = await _finish(await spawn("validate", str(file), "--object", "contact",
+                                             env=env))
+    assert code == 0, "a warning, not a rejection"
+    assert "warning: column 'C_EmailAddress' is not a field of 'contact'" in out
+    assert "firstName" not in out.split("warning")[1].split("(fields")[0]
+
+    config = tmp_path / "c.toml"
+    config.write_text('[objects.contact]\nrename_columns = { C_EmailAddress = "email" }\n')
+    code, out, _ = await _finish(await spawn("validate", str(file), "--object", "contact",
+                                             "--config", str(config), env=env))
+    assert code == 0 and "warning" not in out

@@ -24,6 +24,23 @@ async def objects(request: web.Request) -> web.Response:
     return web.json_response(list(_sim(request).config.objects))
 
 
+# Fields the simulator reports for its objects (GET /objects/{name}/metadata): those of
+# the bulk API page's sample, under the names a connector would use, and a few more.
+OBJECT_FIELDS = {
+    "contact": ("email", "firstName", "lastName", "title", "phone", "company", "website"),
+    "account": ("name", "website", "phone", "industry", "email"),
+}
+
+
+async def object_metadata(request: web.Request) -> web.Response:
+    obj = request.match_info["object"]
+    if obj not in _sim(request).config.objects:
+        return error_response(404, f"No resource found for object '{obj}'")
+    fields = [{"vendorPath": name, "type": "string", "vendorRequired": name == "email",
+               "vendorReadOnly": False} for name in OBJECT_FIELDS.get(obj, ())]
+    return web.json_response({"fields": fields})
+
+
 async def bulk_create(request: web.Request) -> web.Response:
     sim = _sim(request)
     obj = request.match_info["object"]
@@ -132,6 +149,8 @@ def _decode_token(token: str | None, job_id: str) -> int:
 def add_routes(app: web.Application) -> None:
     """Hub routes, plus the hub-less platform forms of the job routes."""
     app.router.add_get("/hubs/{hub}/objects", objects, name="objects")
+    app.router.add_get("/hubs/{hub}/objects/{object}/metadata", object_metadata,
+                       name="object_metadata")
     app.router.add_post("/hubs/{hub}/bulk/{object}", bulk_create, name="bulk_create")
     app.router.add_get("/hubs/{hub}/bulk/jobs", bulk_jobs, name="bulk_jobs")
     app.router.add_get("/bulk/jobs", bulk_jobs, name="platform_bulk_jobs")
