@@ -126,19 +126,9 @@ def cmd_objects(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(settings.log.format, settings.log.level)
     api = settings.api
-
-    async def fetch() -> list[str]:
-        client = OpenConnectorsClient(
-            api.base_url, user_secret=api.user_secret,
-            organization_secret=api.organization_secret, element_token=api.element_token,
-            timeout_seconds=min(api.request_timeout_seconds, 60))
-        try:
-            return await client.objects(api.hub)
-        finally:
-            await client.close()
-
+    client = OpenConnectorsClient.from_settings(api, timeout_cap=60)
     try:
-        names = asyncio.run(fetch())
+        names = asyncio.run(client.once(lambda c: c.objects(api.hub)))
     except AuthError as exc:
         print(f"bulkdrop: the API refused the credentials (HTTP {exc.status}: {exc.message});"
               " check api.user_secret and api.element_token", file=sys.stderr)
@@ -200,20 +190,9 @@ def _warn_unknown_columns(settings: Settings, obj: str, header: Sequence[str],
     from daemon.client import OpenConnectorsClient
     from daemon.retry import ApiError
 
-    api = settings.api
-
-    async def fetch() -> list[str]:
-        client = OpenConnectorsClient(
-            api.base_url, user_secret=api.user_secret,
-            organization_secret=api.organization_secret, element_token=api.element_token,
-            timeout_seconds=min(api.request_timeout_seconds, 30))
-        try:
-            return await client.object_fields(settings.hub_for(obj), obj)
-        finally:
-            await client.close()
-
+    client = OpenConnectorsClient.from_settings(settings.api, timeout_cap=30)
     try:
-        fields = asyncio.run(fetch())
+        fields = asyncio.run(client.once(lambda c: c.object_fields(settings.hub_for(obj), obj)))
     except ApiError as exc:
         print(f"note: no field list for {obj!r} from the API ({exc.message})")
         return

@@ -8,17 +8,18 @@ request that must not be repeated blindly (creating a job) stays visible as such
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp.payload import AsyncIterablePayload
 
-from daemon.config import Secret
+from daemon.config import ApiSettings, Secret
 from daemon.retry import ApiError, AuthError, RejectedError, TransientError, parse_retry_after
 
+T = TypeVar("T")
 ERRORS_PAGE_SIZE = 200
 # Error pages are followed until the API stops giving a token; this bounds a broken
 # server that keeps sending one (200 x 5000 = a million error records).
@@ -68,6 +69,23 @@ class OpenConnectorsClient:
         self._auth = authorization(user_secret, organization_secret, element_token)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, api: ApiSettings, timeout_cap: float | None = None
+                      ) -> OpenConnectorsClient:
+        """A client for ``[api]``; *timeout_cap* shortens requests for interactive commands."""
+        timeout = api.request_timeout_seconds
+        return cls(api.base_url, user_secret=api.user_secret,
+                   organization_secret=api.organization_secret,
+                   element_token=api.element_token,
+                   timeout_seconds=min(timeout, timeout_cap) if timeout_cap else timeout)
+
+    async def once(self, call: Callable[[OpenConnectorsClient], Awaitable[T]]) -> T:
+        """Run one call and close the session: for the command line."""
+        try:
+            return await call(self)
+        finally:
+            await self.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:

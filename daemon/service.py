@@ -40,10 +40,7 @@ class Daemon:
         s = settings
         self.spool = Spool(s.spool.root, s.spool.node_id)
         self.ledger = Ledger(s.spool.state_dir / "bulkdrop.db")
-        self.client = OpenConnectorsClient(
-            s.api.base_url, user_secret=s.api.user_secret,
-            organization_secret=s.api.organization_secret, element_token=s.api.element_token,
-            timeout_seconds=s.api.request_timeout_seconds)
+        self.client = OpenConnectorsClient.from_settings(s.api)
         self.policy = RetryPolicy(s.api.retry_deadline_seconds)
         self.tracker = Tracker(self.client, self.policy,
                                poll_interval=s.workers.poll_interval_seconds,
