@@ -69,6 +69,8 @@ class OpenConnectorsClient:
         self._auth = authorization(user_secret, organization_secret, element_token)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+        # Told (endpoint, HTTP status or "error"/"timeout") after every request.
+        self.on_answer: Callable[[str, int | str], None] = lambda endpoint, code: None
 
     @classmethod
     def from_settings(cls, api: ApiSettings, timeout_cap: float | None = None
@@ -98,7 +100,7 @@ class OpenConnectorsClient:
             await self._session.close()
             self._session = None
 
-    async def _request(self, method: str, path: str,
+    async def _request(self, endpoint: str, method: str, path: str,
                        **kwargs: Any) -> tuple[Any, Mapping[str, str]]:
         headers = {"Authorization": self._auth, "Accept": "application/json",
                    **kwargs.pop("headers", {})}
@@ -106,6 +108,7 @@ class OpenConnectorsClient:
             async with self.session.request(method, self.base_url + path, headers=headers,
                                             **kwargs) as resp:
                 body = await resp.read()
+                self.on_answer(endpoint, resp.status)
                 if resp.status >= 400:
                     raise classify(resp.status, body, resp.headers)
                 try:
@@ -115,8 +118,10 @@ class OpenConnectorsClient:
                     raise ApiError(f"HTTP {resp.status}: the answer is not JSON",
                                    resp.status) from None
         except TimeoutError:
+            self.on_answer(endpoint, "timeout")
             raise TransientError(f"{method} timed out") from None
         except aiohttp.ClientError as exc:
+            self.on_answer(endpoint, "error")
             # The exception text may carry the URL but never our headers.
             raise TransientError(f"{type(exc).__name__}: {exc}") from None
 
@@ -133,7 +138,7 @@ class OpenConnectorsClient:
                 meta.set_content_disposition("form-data", name="metaData")
         headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
         data, _ = await self._request(
-            "POST", f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}",
+            "create_job", "POST", f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}",
             params={"path": "/" + name}, data=form, headers=headers)
         if not isinstance(data, dict) or data.get("id") in (None, ""):
             raise ApiError("the API accepted the upload but returned no job id")
@@ -142,7 +147,7 @@ class OpenConnectorsClient:
 
     async def job_status(self, hub: str, job_id: str) -> dict[str, Any]:
         data, _ = await self._request(
-            "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/status")
+            "status", "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/status")
         if not isinstance(data, dict):
             raise TransientError("status response is not a JSON object")
         return data
@@ -153,23 +158,24 @@ class OpenConnectorsClient:
         if token:
             params["nextPage"] = token
         data, headers = await self._request(
-            "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/errors",
+            "errors", "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/errors",
             params=params)
         records = data if isinstance(data, list) else []
         return records, headers.get("Elements-Next-Page-Token") or None
 
     async def objects(self, hub: str) -> list[str]:
-        data, _ = await self._request("GET", f"/hubs/{quote(hub, safe='')}/objects")
+        data, _ = await self._request("objects", "GET", f"/hubs/{quote(hub, safe='')}/objects")
         return [str(x) for x in data] if isinstance(data, list) else []
 
     async def object_fields(self, hub: str, obj: str) -> list[str]:
         """Field names of *obj* (``vendorPath`` of ``GET /objects/{obj}/metadata``)."""
         data, _ = await self._request(
-            "GET", f"/hubs/{quote(hub, safe='')}/objects/{quote(obj, safe='')}/metadata")
+            "metadata", "GET",
+            f"/hubs/{quote(hub, safe='')}/objects/{quote(obj, safe='')}/metadata")
         fields = data.get("fields") if isinstance(data, dict) else None
         return [str(f["vendorPath"]) for f in fields or []
                 if isinstance(f, dict) and f.get("vendorPath")]
 
     async def cancel_job(self, hub: str, job_id: str) -> None:
         await self._request(
-            "PUT", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/cancel")
+            "cancel", "PUT", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/cancel")

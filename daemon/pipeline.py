@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +21,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
+from daemon.metrics import Metrics
 from daemon.normalise import upload_body
 from daemon.parts import run_parts
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
@@ -54,8 +57,9 @@ class Work:
 class Pipeline:
     def __init__(self, settings: Settings, spool: Spool, ledger: Ledger,
                  client: OpenConnectorsClient, policy: RetryPolicy, tracker: Tracker,
-                 upload_slots: asyncio.Semaphore) -> None:
+                 upload_slots: asyncio.Semaphore, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.spool = spool
         self.ledger = ledger
         self.client = client
@@ -66,6 +70,7 @@ class Pipeline:
         self.finishing: set[asyncio.Task[None]] = set()
         self.tracking: set[asyncio.Task[object]] = set()
         self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
+        self.active_jobs: set[str] = set()   # being followed now
 
     async def process(self, work: Work, holding_upload_slot: bool = False) -> None:
         """Carry one claimed file from its upload to done/ or failed/."""
@@ -205,10 +210,30 @@ class Pipeline:
         work.attempts += 1
         await self.ledger.mark_submitting(work.claimed.claim_id, work.obj, work.hub)
         meta = self.settings.object_settings(work.obj).metadata
-        job = await self.client.create_job(
-            work.hub, work.obj, work.claimed.rel.name, body, metadata=meta,
-            callback_url=self.settings.callback.public_url)
+        callback_url = self.settings.callback.public_url
+        if callback_url:  # echoed in the callback: which file the job belongs to
+            meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
+        self.metrics.uploads_in_flight.inc()
+        started = time.monotonic()
+        try:
+            job = await self.client.create_job(
+                work.hub, work.obj, work.claimed.rel.name, self._counted(body), metadata=meta,
+                callback_url=callback_url)
+        finally:
+            self.metrics.uploads_in_flight.dec()
+        self.metrics.upload_seconds.observe(time.monotonic() - started)
         return job.id
+
+    def _counted(self, body: Callable[[], AsyncIterator[bytes]]
+                 ) -> Callable[[], AsyncIterator[bytes]]:
+        sent = self.metrics.uploaded_bytes
+
+        async def counting() -> AsyncIterator[bytes]:
+            async for chunk in body():
+                sent.inc(len(chunk))
+                yield chunk
+
+        return counting
 
     async def _track(self, work: Work) -> Outcome:
         assert work.job_id is not None
@@ -220,11 +245,15 @@ class Pipeline:
         task = asyncio.current_task()
         assert task is not None
         self.tracking.add(task)
+        self.active_jobs.add(job_id)
         try:
             end = await self.tracker.follow(work.hub, job_id, submitted_at, work.log)
+            self.metrics.job_seconds.observe(
+                time.time() - datetime.fromisoformat(submitted_at).timestamp())
             return await self._outcome_of(work.hub, job_id, end)
         finally:
             self.tracking.discard(task)
+            self.active_jobs.discard(job_id)
 
     async def _outcome_of(self, hub: str, job_id: str, end: JobEnd) -> Outcome:
         total = _count(end.body.get("recordsCount"))
@@ -288,6 +317,10 @@ class Pipeline:
         await asyncio.to_thread(self.spool.complete, claimed, dest, result, csv_bytes)
         await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
         self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
+        obj = work.obj or ""
+        self.metrics.files_finished.labels(result["status"], obj).inc()
+        if result["records"] and result["records"]["failed"]:
+            self.metrics.records_failed.labels(obj).inc(result["records"]["failed"])
         work.log.info("file.finished", status=result["status"], api_status=result["api_status"],
                       reason=result["reason"], dest=self.spool.to_stored(dest))
 

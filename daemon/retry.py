@@ -44,6 +44,12 @@ class RejectedError(ApiError):
     """Any other 4xx: the API will not take this request as it is."""
 
 
+def _reason(exc: TransientError) -> str:
+    if exc.status is None:
+        return "connection"
+    return "429" if exc.status == 429 else "5xx"
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date."""
     if not value:
@@ -125,6 +131,7 @@ class RetryPolicy:
         self.deadline_seconds = deadline_seconds
         self.gate = gate or AuthGate(base, cap)
         self.base, self.cap = base, cap
+        self.on_retry: Callable[[str], None] = lambda reason: None
 
     async def call(self, what: str, op: Callable[[], Awaitable[T]],
                    deadline_seconds: float | None = None, **log_context: Any) -> T:
@@ -140,6 +147,7 @@ class RetryPolicy:
                 try:
                     result = await op()
                 except AuthError as exc:
+                    self.on_retry("auth")
                     probing = await self.gate.failed(exc)
                     continue
                 except TransientError as exc:
@@ -151,6 +159,7 @@ class RetryPolicy:
                     if delay > left:
                         raise
                     attempt += 1
+                    self.on_retry(_reason(exc))
                     log.info("api.retry", request=what, error=exc.message, attempt=attempt,
                              retry_in=round(delay, 2), seconds_left=round(left), **log_context)
                     await asyncio.sleep(delay)

@@ -20,6 +20,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
 from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import get_logger
+from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
 from daemon.spool import Claimed, FileChanged, Spool, SpoolError
@@ -48,16 +49,23 @@ class Daemon:
                                job_timeout=s.workers.job_timeout_seconds)
         self.active_slots = asyncio.Semaphore(s.workers.max_active_jobs)
         self.upload_slots = asyncio.Semaphore(s.workers.uploads)
+        self.metrics = Metrics()
+        self.client.on_answer = self.metrics.api_answer
+        self.policy.on_retry = self.metrics.retry
         self.pipeline = Pipeline(s, self.spool, self.ledger, self.client, self.policy,
-                                 self.tracker, self.upload_slots)
+                                 self.tracker, self.upload_slots, self.metrics)
+        self.metrics.watch(lambda: len(self.pipeline.active_jobs), self.ledger.path)
         self.candidates: asyncio.Queue[Path] = asyncio.Queue(maxsize=max(64, s.workers.uploads))
         self.watcher = Watcher(self.spool, self.candidates, settle_seconds=s.spool.settle_seconds,
                                rescan_seconds=s.spool.rescan_seconds,
                                force_polling=s.spool.force_polling)
+        self.watcher.on_scan = self.metrics.inbox_scanned
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()   # set once watching
         self.files: set[asyncio.Task[None]] = set()
+        self.core: list[asyncio.Task[None]] = []   # watcher and claimer: /healthz watches
         self.api_problem: str | None = None
+        self.ready_probe_ttl = 10.0  # seconds a readiness answer from the API is trusted
         self._api_checked = -1e9
 
     def request_stop(self) -> None:
@@ -104,6 +112,12 @@ class Daemon:
             await self._recover()
             watcher = asyncio.create_task(self.watcher.run(self.stop_event), name="watcher")
             claimer = asyncio.create_task(self._claim_loop(), name="claimer")
+            self.core = [watcher, claimer]
+            callback = self.settings.callback
+            if callback.public_url and not callback.signature_key:
+                log.warning("callback.unsigned", public_url=callback.public_url,
+                            note="set [callback] signature_key: anyone who can reach "
+                                 "/callbacks/bulk can make the daemon poll")
             log.info("daemon.started", spool=str(self.spool.root), node=self.settings.spool.node_id,
                      api=self.settings.api.base_url, uploads=self.settings.workers.uploads)
             self.ready.set()

@@ -12,7 +12,7 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import watchfiles
@@ -37,6 +37,8 @@ class Watcher:
         self._kick = asyncio.Event()     # a folder appeared: scan now
         self._stop = asyncio.Event()
         self.scans = 0
+        # Told (files waiting, oldest mtime or None) after each full scan (in its thread).
+        self.on_scan: Callable[[int, float | None], None] = lambda waiting, oldest: None
 
     def release(self, path: Path) -> None:
         """The claimer is done with *path* (claimed or vanished): see it afresh next time."""
@@ -70,6 +72,7 @@ class Watcher:
 
     def _walk(self, loop: asyncio.AbstractEventLoop) -> int:
         offered = 0
+        oldest: float | None = None
         for path in self.spool.iter_inbox():
             if self._stop.is_set():
                 break
@@ -79,8 +82,10 @@ class Watcher:
             st = _stat(path)
             if st is None:
                 continue
+            oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
             asyncio.run_coroutine_threadsafe(self._offer(path, st, stat_at), loop).result()
             offered += 1
+        self.on_scan(offered, oldest)
         return offered
 
     async def _offer(self, path: Path, st: os.stat_result, stat_at: float) -> None:

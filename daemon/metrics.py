@@ -1,0 +1,79 @@
+"""Prometheus metrics: one registry per daemon, named for what an operator asks.
+
+Gauges that describe the present (uploads in flight, unfinished jobs, ledger size, the
+oldest waiting file) are read when scraped, from the objects that know; counters and
+histograms are moved where things happen.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.files_finished = Counter(
+            "bulkdrop_files_finished_total", "Files filed to done/ or failed/, by outcome.",
+            ["outcome", "object"], registry=r)
+        self.records_failed = Counter(
+            "bulkdrop_records_failed_total", "Records the API reported as failed.",
+            ["object"], registry=r)
+        self.uploaded_bytes = Counter(
+            "bulkdrop_uploaded_bytes_total", "Bytes sent in job uploads.", registry=r)
+        self.upload_seconds = Histogram(
+            "bulkdrop_upload_duration_seconds", "Time to upload a file and get its job id.",
+            buckets=DURATION_BUCKETS, registry=r)
+        self.job_seconds = Histogram(
+            "bulkdrop_job_duration_seconds", "Time from job creation to its end.",
+            buckets=DURATION_BUCKETS, registry=r)
+        self.api_requests = Counter(
+            "bulkdrop_api_requests_total", "Requests to Open Connectors, by endpoint and status.",
+            ["endpoint", "code"], registry=r)
+        self.retries = Counter(
+            "bulkdrop_retries_total", "Requests retried, by reason.", ["reason"], registry=r)
+        self.inbox_files = Gauge(
+            "bulkdrop_inbox_files", "Files waiting in inbox/ at the last scan.", registry=r)
+        self._oldest_mtime: float | None = None
+        Gauge("bulkdrop_inbox_oldest_file_age_seconds",
+              "Age of the oldest file waiting in inbox/ at the last scan (0: none).",
+              registry=r).set_function(self._oldest_age)
+        self.uploads_in_flight = Gauge(
+            "bulkdrop_uploads_in_flight", "Uploads running now.", registry=r)
+        self._unfinished = Gauge(
+            "bulkdrop_unfinished_jobs", "Jobs created and not yet finished.", registry=r)
+        self._ledger = Gauge("bulkdrop_ledger_bytes", "Size of the ledger with its WAL.",
+                             registry=r)
+
+    def watch(self, unfinished: Callable[[], int], ledger: Path) -> None:
+        """Read the present from its owners at scrape time."""
+        self._unfinished.set_function(lambda: float(unfinished()))
+        self._ledger.set_function(lambda: float(_size(ledger) + _size(Path(f"{ledger}-wal"))))
+
+    def inbox_scanned(self, waiting: int, oldest_mtime: float | None) -> None:
+        self.inbox_files.set(waiting)
+        self._oldest_mtime = oldest_mtime
+
+    def _oldest_age(self) -> float:
+        return max(0.0, time.time() - self._oldest_mtime) if self._oldest_mtime else 0.0
+
+    def api_answer(self, endpoint: str, code: int | str) -> None:
+        self.api_requests.labels(endpoint, str(code)).inc()
+
+    def retry(self, reason: str) -> None:
+        self.retries.labels(reason).inc()
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
