@@ -71,6 +71,7 @@ class Pipeline:
         self.tracking: set[asyncio.Task[object]] = set()
         self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
         self.active_jobs: set[str] = set()   # being followed now
+        self.uploads_now = 0
 
     async def process(self, work: Work, holding_upload_slot: bool = False) -> None:
         """Carry one claimed file from its upload to done/ or failed/."""
@@ -214,6 +215,7 @@ class Pipeline:
         if callback_url:  # echoed in the callback: which file the job belongs to
             meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
         self.metrics.uploads_in_flight.inc()
+        self.uploads_now += 1
         started = time.monotonic()
         try:
             job = await self.client.create_job(
@@ -221,6 +223,7 @@ class Pipeline:
                 callback_url=callback_url)
         finally:
             self.metrics.uploads_in_flight.dec()
+            self.uploads_now -= 1
         self.metrics.upload_seconds.observe(time.monotonic() - started)
         return job.id
 

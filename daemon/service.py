@@ -24,6 +24,7 @@ from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
 from daemon.spool import Claimed, FileChanged, Spool, SpoolError
+from daemon.systemd import Notifier
 from daemon.tracker import Tracker
 from daemon.watcher import Watcher
 from daemon.web import create_app
@@ -49,6 +50,7 @@ class Daemon:
                                job_timeout=s.workers.job_timeout_seconds)
         self.active_slots = asyncio.Semaphore(s.workers.max_active_jobs)
         self.upload_slots = asyncio.Semaphore(s.workers.uploads)
+        self.notifier = Notifier()
         self.metrics = Metrics()
         self.client.on_answer = self.metrics.api_answer
         self.policy.on_retry = self.metrics.retry
@@ -107,8 +109,10 @@ class Daemon:
         except (LedgerError, OSError) as exc:
             raise StartupError(str(exc)) from exc
         runner = None
+        notifying: asyncio.Task[None] | None = None
         try:
             runner = await self._serve_http()
+            self.notifier.extend_timeout(90)  # recovery may take a while with many rows
             await self._recover()
             watcher = asyncio.create_task(self.watcher.run(self.stop_event), name="watcher")
             claimer = asyncio.create_task(self._claim_loop(), name="claimer")
@@ -121,6 +125,9 @@ class Daemon:
             log.info("daemon.started", spool=str(self.spool.root), node=self.settings.spool.node_id,
                      api=self.settings.api.base_url, uploads=self.settings.workers.uploads)
             self.ready.set()
+            self.notifier.ready(self.status_line())
+            notifying = asyncio.create_task(self.notifier.run(self.stop_event, self.status_line),
+                                            name="notifier")
             stopper = asyncio.create_task(self.stop_event.wait())
             done, _ = await asyncio.wait({watcher, claimer, stopper},
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -129,10 +136,22 @@ class Daemon:
             for finished in done - {stopper}:
                 finished.result()  # a crashed watcher or claimer is an error worth raising
         finally:
+            if notifying is not None:
+                notifying.cancel()
+                await asyncio.gather(notifying, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
             await self.client.close()
             await self.ledger.close()
+            self.notifier.close()
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what is happening now and what has been done."""
+        counts = self.pipeline.counts
+        return (f"{len(self.pipeline.active_jobs)} jobs running, "
+                f"{self.pipeline.uploads_now} uploading; "
+                f"done {counts.get('COMPLETE', 0)}, failed {counts.get('FAILED', 0)}, "
+                f"rejected {counts.get('REJECTED', 0)}")
 
     async def _recover(self) -> None:
         """Continue every unfinished row; claim afresh files of ours the ledger lacks."""
@@ -237,10 +256,12 @@ class Daemon:
         """Stop intake, let uploads in flight finish within the grace, cancel the rest."""
         started = time.monotonic()
         self.pipeline.stopping = True
+        grace = self.settings.workers.shutdown_grace_seconds
+        self.notifier.stopping(f"stopping: {self.status_line()}")
+        self.notifier.extend_timeout(grace + 15)
         for task in intake:
             task.cancel()
         await asyncio.gather(*intake, return_exceptions=True)
-        grace = self.settings.workers.shutdown_grace_seconds
         # Jobs being followed resume from the ledger next time: no need to wait for them.
         for tracking in self.pipeline.tracking:
             tracking.cancel()
