@@ -152,6 +152,9 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     log: LogSettings = field(default_factory=LogSettings)
     source: Path | None = None
+    # "section.key" -> where its value came from: "file", "env BULKDROP_...",
+    # "credential <path>", "command"; keys not listed have their default.
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     def object_settings(self, name: str) -> ObjectSettings:
         return self.objects.get(name, _DEFAULT_OBJECT)

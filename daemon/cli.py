@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path, metavar="FILE")
     validate.add_argument("--object", metavar="O",
                           help="apply this object's column settings from the config")
+    status = command("status", "counts by state, the latest files, the oldest waiting file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    retry = command("retry", "move failed files back into inbox/ under their route")
+    retry.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    retry.add_argument("--all", action="store_true", help="every file in failed/")
+    submit = command("submit", "upload one file outside the spool")
+    submit.add_argument("file", type=Path, metavar="FILE")
+    submit.add_argument("--object", required=True, metavar="O")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job to its end and print its result")
+    command("config", "the effective configuration, secrets masked, with each value's origin")
     sim = command("sim", "serve the Open Connectors simulator on its own")
     sim_cli.add_arguments(sim)
     return parser
@@ -64,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_objects(args)
         if args.command == "validate":
             return cmd_validate(args)
+        if args.command in OPERATOR_COMMANDS:
+            return OPERATOR_COMMANDS[args.command](args)
         return sim_cli.run(args)
     except ConfigError as exc:
         print(f"bulkdrop: configuration error: {exc}", file=sys.stderr)
@@ -204,3 +218,67 @@ def _warn_unknown_columns(settings: Settings, obj: str, header: Sequence[str],
         if name not in fields:
             print(f"warning: column {name!r} is not a field of {obj!r} "
                   f"(fields: {', '.join(fields)})")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon import ops
+
+    report = ops.status(_settings(args, require_base_url=False))
+    print(json.dumps(report, indent=2) if args.json else ops.format_status(report))
+    return EXIT_FAILURE if "ledger_error" in report and not report["inbox"]["waiting"] else EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from daemon import ops
+    from daemon.spool import Spool
+
+    settings = _settings(args, require_base_url=False)
+    spool = Spool(settings.spool.root, settings.spool.node_id)
+    if bool(args.paths) == bool(args.all):
+        print("bulkdrop: give the failed files to retry, or --all", file=sys.stderr)
+        return EXIT_USAGE
+    paths = list(ops.failed_files(spool)) if args.all else args.paths
+    code = EXIT_OK
+    for path in paths:
+        try:
+            target = ops.retry(spool, path)
+        except (ValueError, OSError) as exc:
+            print(f"bulkdrop: cannot retry {path}: {exc}", file=sys.stderr)
+            code = EXIT_FAILURE
+            continue
+        print(f"{path} -> {target}")
+    if not paths:
+        print("nothing in failed/ to retry")
+    return code
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from daemon import ops
+    from daemon.retry import ApiError
+
+    settings = _settings(args)
+    logs.configure(settings.log.format, settings.log.level)
+    try:
+        code, result = asyncio.run(ops.submit(settings, args.file, args.object, args.wait))
+    except OSError as exc:
+        print(f"bulkdrop: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ApiError as exc:
+        print(f"bulkdrop: upload failed: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return code
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from daemon import ops
+
+    settings = _settings(args, require_base_url=False)
+    print(f"# from {settings.source or 'no config file'}; secrets shown as \"***\"")
+    for dotted, value, origin in ops.effective_config(settings):
+        print(f"{dotted} = {value}  # {origin}")
+    return EXIT_OK
+
+
+OPERATOR_COMMANDS = {"status": cmd_status, "retry": cmd_retry, "submit": cmd_submit,
+                     "config": cmd_config}

@@ -397,4 +397,15 @@ def load_settings(
         http=HttpSettings(**layers.section("http")),
         log=LogSettings(**layers.section("log")),
         source=source,
+        origins={dotted: _describe(origin) for dotted, origin in layers.origins.items()},
     )
+
+
+def _describe(origin: _Origin) -> str:
+    if origin.where.startswith(" (in "):
+        return "file"
+    if origin.where.startswith(" (credential "):
+        return "credential " + origin.where.removeprefix(" (credential ").removesuffix(")")
+    if origin.key.startswith((ENV_PREFIX, "WATCHFILES_")):
+        return "env " + origin.key
+    return "command"

@@ -275,3 +275,19 @@ class Ledger:
     def _select(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
         names = Row.__dataclass_fields__.keys()
         return [Row(**{k: r[k] for k in names}) for r in self._query(sql, params)]
+
+
+def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
+    """Counts by state and the latest files, read-only (safe while the daemon runs)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        counts = {r["k"]: r["n"] for r in conn.execute(
+            "SELECT CASE WHEN state = 'FINISHED' THEN outcome ELSE state END AS k,"
+            " count(*) AS n FROM files GROUP BY k")}
+        rows = conn.execute(
+            "SELECT rel_path, state, outcome, job_id, api_status, reason, received_at,"
+            " updated_at FROM files ORDER BY updated_at DESC LIMIT ?", (latest,)).fetchall()
+    finally:
+        conn.close()
+    return {"counts": counts, "latest": [dict(r) for r in rows]}

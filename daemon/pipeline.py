@@ -27,7 +27,7 @@ from daemon.parts import run_parts
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
 from daemon.spool import Claimed, Spool, has_accepted_suffix
-from daemon.tracker import JobEnd, Tracker
+from daemon.tracker import Tracker
 
 
 @dataclass
@@ -253,28 +253,10 @@ class Pipeline:
             end = await self.tracker.follow(work.hub, job_id, submitted_at, work.log)
             self.metrics.job_seconds.observe(
                 time.time() - datetime.fromisoformat(submitted_at).timestamp())
-            return await self._outcome_of(work.hub, job_id, end)
+            return await self.tracker.conclude(work.hub, job_id, end)
         finally:
             self.tracking.discard(task)
             self.active_jobs.discard(job_id)
-
-    async def _outcome_of(self, hub: str, job_id: str, end: JobEnd) -> Outcome:
-        total = _count(end.body.get("recordsCount"))
-        failed = _count(end.body.get("recordsFailedCount"))
-        if not end.ok:
-            api_says = end.body.get("message") or end.body.get("error")
-            reason = end.reason or f"job {job_id} ended {end.status}" + (
-                f": {api_says}" if api_says else "")
-            return Outcome(FAILED, reason, end.status, total, failed)
-        errors: list[Any] = []
-        reason = f"job {job_id} completed: {total if total is not None else '?'} records"
-        if failed:
-            try:
-                errors = await self.tracker.errors(hub, job_id)
-            except ApiError as exc:
-                reason += f"; its error records could not be read: {exc.message}"
-            reason += f", {failed} failed"
-        return Outcome(COMPLETE, reason, end.status, total, failed, errors)
 
     async def _finish(self, work: Work, outcome: Outcome) -> None:
         result = build_result(
@@ -343,10 +325,3 @@ def _csv_info(found: csvfile.Inspection | None, columns: csvfile.Columns) -> dic
         return None
     return {**found.dialect.describe(), "rows": found.rows,
             "converted": not found.passes_through(columns)}
-
-
-def _count(value: Any) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None

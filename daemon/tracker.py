@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 from daemon.client import OpenConnectorsClient
+from daemon.results import COMPLETE, FAILED, Outcome
 from daemon.retry import ApiError, AuthError, RejectedError, RetryPolicy
 
 GOOD = frozenset({"COMPLETED", "COMPLETE"})
@@ -114,3 +115,29 @@ class Tracker:
             if not token or not page:
                 break
         return records
+
+    async def conclude(self, hub: str, job_id: str, end: JobEnd) -> Outcome:
+        """What the job's end means for its file; reads the error records when some failed."""
+        total = _count(end.body.get("recordsCount"))
+        failed = _count(end.body.get("recordsFailedCount"))
+        if not end.ok:
+            api_says = end.body.get("message") or end.body.get("error")
+            reason = end.reason or f"job {job_id} ended {end.status}" + (
+                f": {api_says}" if api_says else "")
+            return Outcome(FAILED, reason, end.status, total, failed)
+        errors: list[Any] = []
+        reason = f"job {job_id} completed: {total if total is not None else '?'} records"
+        if failed:
+            try:
+                errors = await self.errors(hub, job_id)
+            except ApiError as exc:
+                reason += f"; its error records could not be read: {exc.message}"
+            reason += f", {failed} failed"
+        return Outcome(COMPLETE, reason, end.status, total, failed, errors)
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

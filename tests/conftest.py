@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from daemon import logs
 from daemon.config import Settings, load_settings
 from daemon.service import Daemon
 from daemon.sim import SimConfig, SimServer, Simulator
+from tests.helpers import clean_env
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -76,3 +78,23 @@ async def run_daemon() -> AsyncIterator[Callable[[Settings], Any]]:
     for _daemon, task in running:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Callable[..., Any]]:
+    """Start ``python -m daemon ...``; every process is stopped at the end of the test."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str, env: dict[str, str] | None = None,
+                    cwd: Path | None = None) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", *args, env=env or clean_env(), cwd=cwd,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

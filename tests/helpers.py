@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,3 +66,28 @@ def contacts_csv(n: int, tag: str = "", bad_every: int = 0) -> str:
         email = f"user{i}{tag}@example.com" if not bad_every or i % bad_every else f"user{i}"
         rows.append(f"{email},First{i},Last{tag}")
     return "\n".join(rows) + "\n"
+
+
+SECRETS = {"BULKDROP_API_USER_SECRET": "u-5ecret-7f3a",
+           "BULKDROP_API_ELEMENT_TOKEN": "el-t0ken-91c",
+           "BULKDROP_API_ORGANIZATION_SECRET": "org-5ecret-22b"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without BULKDROP_* settings, plus *extra*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKDROP_")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    """Wait (30 s at most) for a process started with pipes: (exit code, stdout, stderr)."""
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

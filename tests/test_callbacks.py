@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import Settings
 from daemon.sim import SimServer
-from tests.helpers import contacts_csv, drop, result_of, wait_for
-from tests.test_cli import free_port
+from tests.helpers import contacts_csv, drop, free_port, result_of, wait_for
 
 KEY = "callback-key-0f3"
 
@@ -129,7 +128,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_metrics_parse_and_move_as_files_flow(make_settings, run_daemon, sim: SimServer,
                                                     spool_root: Path, port: int) -> None:
-    await run_daemon(make_settings(http__listen=f"127.0.0.1:{port}"))
+    daemon = await run_daemon(make_settings(http__listen=f"127.0.0.1:{port}"))
     url = f"http://127.0.0.1:{port}/metrics"
     async with aiohttp.ClientSession() as session:
         async with session.get(url) as resp:
@@ -138,7 +137,8 @@ async def test_metrics_parse_and_move_as_files_flow(make_settings, run_daemon, s
         drop(spool_root, "contact/m2.xlsx", b"nope")
         done = spool_root / "done" / "contact" / "m1.csv.result.json"
         rejected = spool_root / "failed" / "contact" / "m2.xlsx.result.json"
-        await wait_for(lambda: done.exists() and rejected.exists(), what="both filed")
+        await wait_for(lambda: done.exists() and rejected.exists()
+                       and sum(daemon.pipeline.counts.values()) == 2, what="both filed")
         async with session.get(url) as resp:
             after = _samples(await resp.text())
     complete = ("bulkdrop_files_finished_total", (("object", "contact"), ("outcome", "COMPLETE")))

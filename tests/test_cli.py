@@ -4,61 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from daemon.sim import SimServer
-from tests.helpers import contacts_csv, drop, result_of, wait_for
-
-SECRETS = {"BULKDROP_API_USER_SECRET": "u-5ecret-7f3a",
-           "BULKDROP_API_ELEMENT_TOKEN": "el-t0ken-91c",
-           "BULKDROP_API_ORGANIZATION_SECRET": "org-5ecret-22b"}
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKDROP_")}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def spawn() -> AsyncIterator[Callable[..., Any]]:
-    """Start ``python -m daemon ...``; every process is stopped at the end of the test."""
-    procs: list[asyncio.subprocess.Process] = []
-
-    async def start(*args: str, env: dict[str, str] | None = None,
-                    cwd: Path | None = None) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", *args, env=env or _env(), cwd=cwd,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.helpers import (
+    SECRETS,
+    clean_env,
+    contacts_csv,
+    drop,
+    finish,
+    free_port,
+    result_of,
+    wait_for,
+)
 
 
 class Lines:
@@ -79,7 +41,7 @@ class Lines:
 async def test_missing_base_url_exits_2_naming_the_key(spawn, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[spool]\nroot = "%s"\n' % (tmp_path / "spool"))
-    code, _, err = await _finish(await spawn("run", "--config", str(config)))
+    code, _, err = await finish(await spawn("run", "--config", str(config)))
     assert code == 2
     assert "api.base_url" in err
 
@@ -94,23 +56,23 @@ async def test_bad_config_exits_2_naming_the_key(spawn, tmp_path: Path, toml: st
                                                  env: dict[str, str], named: str) -> None:
     config = tmp_path / "c.toml"
     config.write_text(toml)
-    code, out, err = await _finish(await spawn("run", "--config", str(config), env=_env(**env)))
+    code, out, err = await finish(await spawn("run", "--config", str(config), env=clean_env(**env)))
     assert code == 2
     assert named in err
     assert not (tmp_path / "spool").exists()
 
 
 async def test_objects_lists_the_hub(spawn, sim: SimServer) -> None:
-    env = _env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
-    code, out, err = await _finish(await spawn("objects", env=env))
+    env = clean_env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
+    code, out, err = await finish(await spawn("objects", env=env))
     assert code == 0, err
     assert out.split() == ["activities", "contact", "campaign", "list", "account"]
 
 
 async def test_objects_with_refused_credentials_says_so(spawn, sim: SimServer) -> None:
     sim.sim.config.user_secret = "the-right-one"
-    env = _env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
-    code, out, err = await _finish(await spawn("objects", env=env))
+    env = clean_env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
+    code, out, err = await finish(await spawn("objects", env=env))
     assert code == 1
     assert "HTTP 401" in err and "api.user_secret" in err
     assert SECRETS["BULKDROP_API_USER_SECRET"] not in out + err
@@ -130,12 +92,12 @@ async def test_sim_serves_alone_and_stops_on_sigterm(spawn) -> None:
             assert resp.status == 200
             assert "contact" in await resp.json()
     proc.send_signal(signal.SIGTERM)
-    code, _, _ = await _finish(proc)
+    code, _, _ = await finish(proc)
     assert code == 0
 
 
 async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: Path) -> None:
-    proc = await spawn("run", "--sandbox", env=_env(BULKDROP_SPOOL_SETTLE_SECONDS="0.2"),
+    proc = await spawn("run", "--sandbox", env=clean_env(BULKDROP_SPOOL_SETTLE_SECONDS="0.2"),
                        cwd=tmp_path)
     assert proc.stdout is not None and proc.stderr is not None
     out, err = Lines(proc.stdout), Lines(proc.stderr)
@@ -161,7 +123,7 @@ async def test_daemon_logs_json_lines_with_context_and_no_secrets(spawn, sim: Si
                       f'[spool]\nroot = "{root}"\nsettle_seconds = 0.2\nnode_id = "n1"\n'
                       '[workers]\npoll_interval_seconds = 0.05\n'
                       'poll_max_interval_seconds = 0.2\n[http]\nlisten = ""\n')
-    proc = await spawn("run", "--config", str(config), env=_env(**SECRETS))
+    proc = await spawn("run", "--config", str(config), env=clean_env(**SECRETS))
     assert proc.stderr is not None
     err = Lines(proc.stderr)
     await wait_for(lambda: "daemon.started" in err.text(), what="start")
@@ -191,14 +153,14 @@ async def test_daemon_logs_json_lines_with_context_and_no_secrets(spawn, sim: Si
 async def test_validate_reports_and_exits_0_or_3(spawn, tmp_path: Path) -> None:
     good = tmp_path / "good.csv"
     good.write_bytes("email;name\r\na@x;Zoë\r\n".encode("cp1252"))
-    code, out, _ = await _finish(await spawn("validate", str(good)))
+    code, out, _ = await finish(await spawn("validate", str(good)))
     assert code == 0
     assert "semicolon-separated, cp1252, CRLF" in out and "rows: 1" in out
     assert "converted to comma-separated UTF-8" in out
 
     config = tmp_path / "c.toml"
     config.write_text('[objects.contact]\nrequire_columns = ["phone"]\n')
-    code, out, _ = await _finish(await spawn("validate", str(good), "--object", "contact",
+    code, out, _ = await finish(await spawn("validate", str(good), "--object", "contact",
                                              "--config", str(config)))
     assert code == 3
     assert "line 1: required column 'phone' is missing" in out and "result: rejected" in out
@@ -208,8 +170,8 @@ async def test_validate_warns_about_columns_the_object_lacks(spawn, sim: SimServ
                                                              tmp_path: Path) -> None:
     file = tmp_path / "export.csv"
     file.write_text("C_EmailAddress,firstName\na@x,Ann\n")
-    env = _env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
-    code, out, _ = await _finish(await spawn("validate", str(file), "--object", "contact",
+    env = clean_env(BULKDROP_API_BASE_URL=sim.base_url, **SECRETS)
+    code, out, _ = await finish(await spawn("validate", str(file), "--object", "contact",
                                              env=env))
     assert code == 0, "a warning, not a rejection"
     assert "warning: column 'C_EmailAddress' is not a field of 'contact'" in out
@@ -217,6 +179,6 @@ async def test_validate_warns_about_columns_the_object_lacks(spawn, sim: SimServ
 
     config = tmp_path / "c.toml"
     config.write_text('[objects.contact]\nrename_columns = { C_EmailAddress = "email" }\n')
-    code, out, _ = await _finish(await spawn("validate", str(file), "--object", "contact",
+    code, out, _ = await finish(await spawn("validate", str(file), "--object", "contact",
                                              "--config", str(config), env=env))
     assert code == 0 and "warning" not in out

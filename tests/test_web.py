@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from daemon.sim import SimServer
-from tests.test_cli import free_port
+from tests.helpers import free_port
 
 
 async def test_healthz_and_readyz_follow_the_api(make_settings, run_daemon,

@@ -1,0 +1,206 @@
+"""The operator's commands: ``status``, ``retry``, ``submit``, ``config``.
+
+Each reads or changes only what a person could by hand, and says what it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from daemon import csvfile
+from daemon.client import OpenConnectorsClient
+from daemon.config import Secret, Settings
+from daemon.ledger import read_summary, utcnow
+from daemon.logs import get_logger
+from daemon.normalise import upload_body
+from daemon.results import COMPLETE, REJECTED, Outcome, build_result
+from daemon.retry import RejectedError, RetryPolicy
+from daemon.spool import ERRORS_SUFFIX, RESULT_SUFFIX, Spool, is_ignored_name
+from daemon.tracker import Tracker
+
+EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_RECORDS_FAILED = 0, 1, 3, 4
+
+
+# -- status -------------------------------------------------------------------------------
+
+def status(settings: Settings, latest: int = 10) -> dict[str, Any]:
+    spool = Spool(settings.spool.root, settings.spool.node_id)
+    db = settings.spool.state_dir / "bulkdrop.db"
+    report: dict[str, Any] = {"node": settings.spool.node_id, "ledger": str(db)}
+    try:
+        report.update(read_summary(db, latest))
+    except sqlite3.Error as exc:
+        report["ledger_error"] = f"cannot read {db}: {exc} (has the daemon run on this node?)"
+    waiting, oldest = 0, None
+    for path in spool.iter_inbox() if spool.inbox.exists() else ():
+        waiting += 1
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        if oldest is None or mtime < oldest[1]:
+            oldest = (path, mtime)
+    report["inbox"] = {"waiting": waiting, "oldest": None if oldest is None else {
+        "file": spool.rel_to_inbox(oldest[0]).as_posix(),
+        "waiting_seconds": round(time.time() - oldest[1])}}
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"node {report['node']}, ledger {report['ledger']}"]
+    if "ledger_error" in report:
+        lines.append(report["ledger_error"])
+    else:
+        counts = report["counts"]
+        done = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("COMPLETE", "FAILED", "REJECTED"))
+        moving = {k: v for k, v in counts.items() if k not in ("COMPLETE", "FAILED", "REJECTED")}
+        lines.append(f"files: {done}; in progress {sum(moving.values())}"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in sorted(moving.items()))})"
+                        if moving else ""))
+    inbox = report["inbox"]
+    oldest = inbox["oldest"]
+    lines.append(f"inbox: {inbox['waiting']} waiting" + (
+        f", oldest {oldest['file']} ({oldest['waiting_seconds']} s)" if oldest else ""))
+    if report.get("latest"):
+        lines.append("latest:")
+        for row in report["latest"]:
+            what = row["outcome"] or row["state"]
+            job = f" job {row['job_id']}" if row["job_id"] else ""
+            lines.append(f"  {row['updated_at']}  {row['rel_path']}  {what}{job}"
+                         + (f"  {row['reason']}" if row["reason"] else ""))
+    return "\n".join(lines)
+
+
+# -- retry --------------------------------------------------------------------------------
+
+def failed_files(spool: Spool) -> Iterator[Path]:
+    for folder, _dirs, files in os.walk(spool.failed):
+        for name in sorted(files):
+            if not is_ignored_name(name) and not name.endswith((RESULT_SUFFIX, ERRORS_SUFFIX)):
+                yield Path(folder) / name
+
+
+def retry(spool: Spool, path: Path) -> Path:
+    """Move one file from failed/ back into inbox/ under its original route; never overwrite.
+
+    Its result and errors CSV go (the ledger keeps the history); the daemon claims the
+    file again as a new drop.
+    """
+    path = path.resolve()
+    if spool.failed.resolve() not in path.parents:
+        raise ValueError(f"{path} is not below {spool.failed}")
+    if not path.is_file() or path.name.endswith((RESULT_SUFFIX, ERRORS_SUFFIX)):
+        raise ValueError(f"{path} is not a failed data file")
+    result = path.with_name(path.name + RESULT_SUFFIX)
+    rel = _route_of(result) or PurePosixPath(path.relative_to(spool.failed.resolve()).as_posix())
+    target = _free(spool.inbox / rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(path, target)  # a free name: checked just above
+    for sidecar in (result, path.with_name(path.name + ERRORS_SUFFIX)):
+        sidecar.unlink(missing_ok=True)
+    return target
+
+
+def _route_of(result: Path) -> PurePosixPath | None:
+    """The path below inbox/ the file was dropped as, from its result (if sane)."""
+    try:
+        rel = PurePosixPath(json.loads(result.read_text())["file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return None
+    return rel
+
+
+def _free(path: Path) -> Path:
+    stem, dot, ext = path.name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = path.name, ""
+    n = 0
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}-{n}{'.' + ext if ext else ''}")
+    return candidate
+
+
+# -- submit -------------------------------------------------------------------------------
+
+async def submit(settings: Settings, path: Path, obj: str,
+                 wait: bool) -> tuple[int, dict[str, Any]]:
+    """One file outside the spool: check, upload, and with *wait* follow it to its end."""
+    conf = settings.object_settings(obj)
+    columns = csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+    received = utcnow()
+    found = await asyncio.to_thread(csvfile.inspect, path, columns)
+    hub = settings.hub_for(obj)
+
+    def result(outcome: Outcome, job_id: str | None, submitted: str | None) -> dict[str, Any]:
+        return build_result(outcome, rel=path.name, obj=obj, hub=hub, job_id=job_id,
+                            sha256=found.sha256, size=found.bytes, attempts=1, csv_info=None,
+                            received_at=received, submitted_at=submitted, finished_at=utcnow())
+
+    if found.problem:
+        outcome = Outcome(REJECTED, found.problem, errors=[p.as_dict() for p in found.problems],
+                          errors_total=found.problems_total)
+        return EXIT_REJECTED, result(outcome, None, None)
+    client = OpenConnectorsClient.from_settings(settings.api)
+    policy = RetryPolicy(settings.api.retry_deadline_seconds)
+    body = upload_body(path, found, columns)
+    try:
+        try:
+            created = await policy.call("create_job", lambda: client.create_job(
+                hub, obj, path.name, body, metadata=conf.metadata))
+        except RejectedError as exc:
+            outcome = Outcome(REJECTED, f"the API refused the upload ({exc.status}): "
+                              f"{exc.message}")
+            return EXIT_REJECTED, result(outcome, None, None)
+        submitted = utcnow()
+        if not wait:
+            return EXIT_OK, {"job_id": created.id, "status": created.status, "file": str(path)}
+        w = settings.workers
+        tracker = Tracker(client, policy, poll_interval=min(w.poll_interval_seconds, 2.0),
+                          poll_max_interval=w.poll_max_interval_seconds,
+                          job_timeout=w.job_timeout_seconds)
+        end = await tracker.follow(hub, created.id, submitted, get_logger(file=str(path)))
+        outcome = await tracker.conclude(hub, created.id, end)
+    finally:
+        await client.close()
+    code = EXIT_REJECTED if outcome.status != COMPLETE else (
+        EXIT_RECORDS_FAILED if outcome.records_failed else EXIT_OK)
+    return code, result(outcome, created.id, submitted)
+
+
+# -- config -------------------------------------------------------------------------------
+
+def effective_config(settings: Settings) -> list[tuple[str, str, str]]:
+    """(section.key, value as TOML text with secrets masked, where it came from)."""
+    rows = []
+    for section in ("api", "spool", "workers", "callback", "http", "log"):
+        for f in dataclasses.fields(getattr(settings, section)):
+            dotted = f"{section}.{f.name}"
+            value = getattr(getattr(settings, section), f.name)
+            if isinstance(value, Secret):
+                shown = '"***"' if value else '""'
+            else:
+                shown = json.dumps(str(value) if isinstance(value, Path) else value)
+            origin = settings.origins.get(dotted, "default")
+            if dotted == "spool.state_dir" and dotted not in settings.origins:
+                origin = "default (<root>/.state/<node_id>)"
+            rows.append((dotted, shown, origin))
+    for name, obj in sorted(settings.objects.items()):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            plain = dict(value) if isinstance(value, dict) or hasattr(value, "items") else (
+                list(value) if isinstance(value, tuple) else value)
+            rows.append((f"objects.{name}.{f.name}", json.dumps(plain), "file"))
+    return rows
+
