@@ -7,7 +7,9 @@ request that must not be repeated blindly (creating a job) stays visible as such
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +32,20 @@ def authorization(user: Secret, organization: Secret, element: Secret) -> str:
     parts = [(name, s.reveal()) for name, s in
              (("User", user), ("Organization", organization), ("Element", element))]
     return ", ".join(f"{name} {value}" for name, value in parts if value)
+
+
+class _Progress:
+    """When an upload last handed a chunk to the connection."""
+
+    def __init__(self) -> None:
+        self.sending = True
+        self.stamp()
+
+    def stamp(self) -> None:
+        self.last = time.monotonic()
+
+    def idle(self) -> float:
+        return time.monotonic() - self.last
 
 
 @dataclass(frozen=True)
@@ -129,17 +145,43 @@ class OpenConnectorsClient:
                          body: Callable[[], AsyncIterator[bytes]], *,
                          metadata: Mapping[str, Any] | None = None,
                          callback_url: str = "") -> CreatedJob:
-        """POST one bulk job, streaming the file as multipart field ``file``."""
+        """POST one bulk job, streaming the file as multipart field ``file``.
+
+        A large file may take longer than ``request_timeout_seconds`` to send, so the upload
+        is not bounded in total: it fails when it makes no progress for that long (or the
+        answer does not come that long after the last byte).
+        """
+        progress = _Progress()
+
+        async def watched() -> AsyncIterator[bytes]:
+            async for chunk in body():
+                progress.stamp()
+                yield chunk
+            progress.sending = False
+
         with aiohttp.MultipartWriter("form-data") as form:
-            part = form.append_payload(AsyncIterablePayload(body(), content_type="text/csv"))
+            part = form.append_payload(AsyncIterablePayload(watched(), content_type="text/csv"))
             part.set_content_disposition("form-data", name="file", filename=name)
             if metadata is not None:
                 meta = form.append(json.dumps(dict(metadata)), {"Content-Type": "application/json"})
                 meta.set_content_disposition("form-data", name="metaData")
         headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
-        data, _ = await self._request(
+        limit = self._timeout.total or 300.0
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)
+        request = asyncio.ensure_future(self._request(
             "create_job", "POST", f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}",
-            params={"path": "/" + name}, data=form, headers=headers)
+            params={"path": "/" + name}, data=form, headers=headers, timeout=timeout))
+        try:
+            while not (await asyncio.wait({request}, timeout=min(limit, 5.0)))[0]:
+                if progress.sending and progress.idle() > limit:
+                    request.cancel()
+                    await asyncio.gather(request, return_exceptions=True)
+                    raise TransientError(f"upload made no progress for {limit:g} s")
+        finally:
+            if not request.done():  # cancelled from outside: take the request with us
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+        data, _ = request.result()
         if not isinstance(data, dict) or data.get("id") in (None, ""):
             raise ApiError("the API accepted the upload but returned no job id")
         status = data.get("status")
