@@ -154,7 +154,7 @@ class Settings:
     source: Path | None = None
     # "section.key" -> where its value came from: "file", "env BULKDROP_...",
     # "credential <path>", "command"; keys not listed have their default.
-    origins: Mapping[str, str] = field(default_factory=dict)
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def object_settings(self, name: str) -> ObjectSettings:
         return self.objects.get(name, _DEFAULT_OBJECT)
