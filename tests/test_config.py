@@ -423,7 +423,7 @@ def test_example_config_documents_every_key() -> None:
     sections = re.split(r"^\[([\w.]+)\]\s*$", text, flags=re.MULTILINE)
     bodies = dict(zip(sections[1::2], sections[2::2], strict=True))
     assert set(bodies) == set(SECTION_TYPES)
-    assert {f.name for f in dataclasses.fields(Settings)} - {"source"} == {
+    assert {f.name for f in dataclasses.fields(Settings)} - {"source", "origins"} == {
         name.split(".")[0] for name in SECTION_TYPES}
     for section, cls in SECTION_TYPES.items():
         for f in dataclasses.fields(cls):
