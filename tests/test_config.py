@@ -431,3 +431,14 @@ def test_example_config_documents_every_key() -> None:
             assert re.search(rf"^#? ?{f.name} = ", bodies[section], re.MULTILINE), \
                 f"{section}.{f.name} missing from {EXAMPLE}"
 
+
+
+def test_readme_reference_lists_every_key() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`((?:api|spool|workers|callback|http|log)\.\w+)`", table))
+    expected = {f"{section}.{f.name}" for section, cls in SECTION_TYPES.items()
+                if not section.startswith("objects") for f in dataclasses.fields(cls)}
+    assert listed == expected
+    object_keys = set(re.findall(r"`objects\.<name>\.(\w+)`", table))
+    assert object_keys == {f.name for f in dataclasses.fields(ObjectSettings)}
