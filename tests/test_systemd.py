@@ -125,17 +125,19 @@ def test_unit_file_has_the_promised_settings_and_verifies(tmp_path: Path) -> Non
     assert run.returncode == 0 and run.stdout + run.stderr == "", run.stdout + run.stderr
 
 
-async def test_secrets_from_the_credentials_directory_reach_the_api(sim: SimServer,
+async def test_secrets_from_credentials_and_files_reach_the_api(sim: SimServer,
                                                                     tmp_path: Path) -> None:
     sim.sim.config.user_secret, sim.sim.config.element_token = "cred-user-7a1", "cred-el-5b2"
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "user_secret").write_text("cred-user-7a1\n")
-    (creds / "element_token").write_text("cred-el-5b2\n")
+    token_file = tmp_path / "element_token"     # this one through BULKDROP_..._FILE
+    token_file.write_text("cred-el-5b2\n")
     root = tmp_path / "spool"
     config = write_config(tmp_path / "c.toml", sim.base_url, root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKDROP_")}
     env["CREDENTIALS_DIRECTORY"] = str(creds)
+    env["BULKDROP_API_ELEMENT_TOKEN_FILE"] = str(token_file)
     log = tmp_path / "d.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
