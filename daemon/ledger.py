@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,6 +93,18 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
+_PendingWrite = tuple[str, str, str | None, str, tuple[Any, ...], "asyncio.Future[None]"]
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # the caller was cancelled; the write stands regardless
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
 @dataclass(frozen=True)
 class Row:
     claim_id: str
@@ -117,6 +130,9 @@ class Ledger:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: list[_PendingWrite] = []
+        self._flushing = False
         self.created = False          # no ledger was there: a first start, or it was lost
         self.set_aside: Path | None = None  # where an unreadable ledger was moved
 
@@ -168,53 +184,93 @@ class Ledger:
             self._conn = None
         self._pool.shutdown(wait=True)
 
-    def _write(self, claim_id: str, state: str, detail: str | None, sql: str,
-               params: tuple[Any, ...]) -> None:
+    async def _commit(self, claim_id: str, state: str, detail: str | None, sql: str,
+                      params: tuple[Any, ...]) -> None:
+        """Change a row and add its history line; return once that is durable.
+
+        Writes that arrive while a commit is under way are committed together in the next
+        transaction (group commit): one fsync for many files, each caller still waiting
+        for its own write to be on disk.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._pending.append((claim_id, state, detail, sql, params, done))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            loop.run_in_executor(self._pool, self._flush, loop)
+        await done
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+            try:
+                self._write_all(batch)
+                outcomes: list[BaseException | None] = [None] * len(batch)
+            except sqlite3.Error:
+                outcomes = [self._write_one(item) for item in batch]  # find the bad one
+            for item, error in zip(batch, outcomes, strict=True):
+                loop.call_soon_threadsafe(_settle, item[-1], error)
+
+    def _write_all(self, batch: list[_PendingWrite]) -> None:
         assert self._conn is not None, "ledger is not open"
-        with self._conn:  # one transaction: the row and its history line
+        with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(sql, params)
-            self._conn.execute(
-                "INSERT INTO events (claim_id, at, state, detail) VALUES (?, ?, ?, ?)",
-                (claim_id, utcnow(), state, detail))
+            for claim_id, state, detail, sql, params, _ in batch:
+                self._conn.execute(sql, params)
+                self._conn.execute(
+                    "INSERT INTO events (claim_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                    (claim_id, utcnow(), state, detail))
+
+    def _write_one(self, item: _PendingWrite) -> BaseException | None:
+        try:
+            self._write_all([item])
+        except sqlite3.Error as exc:
+            return exc
+        return None
 
     async def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
                         received_at: str) -> None:
-        await self._run(
-            self._write, claim_id, CLAIMED, rel_path,
+        await self._commit(
+            claim_id, CLAIMED, rel_path,
             "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state, received_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
             (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow()))
 
     async def mark_submitting(self, claim_id: str, obj: str, hub: str) -> None:
-        await self._run(
-            self._write, claim_id, SUBMITTING, f"{hub}/{obj}",
+        await self._commit(
+            claim_id, SUBMITTING, f"{hub}/{obj}",
             "UPDATE files SET state=?, object=?, hub=?, attempts=attempts+1, updated_at=?"
             " WHERE claim_id=?", (SUBMITTING, obj, hub, utcnow(), claim_id))
 
     async def record_job(self, claim_id: str, job_id: str, submitted_at: str) -> None:
-        await self._run(
-            self._write, claim_id, SUBMITTED, job_id,
+        await self._commit(
+            claim_id, SUBMITTED, job_id,
             "UPDATE files SET state=?, job_id=?, submitted_at=?, updated_at=? WHERE claim_id=?",
             (SUBMITTED, job_id, submitted_at, utcnow(), claim_id))
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
                              reason: str, result_json: str) -> None:
-        await self._run(
-            self._write, claim_id, FINISHING, outcome,
+        await self._commit(
+            claim_id, FINISHING, outcome,
             "UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
             " updated_at=? WHERE claim_id=?",
             (FINISHING, outcome, api_status, reason, result_json, utcnow(), claim_id))
 
     async def record_dest(self, claim_id: str, dest_path: str) -> None:
-        await self._run(
-            self._write, claim_id, FINISHING, dest_path,
+        await self._commit(
+            claim_id, FINISHING, dest_path,
             "UPDATE files SET dest_path=?, updated_at=? WHERE claim_id=?",
             (dest_path, utcnow(), claim_id))
 
     async def mark_finished(self, claim_id: str, finished_at: str) -> None:
-        await self._run(
-            self._write, claim_id, FINISHED, None,
+        await self._commit(
+            claim_id, FINISHED, None,
             "UPDATE files SET state=?, finished_at=?, updated_at=? WHERE claim_id=?",
             (FINISHED, finished_at, utcnow(), claim_id))
 
@@ -251,14 +307,14 @@ class Ledger:
 
     async def record_part_job(self, claim_id: str, part: int, job_id: str,
                               submitted_at: str) -> None:
-        await self._run(
-            self._write, claim_id, SUBMITTED, f"part {part}: {job_id}",
+        await self._commit(
+            claim_id, SUBMITTED, f"part {part}: {job_id}",
             "UPDATE parts SET job_id=?, submitted_at=? WHERE claim_id=? AND part=?",
             (job_id, submitted_at, claim_id, part))
 
     async def finish_part(self, claim_id: str, part: int, result_json: str) -> None:
-        await self._run(
-            self._write, claim_id, SUBMITTED, f"part {part} ended",
+        await self._commit(
+            claim_id, SUBMITTED, f"part {part} ended",
             "UPDATE parts SET result_json=? WHERE claim_id=? AND part=?",
             (result_json, claim_id, part))
 
