@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,20 +102,61 @@ def header_names(row: Sequence[str]) -> list[str]:
     return names
 
 
-class _Rejected(Exception):
-    """Stops the scan: the file cannot be read on (bad bytes for its encoding)."""
+@dataclass
+class _Bytes:
+    """The pre-pass over the raw bytes: hash, size, and whether they are UTF-8."""
+    sha256: str
+    size: int
+    utf8: bool              # every byte decodes as UTF-8
+    error_line: int | None  # the line of the first byte that does not
+    non_ascii_before: bool  # something non-ASCII decoded as UTF-8 before that byte
+    has_nul: bool
+
+
+def _prescan(path: Path, check_utf8: bool) -> _Bytes:
+    """Hash the file and test it as UTF-8 at C speed, chunk by chunk."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    size = newlines = 0
+    utf8, error_line, non_ascii, has_nul = check_utf8, None, False, False
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            has_nul = has_nul or b"\0" in chunk
+            if utf8:
+                try:
+                    non_ascii = not decoder.decode(chunk).isascii() or non_ascii
+                except UnicodeDecodeError as exc:
+                    good = chunk[:exc.start]
+                    non_ascii = non_ascii or not good.decode("utf-8", "replace").isascii()
+                    utf8, error_line = False, newlines + good.count(b"\n") + 1
+            newlines += chunk.count(b"\n")
+        if utf8:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                utf8, error_line = False, newlines + 1
+    return _Bytes(digest.hexdigest(), size, utf8, error_line, non_ascii, has_nul)
+
+
+def codec_of(encoding: str) -> str:
+    """The codec that reads a file of *encoding*: UTF-16 with a BOM reads its own BOM."""
+    return "utf-16" if encoding.startswith("utf-16") else encoding
+
+
+def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
+    """The file as text for the csv module: C-level decoding, universal newlines kept."""
+    return open(path, encoding=codec_of(encoding), errors="strict", newline="")
 
 
 class _Scan:
-    """One pass over the file: hash, decode, parse, check, count."""
+    """The structure pass: parse, check, count."""
 
-    def __init__(self, path: Path, encoding: str | None, columns: Columns) -> None:
-        self.path, self.columns = path, columns
-        self.encoding = encoding or "utf-8"
-        self.guessing = encoding is None   # UTF-8 until a bad byte says cp1252
-        self.digest = hashlib.sha256()
-        self.size = self.physical = self.rows = 0
-        self.non_ascii = False
+    def __init__(self, columns: Columns, check_nul: bool) -> None:
+        self.columns = columns
+        self.check_nul = check_nul
+        self.rows = self.lines = 0
         self.problems: list[Problem] = []
         self.total = 0
         self.header: tuple[str, ...] = ()
@@ -124,38 +166,6 @@ class _Scan:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(Problem(line, message))
 
-    def text_lines(self, newline: str) -> Iterator[str]:
-        """Decoded physical lines; decoding errors stop the scan with their line."""
-        decoder = codecs.getincrementaldecoder(self.encoding)("strict")
-        tail = ""
-        with open(self.path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                self.digest.update(chunk)
-                self.size += len(chunk)
-                try:
-                    text = decoder.decode(chunk)
-                except UnicodeDecodeError as exc:
-                    good = chunk[:exc.start].decode(self.encoding, "replace")
-                    self.non_ascii = self.non_ascii or not good.isascii()
-                    line = self.physical + (tail + good).count(newline) + 1
-                    raise _Rejected(line) from None
-                if not self.non_ascii and not text.isascii():
-                    self.non_ascii = True
-                if self.size == len(chunk):
-                    text = text.removeprefix("\ufeff")  # a UTF-16 byte order mark
-                parts = (tail + text).split(newline)
-                tail = parts.pop()
-                for part in parts:
-                    self.physical += 1
-                    yield part + newline
-            try:
-                tail += decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                raise _Rejected(self.physical + 1) from None
-        if tail:
-            self.physical += 1
-            yield tail
-
 
 def _bom_encoding(head: bytes) -> str | None:
     for bom, name in BOMS:
@@ -164,11 +174,11 @@ def _bom_encoding(head: bytes) -> str | None:
     return None
 
 
-def _line_endings(text: str) -> tuple[str, str]:
-    """(the newline to split on, its name) from a sample of the text."""
+def _line_endings(text: str) -> str:
+    """CRLF, LF, CR or none, from a sample of the text."""
     if "\n" in text:
-        return "\n", "CRLF" if "\r\n" in text else "LF"
-    return ("\r", "CR") if "\r" in text else ("\n", "none")
+        return "CRLF" if "\r\n" in text else "LF"
+    return "CR" if "\r" in text else "none"
 
 
 def sniff_delimiter(sample: str) -> str:
@@ -211,47 +221,37 @@ def inspect(path: Path, columns: Columns | None = None) -> Inspection:
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
     declared = _bom_encoding(head)
-    scan = _run_scan(path, head, declared, columns)
-    if scan is None:  # not UTF-8 and no BOM: read it as Windows-1252
-        scan = _run_scan(path, head, "cp1252", columns)
-    assert scan is not None
-    return scan
-
-
-def _run_scan(path: Path, head: bytes, encoding: str | None,
-              columns: Columns) -> Inspection | None:
-    sample = head.decode(encoding or "utf-8", "replace")
-    if encoding == "utf-8-sig" or encoding is None:
-        sample = sample.lstrip("\ufeff")
-    newline, endings = _line_endings(sample)
-    delimiter = sniff_delimiter(sample)
-    scan = _Scan(path, encoding, columns)
-    try:
-        _check_rows(scan, scan.text_lines(newline), delimiter)
-    except _Rejected as exc:
-        if scan.guessing and not scan.non_ascii:
-            return None
-        line = exc.args[0]
-        scan.add(line, f"bytes that are not valid {scan.encoding} text; "
-                       "save the file as UTF-8 and drop it again")
-        _drain(scan)
-    encoding_found = scan.encoding if not scan.guessing else "utf-8"
-    return Inspection(scan.digest.hexdigest(), scan.size, scan.physical,
-                      Dialect(encoding_found, delimiter, endings), scan.header, scan.rows,
+    raw = _prescan(path, check_utf8=declared is None)
+    if declared:
+        encoding = declared
+    elif raw.utf8:
+        encoding = "utf-8"
+    elif raw.non_ascii_before:
+        # Real UTF-8 with a damaged byte, not another encoding: say so, don't guess.
+        return _undecodable(raw, "utf-8", head, raw.error_line)
+    else:
+        encoding = "cp1252"
+    sample = head.decode(codec_of(encoding), "replace").lstrip("\ufeff")
+    endings = _line_endings(sample)
+    dialect = Dialect(encoding, sniff_delimiter(sample), endings)
+    scan = _Scan(columns, check_nul=raw.has_nul)
+    with open_text(path, encoding) as text:
+        _check_rows(scan, text, dialect.delimiter)
+    return Inspection(raw.sha256, raw.size, scan.lines, dialect, scan.header, scan.rows,
                       tuple(scan.problems), scan.total)
 
 
-def _drain(scan: _Scan) -> None:
-    """Finish hashing after a stop, so sha256 and bytes still describe the whole file."""
-    with open(scan.path, "rb") as fh:
-        fh.seek(scan.size)
-        while chunk := fh.read(CHUNK):
-            scan.digest.update(chunk)
-            scan.size += len(chunk)
+def _undecodable(raw: _Bytes, encoding: str, head: bytes, line: int | None) -> Inspection:
+    sample = head.decode(encoding, "replace")
+    endings = _line_endings(sample)
+    problem = Problem(line, f"bytes that are not valid {encoding} text; "
+                            "save the file as UTF-8 and drop it again")
+    return Inspection(raw.sha256, raw.size, 0, Dialect(encoding, sniff_delimiter(sample),
+                                                       endings), (), 0, (problem,), 1)
 
 
-def _check_rows(scan: _Scan, lines: Iterator[str], delimiter: str) -> None:
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str) -> None:
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
     width = 0
     while True:
         line = reader.line_num + 1  # where the record starts (it may span lines)
@@ -260,10 +260,15 @@ def _check_rows(scan: _Scan, lines: Iterator[str], delimiter: str) -> None:
         except StopIteration:
             break
         except csv.Error as exc:
-            if _stops(scan, line, exc, lines):
+            if _stops(scan, line, exc, text):
                 break
             continue
-        if any("\x00" in value for value in row):
+        except UnicodeDecodeError:
+            scan.add(_bad_byte_line(Path(text.name), text.encoding),
+                     f"bytes that are not valid {text.encoding} text; "
+                     "save the file as UTF-8 and drop it again")
+            break
+        if scan.check_nul and any("\x00" in value for value in row):
             scan.add(line, "NUL bytes: is this a UTF-16 file without a byte order mark?")
         if not width:
             width = _check_header(scan, row, line)
@@ -273,10 +278,25 @@ def _check_rows(scan: _Scan, lines: Iterator[str], delimiter: str) -> None:
         scan.rows += 1
         if len(row) != width:
             scan.add(line, f"{len(row)} fields, the header has {width}")
+    scan.lines = reader.line_num
     if width and not scan.rows and not scan.total:
         scan.add(None, "the file has a header line but no data rows")
     if not width and not scan.total:
         scan.add(None, "the file holds only blank lines")
+
+
+def _bad_byte_line(path: Path, codec: str) -> int | None:
+    """The line of the first byte *codec* cannot decode (the text layer reads ahead)."""
+    decoder = codecs.getincrementaldecoder(codec)("strict")
+    newlines = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            try:
+                newlines += decoder.decode(chunk).count("\n")
+            except UnicodeDecodeError as exc:
+                good = chunk[:exc.start].decode(codec, "replace")
+                return newlines + good.count("\n") + 1
+    return None
 
 
 def _stops(scan: _Scan, line: int, exc: csv.Error, lines: Iterator[str]) -> bool:

@@ -7,16 +7,19 @@ about 64 KiB), so the event loop never waits on it and memory stays flat.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import csv
 import io
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+import itertools
+import operator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import aiofiles
 
-from daemon.csvfile import CHUNK, OUT_BLOCK, Columns, Dialect, Inspection, header_names
+from daemon.csvfile import CHUNK, OUT_BLOCK, Columns, Dialect, Inspection, header_names, open_text
+
+BATCH_ROWS = 2000
 
 
 def upload_body(path: Path, inspection: Inspection, columns: Columns,
@@ -51,54 +54,43 @@ async def stream_normalised(path: Path, dialect: Dialect, columns: Columns,
             await asyncio.to_thread(blocks.close)
 
 
-def _lines(path: Path, dialect: Dialect) -> Iterator[str]:
-    newline = "\r" if dialect.line_endings == "CR" else "\n"
-    decoder = codecs.getincrementaldecoder(dialect.encoding)("strict")
-    tail = ""
-    first = True
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            text = decoder.decode(chunk)
-            if first:
-                text, first = text.removeprefix("\ufeff"), False  # a UTF-16 byte order mark
-            parts = (tail + text).split(newline)
-            tail = parts.pop()
-            for part in parts:
-                yield part + newline
-    tail += decoder.decode(b"", final=True)
-    if tail:
-        yield tail
-
-
 def normalised_blocks(path: Path, dialect: Dialect, columns: Columns,
                       rows: range | None = None) -> Generator[bytes, None, None]:
     """RFC 4180 (CRLF, minimal quoting) UTF-8 blocks of the file, with column changes.
 
     With *rows*, the header and only those data rows (0-based, blank lines not counted).
+    Parsing, quoting and decoding run in C (csv, io); Python only hands over batches.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    keep: list[int] | None = None
-    index = -1
-    for row in csv.reader(_lines(path, dialect), delimiter=dialect.delimiter, strict=True):
-        if not row:
-            continue  # blank lines carry no record
-        if keep is not None:
-            index += 1
-            if rows is not None and index not in rows:
-                if index >= rows.stop:
-                    break
-                continue
-        else:
-            names = header_names(row)
-            keep = [i for i, name in enumerate(names) if name not in columns.drop]
-            if row[0].startswith("\ufeff"):
-                row[0] = row[0][1:]
-            row = [columns.rename.get(names[i], row[i]) for i in range(len(row))]
-        writer.writerow(row if len(keep) == len(row) else [row[i] for i in keep])
-        if buf.tell() >= OUT_BLOCK:
-            yield buf.getvalue().encode("utf-8")
-            buf.seek(0)
-            buf.truncate()
+    with open_text(path, dialect.encoding) as text:
+        records = filter(None, csv.reader(text, delimiter=dialect.delimiter, strict=True))
+        header = next(records, None)
+        if header is None:
+            return
+        names = header_names(header)
+        keep = [i for i, name in enumerate(names) if name not in columns.drop]
+        header = [columns.rename.get(names[i], header[i].lstrip("\ufeff"))
+                  for i in range(len(header))]
+        pick = None if len(keep) == len(header) else _picker(keep)
+        writer.writerow(header if pick is None else pick(header))
+        wanted: Iterator[list[str]] = records
+        if rows is not None:
+            for _ in itertools.islice(records, rows.start):
+                pass  # rows before this part
+            wanted = itertools.islice(records, len(rows))
+        while batch := list(itertools.islice(wanted, BATCH_ROWS)):
+            writer.writerows(batch if pick is None else map(pick, batch))
+            if buf.tell() >= OUT_BLOCK:
+                yield buf.getvalue().encode("utf-8")
+                buf.seek(0)
+                buf.truncate()
     if buf.tell():
         yield buf.getvalue().encode("utf-8")
+
+
+def _picker(keep: list[int]) -> Callable[[list[str]], Sequence[str]]:
+    if len(keep) == 1:
+        only = keep[0]
+        return lambda row: (row[only],)
+    return operator.itemgetter(*keep)
