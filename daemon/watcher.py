@@ -131,7 +131,7 @@ class Watcher:
 
     async def _watch(self, stop: asyncio.Event) -> None:
         async for changes in watchfiles.awatch(
-                self.spool.inbox, stop_event=stop, watch_filter=None, debounce=100, step=20,
+                self.spool.inbox, stop_event=stop, watch_filter=None, debounce=100, step=50,
                 force_polling=self.force_polling or None, poll_delay_ms=200,
                 ignore_permission_denied=True):
             await self._on_changes(path for change, path in changes
