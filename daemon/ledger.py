@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# States of one claimed file, in order. FINISHED rows are history.
+# States of one claimed file, in order. FINISHED rows are history. (SUBMITTING is no
+# longer written; older ledgers may hold it, and it is resumed like CLAIMED.)
 CLAIMED, SUBMITTING, SUBMITTED, FINISHING, FINISHED = (
     "CLAIMED", "SUBMITTING", "SUBMITTED", "FINISHING", "FINISHED")
 UNFINISHED = (CLAIMED, SUBMITTING, SUBMITTED, FINISHING)
@@ -242,17 +243,13 @@ class Ledger:
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
             (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow()))
 
-    async def mark_submitting(self, claim_id: str, obj: str, hub: str) -> None:
-        await self._commit(
-            claim_id, SUBMITTING, f"{hub}/{obj}",
-            "UPDATE files SET state=?, object=?, hub=?, attempts=attempts+1, updated_at=?"
-            " WHERE claim_id=?", (SUBMITTING, obj, hub, utcnow(), claim_id))
-
-    async def record_job(self, claim_id: str, job_id: str, submitted_at: str) -> None:
+    async def record_job(self, claim_id: str, job_id: str, submitted_at: str, obj: str,
+                         hub: str, attempts: int) -> None:
         await self._commit(
             claim_id, SUBMITTED, job_id,
-            "UPDATE files SET state=?, job_id=?, submitted_at=?, updated_at=? WHERE claim_id=?",
-            (SUBMITTED, job_id, submitted_at, utcnow(), claim_id))
+            "UPDATE files SET state=?, job_id=?, submitted_at=?, object=?, hub=?, attempts=?,"
+            " updated_at=? WHERE claim_id=?",
+            (SUBMITTED, job_id, submitted_at, obj, hub, attempts, utcnow(), claim_id))
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
                              reason: str, result_json: str) -> None:

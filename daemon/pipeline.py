@@ -1,7 +1,7 @@
 """The life of one claimed file: check, upload, follow the job, file it with its result.
 
 Each step is recorded in the ledger before the next begins, so :meth:`Pipeline.resume`
-can pick a file up from its ledger row after a crash: CLAIMED/SUBMITTING upload again,
+can pick a file up from its ledger row after a crash: CLAIMED uploads again,
 SUBMITTED follows the recorded job id (never uploading again), FINISHING files it.
 """
 
@@ -73,32 +73,43 @@ class Pipeline:
         self.active_jobs: set[str] = set()   # being followed now
         self.uploads_now = 0
 
-    async def process(self, work: Work, holding_upload_slot: bool = False) -> None:
-        """Carry one claimed file from its upload to done/ or failed/."""
+    async def process(self, work: Work, intake: asyncio.Semaphore | None = None) -> None:
+        """Carry one claimed file from its upload to done/ or failed/.
+
+        A file claimed from inbox/ holds an *intake* slot from its claim until it may
+        upload, so checking it overlaps with other files' uploads while the daemon still
+        claims no more than it can start on.
+        """
         work.log = get_logger(file=work.rel)
-        if not holding_upload_slot:
-            await self.upload_slots.acquire()
-        held = True
         try:
+            outcome = None if self.stopping else await self._check(work)
             if self.stopping:
                 return
-            outcome = await self._check(work)
             if outcome is None and await self._in_parts(work):
-                self.upload_slots.release()  # each part takes its own turn
-                held = False
+                self._release(intake)
+                intake = None
                 outcome = await run_parts(self, work, self._max_rows(work))
                 if outcome is None:
                     return  # stopping: the ledger knows which parts are out
             elif outcome is None:
-                outcome = await self._submit(work)
+                async with self.upload_slots:
+                    self._release(intake)
+                    intake = None
+                    if self.stopping:
+                        return
+                    outcome = await self._submit(work)
         finally:
-            if held:
-                self.upload_slots.release()
+            self._release(intake)
         if outcome is None:  # a job exists: follow it
             if self.stopping:
                 return
             outcome = await self._track(work)
         await self._finish(work, outcome)
+
+    @staticmethod
+    def _release(slot: asyncio.Semaphore | None) -> None:
+        if slot is not None:
+            slot.release()
 
     async def resume(self, row: Row) -> None:
         path = self.spool.from_stored(row.claimed_path)
@@ -194,8 +205,9 @@ class Pipeline:
             return created
         work.job_id, work.submitted_at = created, utcnow()
         # Recorded before anything else happens, and not cancellable half-way.
-        await asyncio.shield(self.ledger.record_job(work.claimed.claim_id, created,
-                                                    work.submitted_at))
+        await asyncio.shield(self.ledger.record_job(
+            work.claimed.claim_id, created, work.submitted_at, work.obj or "", work.hub or "",
+            work.attempts))
         work.log = work.log.bind(job_id=created)
         work.log.info("job.created", object=work.obj, hub=work.hub, attempts=work.attempts)
         return None
@@ -208,8 +220,7 @@ class Pipeline:
 
     async def _create(self, work: Work, body: Callable[[], AsyncIterator[bytes]]) -> str:
         assert work.obj is not None and work.hub is not None
-        work.attempts += 1
-        await self.ledger.mark_submitting(work.claimed.claim_id, work.obj, work.hub)
+        work.attempts += 1  # recorded with the job id (a crash here means: upload again)
         meta = self.settings.object_settings(work.obj).metadata
         callback_url = self.settings.callback.public_url
         if callback_url:  # echoed in the callback: which file the job belongs to

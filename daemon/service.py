@@ -50,6 +50,7 @@ class Daemon:
                                job_timeout=s.workers.job_timeout_seconds)
         self.active_slots = asyncio.Semaphore(s.workers.max_active_jobs)
         self.upload_slots = asyncio.Semaphore(s.workers.uploads)
+        self.intake = asyncio.Semaphore(s.workers.uploads)  # claimed, not yet uploading
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.client.on_answer = self.metrics.api_answer
@@ -194,7 +195,7 @@ class Daemon:
     async def _claim_one(self) -> None:
         await self.active_slots.acquire()
         try:
-            await self.upload_slots.acquire()
+            await self.intake.acquire()
         except BaseException:
             self.active_slots.release()
             raise
@@ -207,14 +208,14 @@ class Daemon:
             await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
                                         self.spool.to_stored(claimed.path), received)
         except (LookupError, asyncio.CancelledError) as exc:
-            self.upload_slots.release()
+            self.intake.release()
             self.active_slots.release()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
         self._spawn(partial(self.pipeline.process, Work(claimed, received),
-                            holding_upload_slot=True),
+                            intake=self.intake),
                     str(claimed.rel), holding_job_slot=True)
 
     async def _claim(self, path: Path) -> Claimed | None:

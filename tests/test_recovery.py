@@ -42,8 +42,7 @@ async def test_recorded_job_is_followed_not_uploaded_again(make_settings, run_da
     claimed = spool.claimed_from_path(path)
     assert claimed is not None
     await ledger.add_claim(claimed.claim_id, str(claimed.rel), str(path), utcnow())
-    await ledger.mark_submitting(claimed.claim_id, "contact", "marketing")
-    await ledger.record_job(claimed.claim_id, job.id, utcnow())
+    await ledger.record_job(claimed.claim_id, job.id, utcnow(), "contact", "marketing", 1)
     await ledger.close()
 
     await run_daemon(settings)
