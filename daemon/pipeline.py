@@ -30,6 +30,18 @@ from daemon.spool import Claimed, Spool, has_accepted_suffix
 from daemon.tracker import Tracker
 
 
+class Slot:
+    """A held semaphore slot that can be given back early, exactly once."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore: asyncio.Semaphore | None = semaphore
+
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
+
+
 @dataclass
 class Work:
     """What we know about one claimed file; mirrors its ledger row."""
@@ -73,7 +85,8 @@ class Pipeline:
         self.active_jobs: set[str] = set()   # being followed now
         self.uploads_now = 0
 
-    async def process(self, work: Work, intake: asyncio.Semaphore | None = None) -> None:
+    async def process(self, work: Work, job_slot: Slot | None = None,
+                      intake: asyncio.Semaphore | None = None, new_claim: bool = False) -> None:
         """Carry one claimed file from its upload to done/ or failed/.
 
         A file claimed from inbox/ holds an *intake* slot from its claim until it may
@@ -82,6 +95,10 @@ class Pipeline:
         """
         work.log = get_logger(file=work.rel)
         try:
+            if new_claim:  # (a crash before this commit leaves a stray: claimed afresh)
+                await self.ledger.add_claim(work.claimed.claim_id, work.rel,
+                                            self.spool.to_stored(work.claimed.path),
+                                            work.received_at)
             outcome = None if self.stopping else await self._check(work)
             if self.stopping:
                 return
@@ -97,13 +114,17 @@ class Pipeline:
                     intake = None
                     if self.stopping:
                         return
-                    outcome = await self._submit(work)
+                    created = await self.send(work)
+                # The upload is over (the slot is free); the job id is recorded next.
+                outcome = await self._record(work, created)
         finally:
             self._release(intake)
         if outcome is None:  # a job exists: follow it
             if self.stopping:
                 return
             outcome = await self._track(work)
+        if job_slot is not None:
+            job_slot.release()  # the job has ended: another may start while this is filed
         await self._finish(work, outcome)
 
     @staticmethod
@@ -111,7 +132,7 @@ class Pipeline:
         if slot is not None:
             slot.release()
 
-    async def resume(self, row: Row) -> None:
+    async def resume(self, row: Row, job_slot: Slot | None = None) -> None:
         path = self.spool.from_stored(row.claimed_path)
         claimed = Claimed(row.claim_id, PurePosixPath(row.rel_path), path)
         work = Work(claimed, row.received_at, row.object, row.hub, row.job_id, row.attempts,
@@ -129,14 +150,17 @@ class Pipeline:
             await self.ledger.mark_finished(claimed.claim_id, utcnow())
             return
         if await self.ledger.parts(row.claim_id):
-            await self.process(work)  # sent in parts: continue with what is not done
+            await self.process(work, job_slot)  # sent in parts: continue with the rest
         elif row.state == ledger.SUBMITTED and row.job_id:
             if self.stopping:
                 return
             await self._inspect_quietly(work)
-            await self._finish(work, await self._track(work))
+            outcome = await self._track(work)
+            if job_slot is not None:
+                job_slot.release()
+            await self._finish(work, outcome)
         else:
-            await self.process(work)
+            await self.process(work, job_slot)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -198,9 +222,8 @@ class Pipeline:
         except ApiError as exc:  # an answer we cannot use; the job may exist
             return Outcome(FAILED, f"upload answer unusable, not retried: {exc.message}")
 
-    async def _submit(self, work: Work) -> Outcome | None:
-        """Create the file's job and record its id; an Outcome when that failed."""
-        created = await self.send(work)
+    async def _record(self, work: Work, created: str | Outcome) -> Outcome | None:
+        """Record the new job's id before anything else; or pass on why there is none."""
         if isinstance(created, Outcome):
             return created
         work.job_id, work.submitted_at = created, utcnow()

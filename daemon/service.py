@@ -21,7 +21,7 @@ from daemon.config import Settings
 from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
-from daemon.pipeline import Pipeline, Work
+from daemon.pipeline import Pipeline, Slot, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
 from daemon.spool import Claimed, FileChanged, Spool, SpoolError
 from daemon.systemd import Notifier
@@ -204,9 +204,6 @@ class Daemon:
             claimed = await self._claim(path)
             if claimed is None:
                 raise LookupError  # another node took it, it vanished, or it changed
-            received = utcnow()
-            await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
-                                        self.spool.to_stored(claimed.path), received)
         except (LookupError, asyncio.CancelledError) as exc:
             self.intake.release()
             self.active_slots.release()
@@ -214,8 +211,9 @@ class Daemon:
                 raise
             return
         log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
-        self._spawn(partial(self.pipeline.process, Work(claimed, received),
-                            intake=self.intake),
+        # The file's own task records the claim, so claims never queue behind commits.
+        self._spawn(partial(self.pipeline.process, Work(claimed, utcnow()),
+                            intake=self.intake, new_claim=True),
                     str(claimed.rel), holding_job_slot=True)
 
     async def _claim(self, path: Path) -> Claimed | None:
@@ -232,16 +230,21 @@ class Daemon:
         finally:
             self.watcher.release(path)
 
-    def _spawn(self, make: Callable[[], Awaitable[None]], name: str,
+    def _spawn(self, make: Callable[[Slot], Awaitable[None]], name: str,
                holding_job_slot: bool = False) -> None:
-        """Run one file's work as a task we hold, inside a job slot."""
+        """Run one file's work as a task we hold, inside a job slot.
+
+        The pipeline gives the slot back as soon as the file's job has ended (filing it
+        needs no job), at the latest when the task ends.
+        """
         async def in_slot() -> None:
             if not holding_job_slot:
                 await self.active_slots.acquire()
+            slot = Slot(self.active_slots)
             try:
-                await make()
+                await make(slot)
             finally:
-                self.active_slots.release()
+                slot.release()
 
         task = asyncio.create_task(in_slot(), name=name)
         self.files.add(task)
