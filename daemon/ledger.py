@@ -252,12 +252,13 @@ class Ledger:
             (SUBMITTED, job_id, submitted_at, obj, hub, attempts, utcnow(), claim_id))
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
-                             reason: str, result_json: str) -> None:
+                             reason: str, result_json: str, dest_path: str | None) -> None:
         await self._commit(
             claim_id, FINISHING, outcome,
             "UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
-            " updated_at=? WHERE claim_id=?",
-            (FINISHING, outcome, api_status, reason, result_json, utcnow(), claim_id))
+            " dest_path=?, updated_at=? WHERE claim_id=?",
+            (FINISHING, outcome, api_status, reason, result_json, dest_path, utcnow(),
+             claim_id))
 
     async def record_dest(self, claim_id: str, dest_path: str) -> None:
         await self._commit(

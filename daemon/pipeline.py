@@ -300,10 +300,26 @@ class Pipeline:
             received_at=work.received_at, submitted_at=work.submitted_at,
             finished_at=utcnow())
         errors = list(outcome.errors)
-        stored = await asyncio.to_thread(json.dumps, {**result, "errors_all": errors})
+        record = {**result, "errors_all": errors}
+        stored = (json.dumps(record) if len(errors) < 1000
+                  else await asyncio.to_thread(json.dumps, record))
+        dest = await asyncio.to_thread(self._choose, work.claimed, outcome.ok)
         await asyncio.shield(self.ledger.mark_finishing(
-            work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored))
-        await self._file(work, result, errors, outcome.ok, None)
+            work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
+            None if dest is None else self.spool.to_stored(dest)))
+        await self._file(work, result, errors, outcome.ok, dest)
+
+    def _choose(self, claimed: Claimed, ok: bool) -> Path | None:
+        """Where the file goes; None when it is gone from processing/ (removed by hand)."""
+        return self.spool.choose_dest(claimed, ok) if claimed.path.exists() else None
+
+    def _place(self, claimed: Claimed, dest: Path, result: dict[str, Any],
+               errors: list[Any]) -> bool:
+        """Move the file to *dest* and write its result beside it; False if *dest* is taken."""
+        if not self.spool.move_to(claimed, dest):
+            return False
+        self.spool.complete(claimed, dest, result, errors_csv(errors) if errors else None)
+        return True
 
     async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
                     dest: Path | None) -> None:
@@ -323,17 +339,19 @@ class Pipeline:
         claimed = work.claimed
         while True:
             if dest is None:
-                if not await asyncio.to_thread(claimed.path.exists):
+                dest = await asyncio.to_thread(self._choose, claimed, ok)
+                if dest is None:
                     work.log.error("file.vanished", path=str(claimed.path))
                     await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
                     return
-                dest = await asyncio.to_thread(self.spool.choose_dest, claimed, ok)
                 await self.ledger.record_dest(claimed.claim_id, self.spool.to_stored(dest))
-            if await asyncio.to_thread(self.spool.move_to, claimed, dest):
+            if await asyncio.to_thread(self._place, claimed, dest, result, errors):
                 break
+            if not await asyncio.to_thread(claimed.path.exists):
+                work.log.error("file.vanished", path=str(claimed.path))
+                await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
+                return
             dest = None  # taken meanwhile (another node, a person): choose again
-        csv_bytes = await asyncio.to_thread(errors_csv, errors) if errors else None
-        await asyncio.to_thread(self.spool.complete, claimed, dest, result, csv_bytes)
         await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
         self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
         obj = work.obj or ""
