@@ -102,7 +102,7 @@ class Pipeline:
             outcome = None if self.stopping else await self._check(work)
             if self.stopping:
                 return
-            if outcome is None and await self._in_parts(work):
+            if outcome is None and await self._in_parts(work, resumed=not new_claim):
                 self._release(intake)
                 intake = None
                 outcome = await run_parts(self, work, self._max_rows(work))
@@ -202,10 +202,10 @@ class Pipeline:
         limit = self.settings.object_settings(work.obj).max_rows_per_job if work.obj else 0
         return limit or (1 << 62)
 
-    async def _in_parts(self, work: Work) -> bool:
+    async def _in_parts(self, work: Work, resumed: bool) -> bool:
         """Too many rows for one job, or already being sent in parts (a resumed file)."""
         return (self._max_rows(work) < (work.rows or 0)
-                or bool(await self.ledger.parts(work.claimed.claim_id)))
+                or (resumed and bool(await self.ledger.parts(work.claimed.claim_id))))
 
     async def send(self, work: Work, rows: range | None = None) -> str | Outcome:
         """Create one job for the file (or for *rows* of it): its id, or why not."""
