@@ -113,30 +113,38 @@ class _Bytes:
     has_nul: bool
 
 
-def _prescan(path: Path, check_utf8: bool) -> _Bytes:
-    """Hash the file and test it as UTF-8 at C speed, chunk by chunk."""
+def _chunks(path: Path, whole: bytes | None) -> Iterator[bytes]:
+    if whole is not None:
+        yield whole
+        return
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            yield chunk
+
+
+def _prescan(path: Path, check_utf8: bool, whole: bytes | None = None) -> _Bytes:
+    """Hash the file and test it as UTF-8 at C speed, chunk by chunk (*whole*: in hand)."""
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     size = newlines = 0
     utf8, error_line, non_ascii, has_nul = check_utf8, None, False, False
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            has_nul = has_nul or b"\0" in chunk
-            if utf8:
-                try:
-                    non_ascii = not decoder.decode(chunk).isascii() or non_ascii
-                except UnicodeDecodeError as exc:
-                    good = chunk[:exc.start]
-                    non_ascii = non_ascii or not good.decode("utf-8", "replace").isascii()
-                    utf8, error_line = False, newlines + good.count(b"\n") + 1
-            newlines += chunk.count(b"\n")
+    for chunk in _chunks(path, whole):
+        digest.update(chunk)
+        size += len(chunk)
+        has_nul = has_nul or b"\0" in chunk
         if utf8:
             try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                utf8, error_line = False, newlines + 1
+                non_ascii = not decoder.decode(chunk).isascii() or non_ascii
+            except UnicodeDecodeError as exc:
+                good = chunk[:exc.start]
+                non_ascii = non_ascii or not good.decode("utf-8", "replace").isascii()
+                utf8, error_line = False, newlines + good.count(b"\n") + 1
+        newlines += chunk.count(b"\n")
+    if utf8:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8, error_line = False, newlines + 1
     return _Bytes(digest.hexdigest(), size, utf8, error_line, non_ascii, has_nul)
 
 
@@ -221,7 +229,8 @@ def inspect(path: Path, columns: Columns | None = None) -> Inspection:
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
     declared = _bom_encoding(head)
-    raw = _prescan(path, check_utf8=declared is None)
+    whole = head if len(head) < CHUNK else None  # a small file is read once, here
+    raw = _prescan(path, check_utf8=declared is None, whole=whole)
     if declared:
         encoding = declared
     elif raw.utf8:
@@ -235,8 +244,10 @@ def inspect(path: Path, columns: Columns | None = None) -> Inspection:
     endings = _line_endings(sample)
     dialect = Dialect(encoding, sniff_delimiter(sample), endings)
     scan = _Scan(columns, check_nul=raw.has_nul)
-    with open_text(path, encoding) as text:
-        _check_rows(scan, text, dialect.delimiter)
+    source = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
+              if whole is not None else open_text(path, encoding))
+    with source as text:
+        _check_rows(scan, text, dialect.delimiter, path)
     return Inspection(raw.sha256, raw.size, scan.lines, dialect, scan.header, scan.rows,
                       tuple(scan.problems), scan.total)
 
@@ -250,7 +261,7 @@ def _undecodable(raw: _Bytes, encoding: str, head: bytes, line: int | None) -> I
                                                        endings), (), 0, (problem,), 1)
 
 
-def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str) -> None:
+def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, path: Path) -> None:
     reader = csv.reader(text, delimiter=delimiter, strict=True)
     width = 0
     while True:
@@ -264,7 +275,7 @@ def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str) -> None:
                 break
             continue
         except UnicodeDecodeError:
-            scan.add(_bad_byte_line(Path(text.name), text.encoding),
+            scan.add(_bad_byte_line(path, text.encoding),
                      f"bytes that are not valid {text.encoding} text; "
                      "save the file as UTF-8 and drop it again")
             break
