@@ -23,7 +23,7 @@ from daemon.logs import get_logger
 from daemon.normalise import upload_body
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
-from daemon.spool import ERRORS_SUFFIX, RESULT_SUFFIX, Spool, is_ignored_name
+from daemon.spool import ERRORS_SUFFIX, RESULT_SUFFIX, Spool, is_ignored_name, suffixed_names
 from daemon.tracker import Tracker
 
 EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_RECORDS_FAILED = 0, 1, 3, 4
@@ -121,15 +121,8 @@ def _route_of(result: Path) -> PurePosixPath | None:
 
 
 def _free(path: Path) -> Path:
-    stem, dot, ext = path.name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = path.name, ""
-    n = 0
-    candidate = path
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{stem}-{n}{'.' + ext if ext else ''}")
-    return candidate
+    return next(path.with_name(n) for n in suffixed_names(path.name)
+                if not path.with_name(n).exists())
 
 
 # -- submit -------------------------------------------------------------------------------

@@ -171,11 +171,7 @@ class Spool:
         """
         base = (self.done if ok else self.failed) / claimed.rel.parent
         base.mkdir(parents=True, exist_ok=True)
-        stem, dot, ext = claimed.rel.name.rpartition(".")
-        if not dot or not stem:
-            stem, ext = claimed.rel.name, ""
-        for n in itertools.count():
-            name = claimed.rel.name if n == 0 else f"{stem}-{n}{'.' + ext if ext else ''}"
+        for name in suffixed_names(claimed.rel.name):
             candidate = base / name
             if candidate.exists():
                 if _same(candidate, claimed.path):
@@ -217,6 +213,16 @@ class Spool:
             write_atomic(_sidecar(dest, ERRORS_SUFFIX), errors_csv)
         claimed.path.unlink(missing_ok=True)
         _prune_empty(claimed.path.parent, self.processing)
+
+
+def suffixed_names(name: str) -> Iterator[str]:
+    """``a.csv``, ``a-1.csv``, ``a-2.csv`` ...: the names tried so nothing is overwritten."""
+    yield name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    for n in itertools.count(1):
+        yield f"{stem}-{n}{'.' + ext if ext else ''}"
 
 
 def _same(a: Path, b: Path) -> bool:
