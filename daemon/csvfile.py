@@ -9,6 +9,7 @@ converted block by block in a thread to RFC 4180 UTF-8 comma CSV. Memory stays f
 
 from __future__ import annotations
 
+import builtins
 import codecs
 import csv
 import hashlib
@@ -79,6 +80,9 @@ class Inspection:
     rows: int = 0
     problems: tuple[Problem, ...] = ()   # the first MAX_PROBLEMS
     problems_total: int = 0
+    # A small file's bytes as read, hashed and checked (None for a larger one): what is
+    # uploaded, with no second read.
+    content: builtins.bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def problem(self) -> str | None:
@@ -249,7 +253,7 @@ def inspect(path: Path, columns: Columns | None = None) -> Inspection:
     with source as text:
         _check_rows(scan, text, dialect.delimiter, path)
     return Inspection(raw.sha256, raw.size, scan.lines, dialect, scan.header, scan.rows,
-                      tuple(scan.problems), scan.total)
+                      tuple(scan.problems), scan.total, content=whole)
 
 
 def _undecodable(raw: _Bytes, encoding: str, head: bytes, line: int | None) -> Inspection:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,8 +68,23 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Now in UTC as ISO 8601 with milliseconds, e.g. ``2026-01-02T03:04:05.678+00:00``.
+
+    Called several times per file: the date and time of day are formatted once a second
+    (one tuple swapped whole, so threads calling it at once never mix two seconds).
+    """
+    global _last_second
+    now = time.time()
+    second, stamp = _last_second
+    if second != int(now):
+        second = int(now)
+        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (second, stamp)
+    return f"{stamp}.{int((now - second) * 1000):03d}+00:00"
 
 
 @dataclass(frozen=True)
@@ -97,13 +113,14 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
 _PendingWrite = tuple[str, str, str | None, str, tuple[Any, ...], "asyncio.Future[None]"]
 
 
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():  # the caller was cancelled; the write stands regardless
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for done, error in settled:
+        if done.done():  # the caller was cancelled; the write stands regardless
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 @dataclass(frozen=True)
@@ -215,8 +232,9 @@ class Ledger:
                 outcomes: list[BaseException | None] = [None] * len(batch)
             except sqlite3.Error:
                 outcomes = [self._write_one(item) for item in batch]  # find the bad one
-            for item, error in zip(batch, outcomes, strict=True):
-                loop.call_soon_threadsafe(_settle, item[-1], error)
+            # One wake-up of the event loop for the whole batch.
+            loop.call_soon_threadsafe(_settle, [(item[-1], error) for item, error
+                                                in zip(batch, outcomes, strict=True)])
 
     def _write_all(self, batch: list[_PendingWrite]) -> None:
         assert self._conn is not None, "ledger is not open"

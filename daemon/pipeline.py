@@ -8,6 +8,7 @@ SUBMITTED follows the recorded job id (never uploading again), FINISHING files i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +56,8 @@ class Work:
     sha256: str | None = None
     inspection: csvfile.Inspection | None = None
     size: int | None = None
+    examined: bool = False            # read for its checks (together with the claim)
+    unreadable: OSError | None = None  # ... and it could not be read
     log: Any = field(default=None, repr=False)
 
     @property
@@ -115,6 +118,9 @@ class Pipeline:
                     if self.stopping:
                         return
                     created = await self.send(work)
+                if work.inspection is not None and work.inspection.content is not None:
+                    # Not kept while the job runs (32 jobs may run for hours).
+                    work.inspection = dataclasses.replace(work.inspection, content=None)
                 # The upload is over (the slot is free); the job id is recorded next.
                 outcome = await self._record(work, created)
         finally:
@@ -169,27 +175,37 @@ class Pipeline:
             return rel.parts[0]
         return self.settings.spool.default_object or None
 
-    async def _check(self, work: Work) -> Outcome | None:
-        """Route, read and validate the file; an Outcome when it must not become a job."""
+    def examine(self, work: Work) -> None:
+        """Hash the claimed file and, for a CSV, detect and validate it.
+
+        Blocking: it runs in a thread, for a new claim in the same trip as the claim.
+        """
         rel = work.claimed.rel
-        obj = self._route(rel)
-        columns = self._columns(obj)
-        accepted = has_accepted_suffix(rel.name)
         try:
-            if accepted:
-                found = await asyncio.to_thread(csvfile.inspect, work.claimed.path, columns)
+            if has_accepted_suffix(rel.name):
+                found = csvfile.inspect(work.claimed.path, self._columns(self._route(rel)))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
-                work.sha256, work.size = await asyncio.to_thread(csvfile.digest,
-                                                                 work.claimed.path)
+                work.sha256, work.size = csvfile.digest(work.claimed.path)
         except OSError as exc:
+            work.unreadable = exc
+        work.examined = True
+
+    async def _check(self, work: Work) -> Outcome | None:
+        """Route, read and validate the file; an Outcome when it must not become a job."""
+        if not work.examined:
+            await asyncio.to_thread(self.examine, work)
+        if work.unreadable is not None:
+            exc = work.unreadable
             return Outcome(REJECTED, f"cannot read the file: {exc.strerror or exc}; "
                            "check its permissions and drop it again")
+        rel = work.claimed.rel
+        obj = self._route(rel)
         if obj is None:
             return Outcome(REJECTED, "files directly in inbox/ need an object: drop it into "
                            "inbox/<object>/ (e.g. inbox/contact/) or set [spool] default_object")
         work.obj, work.hub = obj, self.settings.hub_for(obj)
-        if not accepted or work.inspection is None:
+        if work.inspection is None:
             return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
                            "export it as CSV and drop it again")
         if work.inspection.problem:

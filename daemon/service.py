@@ -23,7 +23,7 @@ from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline, Slot, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
-from daemon.spool import Claimed, FileChanged, Spool, SpoolError
+from daemon.spool import FileChanged, Spool, SpoolError
 from daemon.systemd import Notifier
 from daemon.tracker import Tracker
 from daemon.watcher import Watcher
@@ -201,25 +201,40 @@ class Daemon:
             raise
         try:
             path = await self.candidates.get()
-            claimed = await self._claim(path)
-            if claimed is None:
-                raise LookupError  # another node took it, it vanished, or it changed
-        except (LookupError, asyncio.CancelledError) as exc:
+        except BaseException:
             self.intake.release()
             self.active_slots.release()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        log.info("file.claimed", file=str(claimed.rel), claim_id=claimed.claim_id)
-        # The file's own task records the claim, so claims never queue behind commits.
-        self._spawn(partial(self.pipeline.process, Work(claimed, utcnow()),
-                            intake=self.intake, new_claim=True),
-                    str(claimed.rel), holding_job_slot=True)
+            raise
+        self._spawn(partial(self._take, path), path.name, holding_job_slot=True)
 
-    async def _claim(self, path: Path) -> Claimed | None:
+    async def _take(self, path: Path, job_slot: Slot) -> None:
+        """Claim a settled file and read it for its checks (one trip to a thread), then
+        carry it on; it holds an intake slot until it may upload."""
+        handed_on = False
+        try:
+            work = await self._claim(path)
+            if work is None:
+                return  # another node took it, it vanished, or it changed
+            log.info("file.claimed", file=work.rel, claim_id=work.claimed.claim_id)
+            handed_on = True
+            # The file's own task records the claim, so claims never queue behind commits.
+            await self.pipeline.process(work, job_slot, intake=self.intake, new_claim=True)
+        finally:
+            if not handed_on:
+                self.intake.release()
+
+    def _claim_and_examine(self, path: Path, expect: tuple[int, int] | None) -> Work | None:
+        claimed = self.spool.claim(path, expect)
+        if claimed is None:
+            return None
+        work = Work(claimed, utcnow())
+        self.pipeline.examine(work)
+        return work
+
+    async def _claim(self, path: Path) -> Work | None:
         expect = self.watcher.signature(path)
         try:
-            return await asyncio.to_thread(self.spool.claim, path, expect)
+            return await asyncio.to_thread(self._claim_and_examine, path, expect)
         except FileChanged:
             self.watcher.recheck(path)  # still being written: let it settle again
             return None

@@ -69,6 +69,7 @@ class Claimed:
 class Spool:
     def __init__(self, root: Path, node_id: str) -> None:
         self.root = root
+        self._root_slash = str(root).rstrip("/") + "/"
         self.inbox = root / "inbox"
         self.processing = root / "processing" / node_id
         self.done = root / "done"
@@ -136,6 +137,9 @@ class Spool:
 
     def to_stored(self, path: Path) -> str:
         """A path below the spool root as kept in the ledger (the root may move)."""
+        text, root = str(path), self._root_slash
+        if text.startswith(root):  # the usual case, without pathlib's parsing
+            return text[len(root):]
         return path.relative_to(self.root).as_posix()
 
     def from_stored(self, stored: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,14 @@ async def test_unopenable_ledger_stops_start_up_instead_of_starting_afresh(
     with pytest.raises(StartupError, match="bulkdrop.db"):
         await Daemon(settings).serve()
     assert not list(settings.spool.state_dir.glob("*.corrupt-*"))
+
+
+def test_ledger_timestamps_are_utc_iso_with_milliseconds() -> None:
+    for _ in range(3):
+        before = datetime.now(UTC)
+        stamp = utcnow()
+        after = datetime.now(UTC)
+        parsed = datetime.fromisoformat(stamp)
+        assert stamp.endswith("+00:00") and len(stamp) == len("2026-01-02T03:04:05.678+00:00")
+        # Truncated to the millisecond, never outside the moments around the call.
+        assert before - timedelta(milliseconds=1) <= parsed <= after
