@@ -202,10 +202,11 @@ class Ledger:
             self._conn = None
         self._pool.shutdown(wait=True)
 
-    async def _commit(self, claim_id: str, state: str, detail: str | None, sql: str,
-                      params: tuple[Any, ...]) -> None:
-        """Change a row and add its history line; return once that is durable.
+    def _submit(self, claim_id: str, state: str, detail: str | None, sql: str,
+                params: tuple[Any, ...]) -> asyncio.Future[None]:
+        """Queue a row change and its history line; the future is done once it is durable.
 
+        Queued at once, in call order, so a later change never overtakes an earlier one.
         Writes that arrive while a commit is under way are committed together in the next
         transaction (group commit): one fsync for many files, each caller still waiting
         for its own write to be on disk.
@@ -218,7 +219,12 @@ class Ledger:
             self._flushing = True
         if start:
             loop.run_in_executor(self._pool, self._flush, loop)
-        await done
+        return done
+
+    async def _commit(self, claim_id: str, state: str, detail: str | None, sql: str,
+                      params: tuple[Any, ...]) -> None:
+        """Change a row and add its history line; return once that is durable."""
+        await self._submit(claim_id, state, detail, sql, params)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -253,9 +259,10 @@ class Ledger:
             return exc
         return None
 
-    async def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
-                        received_at: str) -> None:
-        await self._commit(
+    def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
+                  received_at: str) -> asyncio.Future[None]:
+        """Record a new claim. Queued before this returns; await the result for durability."""
+        return self._submit(
             claim_id, CLAIMED, rel_path,
             "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state, received_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -12,10 +12,11 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from daemon import csvfile, ledger
 from daemon.client import OpenConnectorsClient
@@ -30,6 +31,16 @@ from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
 from daemon.spool import Claimed, Spool, has_accepted_suffix
 from daemon.tracker import Tracker
 
+# Claims, small files' checks and filing run on two threads of their own. On 2,000 small
+# files (bench/), two threads filed about 10% more files/s than the event loop's default
+# executor with six (fewer threads contending for the GIL) and one thread about 20%
+# fewer (each file's fsyncs waiting in a row). Big reads keep to the default executor.
+QUICK_THREADS = 2
+# A file up to this size is read for its checks in the same trip as its claim.
+QUICK_EXAMINE_BYTES = 1 << 20
+
+T = TypeVar("T")
+
 
 class Slot:
     """A held semaphore slot that can be given back early, exactly once."""
@@ -41,6 +52,11 @@ class Slot:
         if self._semaphore is not None:
             self._semaphore.release()
             self._semaphore = None
+
+
+def _release(slot: Slot | None) -> None:
+    if slot is not None:
+        slot.release()
 
 
 @dataclass
@@ -87,6 +103,14 @@ class Pipeline:
         self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
         self.active_jobs: set[str] = set()   # being followed now
         self.uploads_now = 0
+        self._quick = ThreadPoolExecutor(QUICK_THREADS, thread_name_prefix="bulkdrop-files")
+
+    async def quick(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a short file-system step (a claim, a small file's checks, filing) off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._quick, fn, *args)
+
+    def close(self) -> None:
+        self._quick.shutdown(wait=False)
 
     async def process(self, work: Work, job_slot: Slot | None = None,
                       intake: asyncio.Semaphore | None = None, new_claim: bool = False) -> None:
@@ -97,34 +121,35 @@ class Pipeline:
         claims no more than it can start on.
         """
         work.log = get_logger(file=work.rel)
-        try:
-            if new_claim:  # (a crash before this commit leaves a stray: claimed afresh)
-                await self.ledger.add_claim(work.claimed.claim_id, work.rel,
+        held = Slot(intake) if intake is not None else None
+        written: asyncio.Future[None] | None = None
+        if new_claim:
+            # Queued now, durable before the job id is recorded. Checking and uploading need
+            # not wait for it: until a job id is recorded, a crash means uploading again
+            # either way (a claimed file without a row is claimed afresh).
+            written = self.ledger.add_claim(work.claimed.claim_id, work.rel,
                                             self.spool.to_stored(work.claimed.path),
                                             work.received_at)
+        try:
             outcome = None if self.stopping else await self._check(work)
             if self.stopping:
                 return
             if outcome is None and await self._in_parts(work, resumed=not new_claim):
-                self._release(intake)
-                intake = None
+                _release(held)
                 outcome = await run_parts(self, work, self._max_rows(work))
                 if outcome is None:
                     return  # stopping: the ledger knows which parts are out
             elif outcome is None:
-                async with self.upload_slots:
-                    self._release(intake)
-                    intake = None
-                    if self.stopping:
-                        return
-                    created = await self.send(work)
-                if work.inspection is not None and work.inspection.content is not None:
-                    # Not kept while the job runs (32 jobs may run for hours).
-                    work.inspection = dataclasses.replace(work.inspection, content=None)
-                # The upload is over (the slot is free); the job id is recorded next.
+                created = await self._upload(work, held)
+                if created is None:
+                    return  # stopping before it began
+                if written is not None:
+                    await asyncio.shield(written)
                 outcome = await self._record(work, created)
         finally:
-            self._release(intake)
+            _release(held)
+            if written is not None:
+                await asyncio.shield(written)  # whatever happened, the row is there
         if outcome is None:  # a job exists: follow it
             if self.stopping:
                 return
@@ -133,10 +158,20 @@ class Pipeline:
             job_slot.release()  # the job has ended: another may start while this is filed
         await self._finish(work, outcome)
 
-    @staticmethod
-    def _release(slot: asyncio.Semaphore | None) -> None:
-        if slot is not None:
-            slot.release()
+    async def _upload(self, work: Work, intake: Slot | None) -> str | Outcome | None:
+        """Create the job once an upload slot is free (the intake slot is given back then).
+
+        None when the daemon began stopping meanwhile.
+        """
+        async with self.upload_slots:
+            _release(intake)
+            if self.stopping:
+                return None
+            created = await self.send(work)
+        if work.inspection is not None and work.inspection.content is not None:
+            # Not kept while the job runs (32 jobs may run for hours).
+            work.inspection = dataclasses.replace(work.inspection, content=None)
+        return created
 
     async def resume(self, row: Row, job_slot: Slot | None = None) -> None:
         path = self.spool.from_stored(row.claimed_path)
@@ -148,7 +183,7 @@ class Pipeline:
             stored = await asyncio.to_thread(json.loads, row.result_json)
             errors = stored.pop("errors_all", [])
             dest = self.spool.from_stored(row.dest_path) if row.dest_path else None
-            await self._file(work, stored, errors, row.outcome == COMPLETE, dest)
+            await self._file(work, stored, errors, row.outcome == COMPLETE, dest, resumed=True)
             return
         if not await asyncio.to_thread(path.exists):
             # Only a file removed by hand from processing/ gets here.
@@ -319,10 +354,11 @@ class Pipeline:
         record = {**result, "errors_all": errors}
         stored = (json.dumps(record) if len(errors) < 1000
                   else await asyncio.to_thread(json.dumps, record))
-        dest = await asyncio.to_thread(self._choose, work.claimed, outcome.ok)
+        # Its own name, most often free; filing finds out and chooses another if not.
+        dest = self.spool.natural_dest(work.claimed, outcome.ok)
         await asyncio.shield(self.ledger.mark_finishing(
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
-            None if dest is None else self.spool.to_stored(dest)))
+            self.spool.to_stored(dest)))
         await self._file(work, result, errors, outcome.ok, dest)
 
     def _choose(self, claimed: Claimed, ok: bool) -> Path | None:
@@ -330,40 +366,41 @@ class Pipeline:
         return self.spool.choose_dest(claimed, ok) if claimed.path.exists() else None
 
     def _place(self, claimed: Claimed, dest: Path, result: dict[str, Any],
-               errors: list[Any]) -> bool:
+               errors: list[Any], resumed: bool) -> bool:
         """Move the file to *dest* and write its result beside it; False if *dest* is taken."""
-        if not self.spool.move_to(claimed, dest):
+        if not self.spool.move_to(claimed, dest, resumed):
             return False
         self.spool.complete(claimed, dest, result, errors_csv(errors) if errors else None)
         return True
 
     async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
-                    dest: Path | None) -> None:
+                    dest: Path | None, resumed: bool = False) -> None:
         # Shielded and tracked: a shutdown waits for it instead of leaving half a result.
-        task = asyncio.create_task(self._file_now(work, result, errors, ok, dest))
+        task = asyncio.create_task(self._file_now(work, result, errors, ok, dest, resumed))
         self.finishing.add(task)
         task.add_done_callback(self.finishing.discard)
         await asyncio.shield(task)
 
     async def _file_now(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
-                        dest: Path | None) -> None:
+                        dest: Path | None, resumed: bool) -> None:
         """Move the file to its recorded destination, then write the result beside it.
 
         The destination is recorded before the move, so a crash at any point leaves the
-        ledger knowing where the file is (or is going).
+        ledger knowing where the file is (or is going). It is first the file's own name;
+        when that is taken, the next free one is chosen and recorded before the move.
         """
         claimed = work.claimed
         while True:
             if dest is None:
-                dest = await asyncio.to_thread(self._choose, claimed, ok)
+                dest = await self.quick(self._choose, claimed, ok)
                 if dest is None:
                     work.log.error("file.vanished", path=str(claimed.path))
                     await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
                     return
                 await self.ledger.record_dest(claimed.claim_id, self.spool.to_stored(dest))
-            if await asyncio.to_thread(self._place, claimed, dest, result, errors):
+            if await self.quick(self._place, claimed, dest, result, errors, resumed):
                 break
-            if not await asyncio.to_thread(claimed.path.exists):
+            if not await self.quick(claimed.path.exists):
                 work.log.error("file.vanished", path=str(claimed.path))
                 await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
                 return

@@ -21,7 +21,7 @@ from daemon.config import Settings
 from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
-from daemon.pipeline import Pipeline, Slot, Work
+from daemon.pipeline import QUICK_EXAMINE_BYTES, Pipeline, Slot, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
 from daemon.spool import FileChanged, Spool, SpoolError
 from daemon.systemd import Notifier
@@ -144,6 +144,7 @@ class Daemon:
                 await runner.cleanup()
             await self.client.close()
             await self.ledger.close()
+            self.pipeline.close()
             self.notifier.close()
 
     def status_line(self) -> str:
@@ -228,13 +229,14 @@ class Daemon:
         if claimed is None:
             return None
         work = Work(claimed, utcnow())
-        self.pipeline.examine(work)
+        if expect is not None and expect[0] <= QUICK_EXAMINE_BYTES:
+            self.pipeline.examine(work)  # a bigger file is read on the default executor
         return work
 
     async def _claim(self, path: Path) -> Work | None:
         expect = self.watcher.signature(path)
         try:
-            return await asyncio.to_thread(self._claim_and_examine, path, expect)
+            return await self.pipeline.quick(self._claim_and_examine, path, expect)
         except FileChanged:
             self.watcher.recheck(path)  # still being written: let it settle again
             return None

@@ -185,15 +185,29 @@ class Spool:
                 return candidate
         raise AssertionError("unreachable")
 
-    def move_to(self, claimed: Claimed, dest: Path) -> bool:
+    def natural_dest(self, claimed: Claimed, ok: bool) -> Path:
+        """The file's own name under done/ or failed/: where it goes unless that is taken.
+
+        Computed without touching the disk; :meth:`move_to` finds out whether it is free.
+        """
+        return (self.done if ok else self.failed) / claimed.rel
+
+    def move_to(self, claimed: Claimed, dest: Path, resumed: bool = False) -> bool:
         """Put the claimed file at *dest* without overwriting; False if *dest* is taken.
 
-        Repeatable: True when the file is already there. A hard link makes the no-overwrite
-        check atomic; where links are refused (``fs.protected_hardlinks`` for files the
-        daemon does not own, filesystems without links) it is check-then-rename.
+        *dest* is taken when another file is there, or when another file's result is
+        beside it. Repeatable: True when the file is already there. A file gone from
+        processing/ is only taken to be at *dest* when *resumed*, i.e. filed there by a
+        run cut short after the move; otherwise it was removed by hand (the caller
+        checks). A hard link makes the no-overwrite check atomic; where links are
+        refused (``fs.protected_hardlinks`` for files the daemon does not own,
+        filesystems without links) it is check-then-rename.
         """
         if not claimed.path.exists():
-            return dest.exists()
+            return resumed and dest.exists()
+        if _sidecar(dest, RESULT_SUFFIX).exists() and not _same(dest, claimed.path):
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(claimed.path, dest)
             return True

@@ -59,13 +59,22 @@ class Tracker:
         event = self._wake.setdefault(job_id, asyncio.Event())
         delay = self.poll_interval
         last: dict[str, Any] = {}
+        # The first poll is due poll_interval after the job was created, not after its
+        # id was recorded; a job resumed after a restart is checked at once.
+        first_due: float | None = started + delay
         try:
             while True:
-                left = started + self.job_timeout - time.time()
+                now = time.time()
+                left = started + self.job_timeout - now
                 if left <= 0:
                     return await self._timed_out(hub, job_id, last, log)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(delay, left))
+                due = now + delay if first_due is None else first_due
+                first_due = None
+                wait = min(due - now, delay, left)
+                if wait > 0 and not event.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await event.wait()
                 event.clear()
                 delay = min(delay * 1.5, self.poll_max_interval)
                 try:

@@ -91,6 +91,33 @@ def test_finish_repeated_after_a_crash_files_the_file_once(tmp_path: Path) -> No
         "b.csv", "b.csv.errors.csv", "b.csv.result.json"]
 
 
+def test_own_name_is_refused_when_another_file_or_its_result_holds_it(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    first = _claimed_file(spool, "contact/d.csv", b"first\n")
+    dest = spool.natural_dest(first, ok=True)
+    assert dest == spool.done / "contact" / "d.csv" and not dest.parent.exists()
+    assert spool.move_to(first, dest)                     # free: the folder is made too
+    spool.complete(first, dest, {"n": 1}, None)
+    second = _claimed_file(spool, "contact/d.csv", b"second\n")
+    assert not spool.move_to(second, spool.natural_dest(second, ok=True))   # a file there
+    dest.unlink()  # a person tidied the CSV away but left its result
+    assert not spool.move_to(second, spool.natural_dest(second, ok=True))   # a result there
+    assert spool.choose_dest(second, ok=True).name == "d-1.csv"
+    assert second.path.read_bytes() == b"second\n"
+    assert json.loads((spool.done / "contact" / "d.csv.result.json").read_text()) == {"n": 1}
+
+
+def test_a_file_gone_from_processing_is_only_taken_as_filed_when_resumed(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    other = spool.done / "contact" / "e.csv"
+    other.parent.mkdir(parents=True)
+    other.write_text("someone else's")
+    claimed = _claimed_file(spool, "contact/e.csv")
+    claimed.path.unlink()  # removed by hand while its job ran
+    assert not spool.move_to(claimed, other)               # not ours: never written over
+    assert spool.move_to(claimed, other, resumed=True)     # the ledger says we put it there
+
+
 def test_without_hard_links_filing_renames_and_is_repeatable(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
@@ -107,7 +134,8 @@ def test_without_hard_links_filing_renames_and_is_repeatable(tmp_path: Path,
     claimed = _claimed_file(spool, "contact/c.csv", b"mine\n")
     dest = spool.choose_dest(claimed, ok=True)
     assert dest.name == "c-1.csv"
-    assert spool.move_to(claimed, dest) and spool.move_to(claimed, dest)  # repeatable
+    assert spool.move_to(claimed, dest)
+    assert spool.move_to(claimed, dest, resumed=True)  # repeated by a restart: still there
     assert dest.read_bytes() == b"mine\n" and taken.read_text() == "someone else's"
     assert not claimed.path.exists()
 
