@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from aiohttp.payload import AsyncIterablePayload
+from aiohttp.payload import AsyncIterablePayload, BytesPayload, Payload
 
 from daemon.config import ApiSettings, Secret
 from daemon.retry import ApiError, AuthError, RejectedError, TransientError, parse_retry_after
@@ -142,35 +142,47 @@ class OpenConnectorsClient:
             raise TransientError(f"{type(exc).__name__}: {exc}") from None
 
     async def create_job(self, hub: str, obj: str, name: str,
-                         body: Callable[[], AsyncIterator[bytes]], *,
+                         body: bytes | Callable[[], AsyncIterator[bytes]], *,
                          metadata: Mapping[str, Any] | None = None,
                          callback_url: str = "") -> CreatedJob:
-        """POST one bulk job, streaming the file as multipart field ``file``.
+        """POST one bulk job, the file as multipart field ``file``: *body* is the bytes of
+        a small file, or makes a stream of a larger one's chunks.
 
-        A large file may take longer than ``request_timeout_seconds`` to send, so the upload
-        is not bounded in total: it fails when it makes no progress for that long (or the
-        answer does not come that long after the last byte).
+        A large file may take longer than ``request_timeout_seconds`` to send, so a
+        streamed upload is not bounded in total: it fails when it makes no progress for
+        that long (or the answer does not come that long after the last byte).
         """
         progress = _Progress()
+        payload: Payload
+        if isinstance(body, bytes):
+            payload = BytesPayload(body, content_type="text/csv")
+        else:
+            make = body
 
-        async def watched() -> AsyncIterator[bytes]:
-            async for chunk in body():
-                progress.stamp()
-                yield chunk
-            progress.sending = False
+            async def watched() -> AsyncIterator[bytes]:
+                async for chunk in make():
+                    progress.stamp()
+                    yield chunk
+                progress.sending = False
 
+            payload = AsyncIterablePayload(watched(), content_type="text/csv")
         with aiohttp.MultipartWriter("form-data") as form:
-            part = form.append_payload(AsyncIterablePayload(watched(), content_type="text/csv"))
+            part = form.append_payload(payload)
             part.set_content_disposition("form-data", name="file", filename=name)
             if metadata is not None:
                 meta = form.append(json.dumps(dict(metadata)), {"Content-Type": "application/json"})
                 meta.set_content_disposition("form-data", name="metaData")
         headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
+        path = f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}"
+        if isinstance(body, bytes):  # a small file: bounded like any other request
+            data, _ = await self._request("create_job", "POST", path, params={"path": "/" + name},
+                                          data=form, headers=headers)
+            return _created(data)
         limit = self._timeout.total or 300.0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)
         request = asyncio.ensure_future(self._request(
-            "create_job", "POST", f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}",
-            params={"path": "/" + name}, data=form, headers=headers, timeout=timeout))
+            "create_job", "POST", path, params={"path": "/" + name}, data=form,
+            headers=headers, timeout=timeout))
         try:
             while not (await asyncio.wait({request}, timeout=min(limit, 5.0)))[0]:
                 if progress.sending and progress.idle() > limit:
@@ -182,10 +194,7 @@ class OpenConnectorsClient:
                 request.cancel()
                 await asyncio.gather(request, return_exceptions=True)
         data, _ = request.result()
-        if not isinstance(data, dict) or data.get("id") in (None, ""):
-            raise ApiError("the API accepted the upload but returned no job id")
-        status = data.get("status")
-        return CreatedJob(str(data["id"]), str(status) if status is not None else None)
+        return _created(data)
 
     async def job_status(self, hub: str, job_id: str) -> dict[str, Any]:
         data, _ = await self._request(
@@ -221,3 +230,10 @@ class OpenConnectorsClient:
     async def cancel_job(self, hub: str, job_id: str) -> None:
         await self._request(
             "cancel", "PUT", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/cancel")
+
+
+def _created(data: Any) -> CreatedJob:
+    if not isinstance(data, dict) or data.get("id") in (None, ""):
+        raise ApiError("the API accepted the upload but returned no job id")
+    status = data.get("status")
+    return CreatedJob(str(data["id"]), str(status) if status is not None else None)

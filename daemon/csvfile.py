@@ -227,7 +227,7 @@ def digest(path: Path) -> tuple[str, int]:
 def inspect(path: Path, columns: Columns | None = None) -> Inspection:
     """Detect, validate and count; never raises for bad content, only for I/O errors."""
     columns = columns or Columns()
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:  # one read; no buffer to set up
         head = fh.read(CHUNK)
     if not head:
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,

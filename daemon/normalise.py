@@ -22,25 +22,22 @@ from daemon.csvfile import CHUNK, OUT_BLOCK, Columns, Dialect, Inspection, heade
 BATCH_ROWS = 2000
 
 
-def upload_body(path: Path, inspection: Inspection, columns: Columns,
-                rows: range | None = None) -> Callable[[], AsyncIterator[bytes]]:
-    """A factory of fresh upload streams (a retried upload starts from the top).
+# What an upload sends: a small file's bytes, or a factory of fresh streams of chunks
+# (a retried upload starts from the top).
+UploadBody = bytes | Callable[[], AsyncIterator[bytes]]
 
-    With *rows* (0-based data rows), only the header and those rows are sent.
-    """
+
+def upload_body(path: Path, inspection: Inspection, columns: Columns,
+                rows: range | None = None) -> UploadBody:
+    """What to upload for the file (or for *rows* of it, 0-based data rows: then only the
+    header and those rows are sent)."""
     if rows is None and inspection.passes_through(columns):
         if inspection.content is not None:
-            content = inspection.content
-            return lambda: _in_hand(content)
+            return inspection.content  # a small file: the bytes read, hashed and checked
         return lambda: stream_raw(path)
     assert inspection.dialect is not None, "only a file with a dialect is uploaded"
     dialect = inspection.dialect
     return lambda: stream_normalised(path, dialect, columns, rows)
-
-
-async def _in_hand(content: bytes) -> AsyncIterator[bytes]:
-    """A small file's bytes, already read (and hashed and checked) for its inspection."""
-    yield content
 
 
 async def stream_raw(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:

@@ -24,7 +24,7 @@ from daemon.config import Settings
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
-from daemon.normalise import upload_body
+from daemon.normalise import UploadBody, upload_body
 from daemon.parts import run_parts
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
@@ -292,7 +292,7 @@ class Pipeline:
         conf = self.settings.object_settings(obj)
         return csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
 
-    async def _create(self, work: Work, body: Callable[[], AsyncIterator[bytes]]) -> str:
+    async def _create(self, work: Work, body: UploadBody) -> str:
         assert work.obj is not None and work.hub is not None
         work.attempts += 1  # recorded with the job id (a crash here means: upload again)
         meta = self.settings.object_settings(work.obj).metadata
@@ -312,9 +312,11 @@ class Pipeline:
         self.metrics.upload_seconds.observe(time.monotonic() - started)
         return job.id
 
-    def _counted(self, body: Callable[[], AsyncIterator[bytes]]
-                 ) -> Callable[[], AsyncIterator[bytes]]:
+    def _counted(self, body: UploadBody) -> UploadBody:
         sent = self.metrics.uploaded_bytes
+        if isinstance(body, bytes):
+            sent.inc(len(body))
+            return body
 
         async def counting() -> AsyncIterator[bytes]:
             async for chunk in body():

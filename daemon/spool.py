@@ -122,17 +122,17 @@ class Spool:
         target = self.processing / rel.parent / _claim_name(claim_id, rel.name)
         for _ in range(5):
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(path, target)
+                os.rename(path, target)  # the folder is usually there: made only when not
                 return Claimed(claim_id, rel, target)
             except (FileNotFoundError, FileExistsError):
-                # Gone: another node claimed it. Or our target folder was being pruned
-                # by a finishing file just then: try again. (An NFS rename that was
-                # retransmitted reports ENOENT although it was done.)
+                # Gone: another node claimed it. Or our target folder is missing, or was
+                # being pruned by a finishing file just then: make it and try again. (An
+                # NFS rename that was retransmitted reports ENOENT although it was done.)
                 if target.exists():
                     return Claimed(claim_id, rel, target)
                 if not path.exists():
                     return None
+                target.parent.mkdir(parents=True, exist_ok=True)
         raise SpoolError(f"cannot claim {path}: {target.parent} keeps vanishing")
 
     def to_stored(self, path: Path) -> str:
@@ -203,13 +203,17 @@ class Spool:
         refused (``fs.protected_hardlinks`` for files the daemon does not own,
         filesystems without links) it is check-then-rename.
         """
-        if not claimed.path.exists():
-            return resumed and dest.exists()
         if _sidecar(dest, RESULT_SUFFIX).exists() and not _same(dest, claimed.path):
-            return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
+            # Another file's result; or ours, when a restart repeats a finished filing.
+            return resumed and not claimed.path.exists() and dest.exists()
         try:
-            os.link(claimed.path, dest)
+            try:
+                os.link(claimed.path, dest)
+            except FileNotFoundError:
+                if not claimed.path.exists():
+                    return resumed and dest.exists()
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(claimed.path, dest)
             return True
         except FileExistsError:
             return _same(dest, claimed.path)
@@ -217,6 +221,8 @@ class Spool:
             if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EXDEV,
                                  errno.EMLINK, errno.EOPNOTSUPP):
                 raise
+        if not claimed.path.exists():
+            return resumed and dest.exists()
         if dest.exists():
             return _same(dest, claimed.path)
         os.rename(claimed.path, dest)
@@ -261,10 +267,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     once the restarted daemon writes the same result again.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

@@ -87,6 +87,9 @@ def test_finish_repeated_after_a_crash_files_the_file_once(tmp_path: Path) -> No
     second = _file(spool, claimed, ok=False)    # the restart files it again
     assert first == second == spool.failed / "contact" / "b.csv"
     spool.complete(claimed, second, {"status": "FAILED"}, b"x\r\n")
+    # Crash before the ledger heard of it: the restart finds it filed, result and all.
+    assert spool.move_to(claimed, second, resumed=True)
+    assert not spool.move_to(claimed, second)  # (a fresh filing: gone from processing/)
     assert sorted(p.name for p in (spool.failed / "contact").iterdir()) == [
         "b.csv", "b.csv.errors.csv", "b.csv.result.json"]
 
