@@ -124,6 +124,10 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
         Row("throughput", f"daemon, {args.files} files", rate, "files/s",
             f"curl loop, {args.curl_files} files", curl["files_per_s"], "files/s",
             ">= 10x curl loop", rate >= 10 * curl["files_per_s"], daemon["sim_cpu_share"]),
+        # How far the same concurrency can go at all: the ceiling against the curl loop.
+        Row("throughput", "ceiling: aiohttp client", ceiling_rate, "files/s",
+            f"curl loop, {args.curl_files} files", curl["files_per_s"], "files/s",
+            "(information)", None, ceiling_sim),
     ]
     return rows, {"daemon": daemon, "ceiling_before": before, "ceiling_after": after,
                   "ceiling_files_per_s": ceiling_rate, "curl_loop": curl}
