@@ -174,9 +174,12 @@ class OpenConnectorsClient:
                 meta.set_content_disposition("form-data", name="metaData")
         headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
         path = f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}"
-        if isinstance(body, bytes):  # a small file: bounded like any other request
+        if isinstance(body, bytes):
+            # A small file: the whole request leaves in one write (headers and body), and
+            # is bounded like any other request.
+            headers["Content-Type"] = form.content_type
             data, _ = await self._request("create_job", "POST", path, params={"path": "/" + name},
-                                          data=form, headers=headers)
+                                          data=await form.as_bytes(), headers=headers)
             return _created(data)
         limit = self._timeout.total or 300.0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)
