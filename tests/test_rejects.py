@@ -3,10 +3,12 @@ names that tools use while writing are left alone."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
+from daemon import csvfile
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, result_of, wait_for
 
@@ -99,3 +101,28 @@ async def test_problems_are_listed_with_lines_in_the_result(make_settings, run_d
     errors_csv = (spool_root / "failed" / "contact" / "ragged.csv.errors.csv").read_text()
     assert errors_csv.splitlines()[1] == "3,\"1 fields, the header has 2\""
     assert sim.sim.creates_attempted == 0
+
+
+@pytest.mark.parametrize("rows", [3, 40_000])  # read with its claim, or on its own
+async def test_a_file_that_cannot_be_read_is_rejected_and_kept(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path,
+        monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    # Root reads any file, so a refused read is the one OS edge provoked by hand here.
+    real_inspect = csvfile.inspect
+
+    def refuse(path: Path, columns: csvfile.Columns | None = None) -> csvfile.Inspection:
+        if "locked" in path.name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_inspect(path, columns)
+
+    monkeypatch.setattr(csvfile, "inspect", refuse)
+    await run_daemon(make_settings())
+    data = contacts_csv(rows).encode()
+    drop(spool_root, "contact/locked.csv", data)
+    drop(spool_root, "contact/open.csv", contacts_csv(2))
+    result = await _rejected(spool_root, "contact/locked.csv")
+    assert result["reason"].startswith("cannot read the file: Permission denied")
+    assert (spool_root / "failed" / "contact" / "locked.csv").read_bytes() == data
+    done = spool_root / "done" / "contact" / "open.csv.result.json"
+    await wait_for(done.exists, what="the readable file filed")
+    assert [job.filename for job in sim.sim.jobs.values()] == ["open.csv"]
