@@ -152,20 +152,20 @@ class OpenConnectorsClient:
         streamed upload is not bounded in total: it fails when it makes no progress for
         that long (or the answer does not come that long after the last byte).
         """
-        progress = _Progress()
+        progress = None
         payload: Payload
         if isinstance(body, bytes):
             payload = BytesPayload(body, content_type="text/csv")
         else:
-            make = body
+            make, progress = body, _Progress()
 
-            async def watched() -> AsyncIterator[bytes]:
+            async def watched(progress: _Progress) -> AsyncIterator[bytes]:
                 async for chunk in make():
                     progress.stamp()
                     yield chunk
                 progress.sending = False
 
-            payload = AsyncIterablePayload(watched(), content_type="text/csv")
+            payload = AsyncIterablePayload(watched(progress), content_type="text/csv")
         with aiohttp.MultipartWriter("form-data") as form:
             part = form.append_payload(payload)
             part.set_content_disposition("form-data", name="file", filename=name)
@@ -174,7 +174,7 @@ class OpenConnectorsClient:
                 meta.set_content_disposition("form-data", name="metaData")
         headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
         path = f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}"
-        if isinstance(body, bytes):
+        if progress is None:
             # A small file: the whole request leaves in one write (headers and body), and
             # is bounded like any other request.
             headers["Content-Type"] = form.content_type

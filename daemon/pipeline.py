@@ -72,9 +72,13 @@ class Work:
     sha256: str | None = None
     inspection: csvfile.Inspection | None = None
     size: int | None = None
-    examined: bool = False            # read for its checks (together with the claim)
-    unreadable: OSError | None = None  # ... and it could not be read
+    unreadable: OSError | None = None  # it could not be read for its checks
     log: Any = field(default=None, repr=False)
+
+    @property
+    def examined(self) -> bool:
+        """Read for its checks already (a new claim is, in the claim's trip to a thread)."""
+        return self.sha256 is not None or self.unreadable is not None
 
     @property
     def rel(self) -> str:
@@ -224,7 +228,6 @@ class Pipeline:
                 work.sha256, work.size = csvfile.digest(work.claimed.path)
         except OSError as exc:
             work.unreadable = exc
-        work.examined = True
 
     async def _check(self, work: Work) -> Outcome | None:
         """Route, read and validate the file; an Outcome when it must not become a job."""

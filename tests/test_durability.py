@@ -26,6 +26,18 @@ def _drop_many(root: Path, n: int, prefix: str) -> dict[str, str]:
             for i in range(n)}
 
 
+async def _run_until_all_filed(config: Path, log: Path, started: list[DaemonProc], root: Path,
+                               count: int, timeout: float) -> DaemonProc:
+    """Start a daemon, wait until *count* files are filed, stop it with SIGTERM: exit 0."""
+    daemon = await DaemonProc(config, log).start()
+    started.append(daemon)
+    await wait_for(lambda: len(finished(root)) == count, timeout=timeout,
+                   what=f"all {count} filed")
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait() == 0
+    return daemon
+
+
 def _assert_all_complete(root: Path, dropped: dict[str, str]) -> dict[str, dict]:
     results = {result_of(p)["file"]: result_of(p) for p in finished(root)}
     assert set(results) == set(dropped), "every dropped file is filed, once"
@@ -59,11 +71,7 @@ async def test_kill_9_at_random_moments_loses_nothing(sim: SimServer, tmp_path: 
             await asyncio.sleep(rng.uniform(0, 0.3))  # the kill moment: mid-upload, poll, filing
             await daemon.kill()
             kills += 1
-        daemon = await DaemonProc(config, log).start()
-        started.append(daemon)
-        await wait_for(lambda: len(finished(root)) == 100, timeout=120, what="all 100 filed")
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait() == 0
+        await _run_until_all_filed(config, log, started, root, 100, timeout=120)
 
     results = _assert_all_complete(root, dropped)
     recorded = recorded_job_ids(root / ".state" / "n1" / "bulkdrop.db")
@@ -92,11 +100,8 @@ async def test_storm_of_5xx_429_and_drops_completes_within_limits(sim: SimServer
     config = write_config(tmp_path / "c.toml", sim.base_url, root,
                           workers={"uploads": 3, "max_active_jobs": 5})
     async with daemons() as started:
-        daemon = await DaemonProc(config, tmp_path / "d.log").start()
-        started.append(daemon)
-        await wait_for(lambda: len(finished(root)) == 30, timeout=150, what="30 files filed")
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait() == 0
+        daemon = await _run_until_all_filed(config, tmp_path / "d.log", started, root, 30,
+                                            timeout=150)
     _assert_all_complete(root, dropped)
     faults = sum(n for code, n in sim.sim.responses.items() if code in (429, 500, 502, 503))
     assert faults >= 10, "the storm did happen"
@@ -151,11 +156,7 @@ async def test_sigterm_mid_run_exits_0_within_grace_and_restart_finishes(
         assert took < grace + 2, f"stopping took {took:.1f} s"
         assert daemon.seen("daemon.stopped") == 1
         assert len(finished(root)) < 40, "stopped mid-run"
-        daemon = await DaemonProc(config, tmp_path / "d.log").start()
-        started.append(daemon)
-        await wait_for(lambda: len(finished(root)) == 40, timeout=90, what="all filed")
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait() == 0
+        await _run_until_all_filed(config, tmp_path / "d.log", started, root, 40, timeout=90)
     _assert_all_complete(root, dropped)
     assert all(len(sim.sim.jobs_by_sha256[d]) == 1 for d in dropped.values()), \
         "a graceful stop never sends a file twice"
