@@ -230,11 +230,12 @@ class Spool:
 
     def complete(self, claimed: Claimed, dest: Path, result: dict[str, Any],
                  errors_csv: bytes | None) -> None:
-        """Write the result (and errors CSV) beside *dest*, then drop the claimed name."""
-        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-        write_atomic(_sidecar(dest, RESULT_SUFFIX), data.encode())
+        """Write the errors CSV (if any) and then the result beside *dest*, then drop the
+        claimed name. The result comes last: whoever sees it finds the errors CSV there."""
         if errors_csv is not None:
             write_atomic(_sidecar(dest, ERRORS_SUFFIX), errors_csv)
+        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        write_atomic(_sidecar(dest, RESULT_SUFFIX), data.encode())
         claimed.path.unlink(missing_ok=True)
         _prune_empty(claimed.path.parent, self.processing)
 
