@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_sandbox(args: argparse.Namespace) -> int:
     """The simulator and the daemon in one process, one event loop."""
-    from daemon.service import Daemon
+    from daemon.service import Daemon, run_event_loop
     from daemon.sim import SimConfig, SimServer, Simulator
 
     # Load once without a base URL to fail fast on a bad config before binding a port.
@@ -130,7 +130,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                   flush=True)
             return await daemon.serve_until_signalled()
 
-    return asyncio.run(both())
+    return run_event_loop(both())
 
 
 def cmd_objects(args: argparse.Namespace) -> int:

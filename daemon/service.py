@@ -10,9 +10,10 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -30,6 +31,24 @@ from daemon.watcher import Watcher
 from daemon.web import create_app
 
 log = get_logger()
+
+
+T = TypeVar("T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to its end on uvloop where it is installed, else on asyncio's own loop.
+
+    uvloop is the asyncio event loop written in C on libuv: the same API, less CPU per
+    callback and per socket read. The daemon is one process on one loop, so that CPU is
+    its throughput (bench/README.md: ~10% more files/s).
+    """
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: the standard loop does the same
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class StartupError(Exception):
@@ -124,7 +143,8 @@ class Daemon:
                             note="set [callback] signature_key: anyone who can reach "
                                  "/callbacks/bulk can make the daemon poll")
             log.info("daemon.started", spool=str(self.spool.root), node=self.settings.spool.node_id,
-                     api=self.settings.api.base_url, uploads=self.settings.workers.uploads)
+                     api=self.settings.api.base_url, uploads=self.settings.workers.uploads,
+                     event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
             self.ready.set()
             self.notifier.ready(self.status_line())
             notifying = asyncio.create_task(self.notifier.run(self.stop_event, self.status_line),
@@ -303,7 +323,7 @@ class Daemon:
 
     def run(self) -> int:
         """Serve in the foreground until SIGTERM/SIGINT; a second SIGINT exits at once."""
-        return asyncio.run(self.serve_until_signalled())
+        return run_event_loop(self.serve_until_signalled())
 
     async def serve_until_signalled(self) -> int:
         loop = asyncio.get_running_loop()

@@ -140,6 +140,9 @@ async def test_daemon_logs_json_lines_with_context_and_no_secrets(spawn, sim: Si
     for name in ("daemon.started", "file.claimed", "job.created", "file.finished",
                  "daemon.stopping", "daemon.stopped"):
         assert name in names
+    started = next(e for e in events if e["event"] == "daemon.started")
+    # The command line runs on uvloop (a dependency on Linux); in-process tests on asyncio's.
+    assert started["event_loop"] == "uvloop"
     good = [e for e in events if e.get("file") == "contact/good.csv"]
     assert {"file.claimed", "job.created", "file.finished"} <= {e["event"] for e in good}
     assert all(e.get("job_id") for e in good if e["event"] in ("job.created", "file.finished"))
