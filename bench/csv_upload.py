@@ -222,7 +222,8 @@ def main() -> None:
         files = {"comma UTF-8, sent as is": Path(tmp) / "contacts.csv",
                  "tab cp1252, converted": Path(tmp) / "contacts-1252.tsv"}
         started = time.monotonic()
-        rows = generate(*files.values(), args.mb * MIB)
+        rows = generate(files["comma UTF-8, sent as is"], files["tab cp1252, converted"],
+                        args.mb * MIB)
         sizes = {name: path.stat().st_size for name, path in files.items()}
         print(f"generated {rows:,} rows, {', '.join(f'{s / MIB:.0f}' for s in sizes.values())}"
               f" MiB, in {time.monotonic() - started:.1f} s")

@@ -6,9 +6,11 @@ The quick loop for trying a change to the daemon: the throughput scenario's daem
     python -m bench.drop                              # 2000 files, 3 runs
     python -m bench.drop --set workers.max_active_jobs=64 --repeat 5
     python -m bench.drop --code /tmp/old              # the daemon/ of another checkout
+    python -m bench.drop --code . --code /tmp/old --repeat 4   # alternate the two
 
-`--code DIR` runs `DIR/daemon` (e.g. `git worktree add /tmp/old <commit>`), so two
-versions can be alternated run by run on the same machine state.
+`--code DIR` runs `DIR/daemon` (e.g. `git worktree add /tmp/old <commit>`). Given more
+than once, the versions take turns run by run (A B A B ...), so each sees the same machine
+state, and each gets its own median.
 """
 
 from __future__ import annotations
@@ -76,23 +78,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--set", type=setting, action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="a daemon setting (repeatable)")
-    parser.add_argument("--code", type=Path, help="run DIR/daemon instead of this tree's")
+    parser.add_argument("--code", type=Path, action="append", default=[],
+                        help="run DIR/daemon instead of this tree's; repeat to alternate")
     args = parser.parse_args()
-    if args.code is not None:
-        CODE["dir"] = args.code.resolve()
-    rates = []
+    codes = [code.resolve() for code in args.code] or [CODE["dir"]]
+    rates: dict[Path, list[float]] = {code: [] for code in codes}
     # Deleted only at the end: on ext4 without a journal, creating files is slower for a
     # minute or more after many deletions (see bench/README.md), which would skew the
     # runs that follow.
     with tempfile.TemporaryDirectory(prefix="bulkdrop-drop-") as tmp:
         for run in range(1, args.repeat + 1):
-            got = asyncio.run(one_run(Path(tmp) / str(run), args.files, dict(args.set)))
-            rates.append(got["files_per_s"])
-            print(f"run {run}: {got['files_per_s']:.0f} files/s, daemon CPU "
-                  f"{got['daemon_user_s']:.2f} s user + {got['daemon_system_s']:.2f} s system "
-                  f"({got['daemon_cpu_share']:.2f} of a core), simulator "
-                  f"{got['sim_cpu_share']:.2f} of a core", flush=True)
-    print(f"median {statistics.median(rates):.0f} files/s over {len(rates)} runs")
+            for n, code in enumerate(codes):
+                CODE["dir"] = code
+                got = asyncio.run(one_run(Path(tmp) / f"{run}-{n}", args.files, dict(args.set)))
+                rates[code].append(got["files_per_s"])
+                label = f" {code}" if len(codes) > 1 else ""
+                print(f"run {run}{label}: {got['files_per_s']:.0f} files/s, daemon CPU "
+                      f"{got['daemon_user_s']:.2f} s user + {got['daemon_system_s']:.2f} s "
+                      f"system ({got['daemon_cpu_share']:.2f} of a core), simulator "
+                      f"{got['sim_cpu_share']:.2f} of a core", flush=True)
+    for code, runs in rates.items():
+        label = f" {code}" if len(codes) > 1 else ""
+        print(f"median{label} {statistics.median(runs):.0f} files/s over {len(runs)} runs")
 
 
 if __name__ == "__main__":
