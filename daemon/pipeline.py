@@ -43,20 +43,33 @@ T = TypeVar("T")
 
 
 class Slot:
-    """A held semaphore slot that can be given back early, exactly once."""
+    """One slot of a semaphore: held from the start or taken when first needed, and given
+    back early, exactly once."""
 
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+    def __init__(self, semaphore: asyncio.Semaphore, held: bool = True) -> None:
         self._semaphore: asyncio.Semaphore | None = semaphore
+        self._held = held
+
+    async def take(self) -> None:
+        """Wait for the slot, unless it is held (or was given back: never taken twice)."""
+        if self._semaphore is not None and not self._held:
+            await self._semaphore.acquire()
+            self._held = True
 
     def release(self) -> None:
-        if self._semaphore is not None:
+        if self._semaphore is not None and self._held:
             self._semaphore.release()
-            self._semaphore = None
+        self._semaphore = None
 
 
 def _release(slot: Slot | None) -> None:
     if slot is not None:
         slot.release()
+
+
+async def _take(slot: Slot | None) -> None:
+    if slot is not None:
+        await slot.take()
 
 
 @dataclass
@@ -121,8 +134,10 @@ class Pipeline:
         """Carry one claimed file from its upload to done/ or failed/.
 
         A file claimed from inbox/ holds an *intake* slot from its claim until it may
-        upload, so checking it overlaps with other files' uploads while the daemon still
-        claims no more than it can start on.
+        upload, so checking it overlaps with other files' jobs and uploads while the daemon
+        still claims no more than it can start on soon. Its *job_slot* is taken once the
+        checks pass, when a job is about to be created: a file the checks reject never
+        waits for one.
         """
         work.log = get_logger(file=work.rel)
         held = Slot(intake) if intake is not None else None
@@ -139,11 +154,13 @@ class Pipeline:
             if self.stopping:
                 return
             if outcome is None and await self._in_parts(work, resumed=not new_claim):
+                await _take(job_slot)
                 _release(held)
                 outcome = await run_parts(self, work, self._max_rows(work))
                 if outcome is None:
                     return  # stopping: the ledger knows which parts are out
             elif outcome is None:
+                await _take(job_slot)
                 created = await self._upload(work, held)
                 if created is None:
                     return  # stopping before it began

@@ -209,28 +209,25 @@ class Daemon:
                         note="files there are finished only by a daemon with that node_id")
 
     async def _claim_loop(self) -> None:
-        """Claim a settled file only when a job slot and an upload slot are free."""
+        """Claim a settled file when an intake slot is free: at most ``workers.uploads``
+        claimed files wait for a job slot and an upload slot, so daemons sharing a spool
+        split the work instead of one hoarding claims."""
         while True:
             await self._claim_one()
 
     async def _claim_one(self) -> None:
-        await self.active_slots.acquire()
-        try:
-            await self.intake.acquire()
-        except BaseException:
-            self.active_slots.release()
-            raise
+        await self.intake.acquire()
         try:
             path = await self.candidates.get()
         except BaseException:
             self.intake.release()
-            self.active_slots.release()
             raise
-        self._spawn(partial(self._take, path), path.name, holding_job_slot=True)
+        self._spawn(partial(self._take, path), path.name, job_slot_when_needed=True)
 
     async def _take(self, path: Path, job_slot: Slot) -> None:
         """Claim a settled file and read it for its checks (one trip to a thread), then
-        carry it on; it holds an intake slot until it may upload."""
+        carry it on; it holds an intake slot until it may upload, and takes its job slot
+        only once it passes its checks."""
         handed_on = False
         try:
             work = await self._claim(path)
@@ -268,16 +265,17 @@ class Daemon:
             self.watcher.release(path)
 
     def _spawn(self, make: Callable[[Slot], Awaitable[None]], name: str,
-               holding_job_slot: bool = False) -> None:
-        """Run one file's work as a task we hold, inside a job slot.
+               job_slot_when_needed: bool = False) -> None:
+        """Run one file's work as a task we hold, inside a job slot: taken first, or by
+        the pipeline just before it creates a job (a new claim: checks need no slot).
 
         The pipeline gives the slot back as soon as the file's job has ended (filing it
         needs no job), at the latest when the task ends.
         """
         async def in_slot() -> None:
-            if not holding_job_slot:
-                await self.active_slots.acquire()
-            slot = Slot(self.active_slots)
+            slot = Slot(self.active_slots, held=False)
+            if not job_slot_when_needed:
+                await slot.take()
             try:
                 await make(slot)
             finally:
