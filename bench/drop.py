@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -78,15 +79,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--set", type=setting, action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="a daemon setting (repeatable)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (its path is printed); delete it later")
     parser.add_argument("--code", type=Path, action="append", default=[],
                         help="run DIR/daemon instead of this tree's; repeat to alternate")
     args = parser.parse_args()
     codes = [code.resolve() for code in args.code] or [CODE["dir"]]
     rates: dict[Path, list[float]] = {code: [] for code in codes}
-    # Deleted only at the end: on ext4 without a journal, creating files is slower for a
-    # minute or more after many deletions (see bench/README.md), which would skew the
-    # runs that follow.
-    with tempfile.TemporaryDirectory(prefix="bulkdrop-drop-") as tmp:
+    # Deleted only at the end (or never, with --keep): on ext4 without a journal, creating
+    # files is slower for minutes after many deletions (see bench/README.md), which would
+    # skew the runs that follow.
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            tmp = tempfile.mkdtemp(prefix="bulkdrop-drop-")
+            print(f"work folder: {tmp}", flush=True)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bulkdrop-drop-"))
         for run in range(1, args.repeat + 1):
             for n, code in enumerate(codes):
                 CODE["dir"] = code
