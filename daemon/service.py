@@ -69,7 +69,9 @@ class Daemon:
                                job_timeout=s.workers.job_timeout_seconds)
         self.active_slots = asyncio.Semaphore(s.workers.max_active_jobs)
         self.upload_slots = asyncio.Semaphore(s.workers.uploads)
-        self.intake = asyncio.Semaphore(s.workers.uploads)  # claimed, not yet uploading
+        # Claimed and not yet uploading: two per upload slot, one being checked while one
+        # waits, so a claim's few ms of checks never leave a free job slot idle.
+        self.intake = asyncio.Semaphore(2 * s.workers.uploads)
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.client.on_answer = self.metrics.api_answer
@@ -209,9 +211,9 @@ class Daemon:
                         note="files there are finished only by a daemon with that node_id")
 
     async def _claim_loop(self) -> None:
-        """Claim a settled file when an intake slot is free: at most ``workers.uploads``
-        claimed files wait for a job slot and an upload slot, so daemons sharing a spool
-        split the work instead of one hoarding claims."""
+        """Claim a settled file when an intake slot is free: at most twice
+        ``workers.uploads`` claimed files wait for a job slot and an upload slot, so
+        daemons sharing a spool split the work instead of one hoarding claims."""
         while True:
             await self._claim_one()
 
