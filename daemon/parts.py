@@ -68,6 +68,8 @@ async def _run_part(pipe: Pipeline, work: Work, part: Part, count: int) -> dict[
                       object=work.obj, hub=work.hub, attempts=work.attempts)
     if work.job_id is None:
         work.job_id, work.submitted_at = job_id, submitted_at
+    if pipe.stopping:  # its job id is recorded: followed again at the next start
+        return None
     outcome = await pipe.follow(work, job_id, submitted_at or utcnow())
     return _summary(part, job_id, outcome)
 

@@ -136,8 +136,8 @@ class Pipeline:
         A file claimed from inbox/ holds an *intake* slot from its claim until it may
         upload, so checking it overlaps with other files' jobs and uploads while the daemon
         still claims no more than it can start on soon. Its *job_slot* is taken once the
-        checks pass, when a job is about to be created: a file the checks reject never
-        waits for one.
+        checks pass, when a job is about to be created: a file the checks reject does not
+        wait for one.
         """
         work.log = get_logger(file=work.rel)
         held = Slot(intake) if intake is not None else None
@@ -217,6 +217,8 @@ class Pipeline:
             if self.stopping:
                 return
             await self._inspect_quietly(work)
+            if self.stopping:  # began meanwhile: followed again at the next start
+                return
             outcome = await self._track(work)
             if job_slot is not None:
                 job_slot.release()

@@ -70,8 +70,9 @@ class Daemon:
         self.active_slots = asyncio.Semaphore(s.workers.max_active_jobs)
         self.upload_slots = asyncio.Semaphore(s.workers.uploads)
         # Claimed and not yet uploading: two per upload slot, one being checked while one
-        # waits, so a claim's few ms of checks never leave a free job slot idle.
-        self.intake = asyncio.Semaphore(2 * s.workers.uploads)
+        # waits, so a claim's few ms of checks never leave a free job slot idle; never more
+        # than the job slots, so a node does not hold files it cannot start soon.
+        self.intake = asyncio.Semaphore(min(2 * s.workers.uploads, s.workers.max_active_jobs))
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.client.on_answer = self.metrics.api_answer
@@ -212,8 +213,9 @@ class Daemon:
 
     async def _claim_loop(self) -> None:
         """Claim a settled file when an intake slot is free: at most twice
-        ``workers.uploads`` claimed files wait for a job slot and an upload slot, so
-        daemons sharing a spool split the work instead of one hoarding claims."""
+        ``workers.uploads`` claimed files (and no more than ``workers.max_active_jobs``)
+        wait for a job slot and an upload slot, so daemons sharing a spool split the work
+        instead of one hoarding claims."""
         while True:
             await self._claim_one()
 

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from daemon.sim import SimServer
 from tests.helpers import DATA, contacts_csv, drop, finished, result_of, sha256, wait_for
 
@@ -130,24 +132,27 @@ async def test_fifty_files_at_once_make_fifty_jobs(make_settings, run_daemon, si
     assert sim.sim.max_concurrent_uploads <= 4
 
 
-async def test_claims_stop_at_two_waiting_files_per_upload_slot(make_settings, run_daemon,
-                                                                sim: SimServer,
-                                                                spool_root: Path) -> None:
-    """With every job slot busy, a daemon holds no more than 2 x uploads claimed files: the
-    rest stay in inbox/ for another daemon sharing the spool."""
+@pytest.mark.parametrize(("uploads", "jobs", "waiting"), [(1, 3, 2), (4, 2, 2)])
+async def test_claimed_files_waiting_are_bounded(make_settings, run_daemon, sim: SimServer,
+                                                 spool_root: Path, uploads: int, jobs: int,
+                                                 waiting: int) -> None:
+    """With every job slot busy, a daemon holds min(2 x uploads, max_active_jobs) claimed
+    files beyond its jobs: the rest stay in inbox/ for another daemon sharing the spool."""
     sim.sim.config.job_seconds = 60
-    daemon = await run_daemon(make_settings(workers__max_active_jobs=1, workers__uploads=1))
-    for i in range(8):
+    daemon = await run_daemon(make_settings(workers__max_active_jobs=jobs,
+                                            workers__uploads=uploads))
+    for i in range(10):
         drop(spool_root, f"contact/wait-{i}.csv", contacts_csv(2, tag=str(i)))
     processing = spool_root / "processing"
 
     def claimed() -> int:
         return sum(1 for p in processing.rglob("*.csv") if p.is_file())
 
-    await wait_for(lambda: sim.sim.unfinished_jobs == 1 and daemon.intake.locked()
-                   and claimed() == 3, what="one job running and two files waiting")
-    assert len(list((spool_root / "inbox" / "contact").glob("*.csv"))) == 5
-    assert sim.sim.creates_attempted == 1
+    await wait_for(lambda: sim.sim.unfinished_jobs == jobs and daemon.intake.locked()
+                   and claimed() == jobs + waiting,
+                   what=f"{jobs} jobs running and {waiting} files waiting")
+    assert len(list((spool_root / "inbox" / "contact").glob("*.csv"))) == 10 - jobs - waiting
+    assert sim.sim.creates_attempted == jobs
 
 
 async def test_same_name_twice_keeps_both(make_settings, run_daemon, spool_root: Path) -> None:

@@ -49,17 +49,18 @@ async def test_a_bad_file_is_rejected_while_every_job_slot_is_busy(make_settings
     """Checks need no job slot: a bad file does not wait behind running jobs, while a good
     one does (the limit holds)."""
     sim.sim.config.job_seconds = 60
-    await run_daemon(make_settings(workers__max_active_jobs=1))
-    drop(spool_root, "contact/first.csv", contacts_csv(2))
-    await wait_for(lambda: sim.sim.unfinished_jobs == 1, what="the first job running")
-    drop(spool_root, "contact/second.csv", contacts_csv(2))
+    await run_daemon(make_settings(workers__max_active_jobs=2, workers__uploads=1))
+    drop(spool_root, "contact/first.csv", contacts_csv(2, tag="1"))
+    drop(spool_root, "contact/second.csv", contacts_csv(2, tag="2"))
+    await wait_for(lambda: sim.sim.unfinished_jobs == 2, what="two jobs running")
+    drop(spool_root, "contact/third.csv", contacts_csv(2, tag="3"))
     drop(spool_root, "contact/report.xlsx", b"PK\x03\x04 not a csv")
     result = await _rejected(spool_root, "contact/report.xlsx")
     assert "not a .csv" in result["reason"]
-    await wait_for(lambda: any((spool_root / "processing").rglob("*second.csv")),
-                   what="the second file claimed")
-    assert sim.sim.creates_attempted == 1, "the second file waits for the job slot"
-    assert sim.sim.max_unfinished_jobs == 1
+    await wait_for(lambda: any((spool_root / "processing").rglob("*third.csv")),
+                   what="the third file claimed")
+    assert sim.sim.creates_attempted == 2, "the third file waits for a job slot"
+    assert sim.sim.max_unfinished_jobs == 2
     assert not list((spool_root / "done").rglob("*.csv")), "the first job still runs"
 
 
