@@ -104,6 +104,7 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     await wait_for(lambda: "drop CSV files into" in out.text(), what="sandbox banner")
     assert str(tmp_path / "spool" / "inbox") in out.text()
+    assert (tmp_path / "spool" / "inbox" / "contact").is_dir(), "the folder it names exists"
     drop(tmp_path / "spool", "people.csv", contacts_csv(5))   # default_object = contact
     done = tmp_path / "spool" / "done" / "people.csv"
     await wait_for(lambda: done.with_name("people.csv.result.json").exists(), timeout=30,
