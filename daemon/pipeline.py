@@ -67,7 +67,7 @@ def _release(slot: Slot | None) -> None:
         slot.release()
 
 
-async def _take(slot: Slot | None) -> None:
+async def _take_slot(slot: Slot | None) -> None:
     if slot is not None:
         await slot.take()
 
@@ -154,13 +154,13 @@ class Pipeline:
             if self.stopping:
                 return
             if outcome is None and await self._in_parts(work, resumed=not new_claim):
-                await _take(job_slot)
+                await _take_slot(job_slot)
                 _release(held)
                 outcome = await run_parts(self, work, self._max_rows(work))
                 if outcome is None:
                     return  # stopping: the ledger knows which parts are out
             elif outcome is None:
-                await _take(job_slot)
+                await _take_slot(job_slot)
                 created = await self._upload(work, held)
                 if created is None:
                     return  # stopping before it began
