@@ -162,6 +162,12 @@ class Settings:
     def hub_for(self, obj: str) -> str:
         return self.object_settings(obj).hub or self.api.hub
 
+    @property
+    def inbox_objects(self) -> list[str]:
+        """The objects named in the config: each gets its ``inbox/<object>/`` at start."""
+        named = [*self.objects, self.spool.default_object]
+        return sorted({name for name in named if name})
+
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                "false": False, "no": False, "off": False, "0": False}

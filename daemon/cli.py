@@ -121,10 +121,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                                  forced={"api.base_url": server.base_url})
             logs.configure(settings.log.format, settings.log.level)
             daemon = Daemon(settings)
-            inbox = daemon.spool.inbox
-            if settings.spool.default_object:  # the folder the banner tells people to use
-                await asyncio.to_thread((inbox / settings.spool.default_object).mkdir,
-                                        parents=True, exist_ok=True)
+            inbox = daemon.spool.inbox  # inbox/<default object>/ is made at start
             print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
                   f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"
                   f" files directly in {inbox}/ go to '{settings.spool.default_object}')\n"

@@ -126,7 +126,11 @@ class Daemon:
 
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
-        await asyncio.to_thread(self.spool.ensure_layout)
+        locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_objects)
+        for folder in locked:
+            log.error("spool.unwritable_dir", path=str(folder),
+                      note="files dropped here cannot be claimed: give the daemon's group "
+                           "write access (droppers need umask 002)")
         try:
             await self.ledger.open()
         except (LedgerError, OSError) as exc:

@@ -6,13 +6,15 @@ Everything here is synchronous file-system work; the daemon calls it through
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
 import os
 import secrets
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -75,7 +77,11 @@ class Spool:
         self.done = root / "done"
         self.failed = root / "failed"
 
-    def ensure_layout(self) -> None:
+    def ensure_layout(self, objects: Iterable[str] = ()) -> list[Path]:
+        """Make the folders the daemon needs, and ``inbox/<object>/`` for each of *objects*
+        with the group and mode of ``inbox/`` (so droppers rarely make folders themselves,
+        with a umask that would lock the daemon out). Returns the object folders it cannot
+        write to (made by someone else), which a person must fix."""
         for folder in (self.inbox, self.processing, self.done, self.failed):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +89,21 @@ class Spool:
                 raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise SpoolError(f"cannot write to {folder}: permission denied")
+        inbox = os.stat(self.inbox)
+        locked = []
+        for name in objects:
+            folder = self.inbox / name
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
+            else:
+                _like(folder, inbox)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                locked.append(folder)
+        return locked
 
     def rel_to_inbox(self, path: Path) -> PurePosixPath:
         return PurePosixPath(path.relative_to(self.inbox).as_posix())
@@ -248,6 +269,14 @@ def suffixed_names(name: str) -> Iterator[str]:
         stem, ext = name, ""
     for n in itertools.count(1):
         yield f"{stem}-{n}{'.' + ext if ext else ''}"
+
+
+def _like(folder: Path, model: os.stat_result) -> None:
+    """Give a folder we just made the group and mode of *model*, as far as we may."""
+    with contextlib.suppress(OSError):  # not in that group: the group stays ours
+        if os.stat(folder).st_gid != model.st_gid:
+            os.chown(folder, -1, model.st_gid)
+    os.chmod(folder, stat.S_IMODE(model.st_mode))
 
 
 def _same(a: Path, b: Path) -> bool:
