@@ -71,6 +71,7 @@ class SpoolSettings:
     node_id: str = field(default_factory=socket.gethostname)
     rescan_seconds: float = 30.0
     force_polling: bool = False
+    max_line_length: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.state_dir == Path():

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from daemon import __version__, csvfile, logs
 from daemon.config import ConfigError, Settings, find_config_path, load_settings
 from daemon.sim import cli as sim_cli
@@ -72,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+    except ConfigError as exc:
+        return _crashed(f"configuration error: {exc}", EXIT_USAGE, key=exc.key)
+    except KeyboardInterrupt:
+        return 130
+    try:
         if args.command == "objects":
             return cmd_objects(args)
         if args.command == "validate":
@@ -92,6 +99,9 @@ def _settings(args: argparse.Namespace, **kwargs: object) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon: 0 only when stopped by SIGTERM/SIGINT; whatever else ends it is one
+    ``daemon.crashed`` line naming the cause and a non-zero exit code (2 for a bad
+    configuration, which a restart cannot fix)."""
     from daemon.service import Daemon, StartupError
     from daemon.spool import SpoolError
 
@@ -101,9 +111,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _settings(args)
         logs.configure(settings.log.format, settings.log.level)
         return Daemon(settings).run()
-    except (SpoolError, StartupError) as exc:
-        print(f"bulkdrop: cannot start: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    except (SpoolError, StartupError, OSError) as exc:
+        return _crashed(f"cannot start: {exc}", EXIT_FAILURE)
+
+
+def _crashed(error: str, code: int, **context: str) -> int:
+    """One ``daemon.crashed`` line (JSON under systemd and Docker) for a daemon that
+    cannot start; logging is set up here if the configuration never got that far."""
+    if not structlog.is_configured():
+        logs.configure()
+    logs.get_logger().error("daemon.crashed", error=error, exit_code=code, **context)
+    return code
 
 
 def _run_sandbox(args: argparse.Namespace) -> int:
@@ -121,14 +139,19 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                                  forced={"api.base_url": server.base_url})
             logs.configure(settings.log.format, settings.log.level)
             daemon = Daemon(settings)
-            inbox = daemon.spool.inbox  # inbox/<default object>/ is made at start
-            print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
-                  f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"
-                  f" files directly in {inbox}/ go to '{settings.spool.default_object}')\n"
-                  f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
-                  f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops",
-                  flush=True)
-            return await daemon.serve_until_signalled()
+            serving = asyncio.create_task(daemon.serve_until_signalled())
+            ready = asyncio.create_task(daemon.ready.wait())
+            await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if daemon.ready.is_set():  # inbox/<default object>/ is there now
+                inbox = daemon.spool.inbox
+                print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
+                      f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"
+                      f" files directly in {inbox}/ go to '{settings.spool.default_object}')\n"
+                      f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
+                      f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops",
+                      flush=True)
+            ready.cancel()
+            return await serving
 
     return run_event_loop(both())
 
@@ -163,6 +186,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from daemon.spool import has_accepted_suffix
 
     settings = _settings(args, require_base_url=False)
+    csvfile.set_line_limit(settings.spool.max_line_length)
     columns = csvfile.Columns()
     if args.object:
         conf = settings.object_settings(args.object)

@@ -34,6 +34,26 @@ def authorization(user: Secret, organization: Secret, element: Secret) -> str:
     return ", ".join(f"{name} {value}" for name, value in parts if value)
 
 
+async def _chunk_sent(_session: Any, context: Any, _params: Any) -> None:
+    """Trace hook: a request's body went to the connection (for a body sent in one write,
+    all of it)."""
+    sent = getattr(context, "trace_request_ctx", None)
+    if isinstance(sent, _BodySent):
+        sent.fire()
+
+
+class _BodySent:
+    """Calls *on_sent* once, when the whole body has been handed to the connection."""
+
+    def __init__(self, on_sent: Callable[[], None]) -> None:
+        self._on_sent: Callable[[], None] | None = on_sent
+
+    def fire(self) -> None:
+        if self._on_sent is not None:
+            on_sent, self._on_sent = self._on_sent, None
+            on_sent()
+
+
 class _Progress:
     """When an upload last handed a chunk to the connection."""
 
@@ -69,12 +89,17 @@ def api_message(status: int, body: bytes) -> str:
     return f"HTTP {status}" + (f": {text[:200]}" if text else "")
 
 
+# Answers that say the request was not acted on: "slow down", "not now".
+NOT_ACTED_ON = frozenset({429, 503})
+
+
 def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
     message = api_message(status, body)
     if status in (401, 403):
         return AuthError(message, status)
     if status == 429 or status >= 500:
-        return TransientError(message, status, parse_retry_after(headers.get("Retry-After")))
+        return TransientError(message, status, parse_retry_after(headers.get("Retry-After")),
+                              maybe_done=status not in NOT_ACTED_ON)
     return RejectedError(message, status)
 
 
@@ -108,7 +133,9 @@ class OpenConnectorsClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            trace = aiohttp.TraceConfig()
+            trace.on_request_chunk_sent.append(_chunk_sent)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, trace_configs=[trace])
         return self._session
 
     async def close(self) -> None:
@@ -135,23 +162,29 @@ class OpenConnectorsClient:
                                    resp.status) from None
         except TimeoutError:
             self.on_answer(endpoint, "timeout")
-            raise TransientError(f"{method} timed out") from None
+            raise TransientError(f"{method} timed out", maybe_done=True) from None
         except aiohttp.ClientError as exc:
             self.on_answer(endpoint, "error")
-            # The exception text may carry the URL but never our headers.
-            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+            # The exception text may carry the URL but never our headers. A request that
+            # never connected cannot have been acted on; one cut off later may have been.
+            raise TransientError(f"{type(exc).__name__}: {exc}",
+                                 maybe_done=not isinstance(exc, aiohttp.ClientConnectorError)
+                                 ) from None
 
     async def create_job(self, hub: str, obj: str, name: str,
                          body: bytes | Callable[[], AsyncIterator[bytes]], *,
                          metadata: Mapping[str, Any] | None = None,
-                         callback_url: str = "") -> CreatedJob:
+                         callback_url: str = "",
+                         on_sent: Callable[[], None] | None = None) -> CreatedJob:
         """POST one bulk job, the file as multipart field ``file``: *body* is the bytes of
-        a small file, or makes a stream of a larger one's chunks.
+        a small file, or makes a stream of a larger one's chunks. *on_sent* is called once
+        the whole body has gone to the connection: from then on the API may act on it.
 
         A large file may take longer than ``request_timeout_seconds`` to send, so a
         streamed upload is not bounded in total: it fails when it makes no progress for
         that long (or the answer does not come that long after the last byte).
         """
+        sent = _BodySent(on_sent or (lambda: None))
         progress = None
         payload: Payload
         if isinstance(body, bytes):
@@ -164,6 +197,7 @@ class OpenConnectorsClient:
                     progress.stamp()
                     yield chunk
                 progress.sending = False
+                sent.fire()
 
             payload = AsyncIterablePayload(watched(progress), content_type="text/csv")
         with aiohttp.MultipartWriter("form-data") as form:
@@ -179,7 +213,8 @@ class OpenConnectorsClient:
             # is bounded like any other request.
             headers["Content-Type"] = form.content_type
             data, _ = await self._request("create_job", "POST", path, params={"path": "/" + name},
-                                          data=await form.as_bytes(), headers=headers)
+                                          data=await form.as_bytes(), headers=headers,
+                                          trace_request_ctx=sent)
             return _created(data)
         limit = self._timeout.total or 300.0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)

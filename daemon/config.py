@@ -233,6 +233,7 @@ def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
 _LIMITS: dict[str, tuple[int, bool]] = {
     "api.request_timeout_seconds": (0, False), "api.retry_deadline_seconds": (0, False),
     "spool.settle_seconds": (0, True), "spool.rescan_seconds": (0, False),
+    "spool.max_line_length": (1024, True),
     "workers.uploads": (1, True), "workers.max_active_jobs": (1, True),
     "workers.poll_interval_seconds": (0, False), "workers.poll_max_interval_seconds": (0, False),
     "workers.job_timeout_seconds": (0, False), "workers.shutdown_grace_seconds": (0, True),

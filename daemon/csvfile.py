@@ -4,7 +4,9 @@
 the dialect found, the rows, and every problem that means it must never become a job,
 with 1-based physical line numbers. ``upload_body`` then streams it: byte for byte when
 it is already comma-separated UTF-8 without BOM and no column changes apply, else
-converted block by block in a thread to RFC 4180 UTF-8 comma CSV. Memory stays flat.
+converted block by block in a thread to RFC 4180 UTF-8 comma CSV. Memory stays flat: no
+line, and no record (a quoted field may span lines), longer than :data:`LINE_LIMIT`
+characters is ever held; a file with one is rejected, naming its line.
 """
 
 from __future__ import annotations
@@ -14,21 +16,38 @@ import codecs
 import csv
 import hashlib
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
+
+from daemon.fileref import FileRef, as_ref
 
 CHUNK = 256 * 1024
 OUT_BLOCK = 64 * 1024
 MAX_PROBLEMS = 100
-FIELD_LIMIT = 16 * 1024 * 1024  # a longer field is an unbalanced quote, not data
+DEFAULT_LINE_LIMIT = 1 << 20
 DELIMITERS = ("\t", ";", "|", ",")  # ties go to the earlier: commas fill free text
 DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
         (codecs.BOM_UTF16_BE, "utf-16-be"))
 
-csv.field_size_limit(FIELD_LIMIT)
+
+
+def set_line_limit(chars: int) -> None:
+    """The longest line or record (in characters) a file may hold: ``[spool]
+    max_line_length``. Process-wide, like the csv module's own field limit."""
+    global LINE_LIMIT
+    LINE_LIMIT = chars
+    csv.field_size_limit(chars)
+
+
+LINE_LIMIT = DEFAULT_LINE_LIMIT
+set_line_limit(DEFAULT_LINE_LIMIT)
+
+
+class LineTooLong(Exception):
+    """A line, or a record spanning lines, longer than :data:`LINE_LIMIT`."""
 
 
 @dataclass(frozen=True)
@@ -117,22 +136,22 @@ class _Bytes:
     has_nul: bool
 
 
-def _chunks(path: Path, whole: bytes | None) -> Iterator[bytes]:
+def _chunks(ref: FileRef, whole: bytes | None) -> Iterator[bytes]:
     if whole is not None:
         yield whole
         return
-    with open(path, "rb") as fh:
+    with ref.open_binary() as fh:
         while chunk := fh.read(CHUNK):
             yield chunk
 
 
-def _prescan(path: Path, check_utf8: bool, whole: bytes | None = None) -> _Bytes:
+def _prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> _Bytes:
     """Hash the file and test it as UTF-8 at C speed, chunk by chunk (*whole*: in hand)."""
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     size = newlines = 0
     utf8, error_line, non_ascii, has_nul = check_utf8, None, False, False
-    for chunk in _chunks(path, whole):
+    for chunk in _chunks(ref, whole):
         digest.update(chunk)
         size += len(chunk)
         has_nul = has_nul or b"\0" in chunk
@@ -157,26 +176,53 @@ def codec_of(encoding: str) -> str:
     return "utf-16" if encoding.startswith("utf-16") else encoding
 
 
-def open_text(path: Path, encoding: str) -> io.TextIOWrapper:
+def open_text(source: Path | FileRef, encoding: str) -> io.TextIOWrapper:
     """The file as text for the csv module: C-level decoding, universal newlines kept."""
-    return open(path, encoding=codec_of(encoding), errors="strict", newline="")
+    text: io.TextIOWrapper = as_ref(source).open(
+        "r", encoding=codec_of(encoding), errors="strict", newline="")
+    return text
+
+
+def bounded_lines(text: TextIO, limit: int) -> Iterator[str]:
+    """The lines of *text*, none longer than *limit* characters: a longer one is cut
+    there (the csv module then sees garbage, never an unbounded line). For reading a
+    file that passed its checks; :func:`inspect` reports such lines instead."""
+    readline = text.readline
+    return iter(lambda: readline(limit), "")
+
+
+ProblemSink = Callable[[Problem], None]
 
 
 class _Scan:
     """The structure pass: parse, check, count."""
 
-    def __init__(self, columns: Columns, check_nul: bool) -> None:
+    def __init__(self, columns: Columns, check_nul: bool, sink: ProblemSink | None) -> None:
         self.columns = columns
         self.check_nul = check_nul
+        self.sink = sink
         self.rows = self.lines = 0
         self.problems: list[Problem] = []
         self.total = 0
         self.header: tuple[str, ...] = ()
+        self.fed = 0  # characters handed to the parser for the record being read
 
     def add(self, line: int | None, message: str) -> None:
         self.total += 1
+        problem = Problem(line, message)
         if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(Problem(line, message))
+            self.problems.append(problem)
+        if self.sink is not None:
+            self.sink(problem)
+
+    def feed(self, text: TextIO, limit: int) -> Iterator[str]:
+        """Lines for the parser, counted: no line and no record longer than *limit*."""
+        readline = text.readline
+        while line := readline(limit + 1):
+            self.fed += len(line)
+            if self.fed > limit:
+                raise LineTooLong
+            yield line
 
 
 def _bom_encoding(head: bytes) -> str | None:
@@ -213,75 +259,89 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
-def digest(path: Path) -> tuple[str, int]:
+def digest(source: Path | FileRef) -> tuple[str, int]:
     """sha256 and size of any file, read in chunks."""
     hashed = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    with as_ref(source).open_binary() as fh:
         while chunk := fh.read(CHUNK):
             hashed.update(chunk)
             size += len(chunk)
     return hashed.hexdigest(), size
 
 
-def inspect(path: Path, columns: Columns | None = None) -> Inspection:
-    """Detect, validate and count; never raises for bad content, only for I/O errors."""
+def inspect(source: Path | FileRef, columns: Columns | None = None,
+            sink: ProblemSink | None = None) -> Inspection:
+    """Detect, validate and count; never raises for bad content, only for I/O errors.
+
+    Every problem is also handed to *sink*, when given: the result keeps only the first
+    :data:`MAX_PROBLEMS`, the errors CSV gets them all.
+    """
     columns = columns or Columns()
-    with open(path, "rb", buffering=0) as fh:  # one read; no buffer to set up
+    ref = as_ref(source)
+    with ref.open_binary(buffering=0) as fh:  # one read; no buffer to set up
         head = fh.read(CHUNK)
     if not head:
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
     declared = _bom_encoding(head)
     whole = head if len(head) < CHUNK else None  # a small file is read once, here
-    raw = _prescan(path, check_utf8=declared is None, whole=whole)
+    raw = _prescan(ref, check_utf8=declared is None, whole=whole)
     if declared:
         encoding = declared
     elif raw.utf8:
         encoding = "utf-8"
     elif raw.non_ascii_before:
         # Real UTF-8 with a damaged byte, not another encoding: say so, don't guess.
-        return _undecodable(raw, "utf-8", head, raw.error_line)
+        return _undecodable(raw, "utf-8", head, raw.error_line, sink)
     else:
         encoding = "cp1252"
     sample = head.decode(codec_of(encoding), "replace").lstrip("\ufeff")
     endings = _line_endings(sample)
     dialect = Dialect(encoding, sniff_delimiter(sample), endings)
-    scan = _Scan(columns, check_nul=raw.has_nul)
-    source = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
-              if whole is not None else open_text(path, encoding))
-    with source as text:
-        _check_rows(scan, text, dialect.delimiter, path)
+    scan = _Scan(columns, check_nul=raw.has_nul, sink=sink)
+    text = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
+            if whole is not None else open_text(ref, encoding))
+    with text:
+        _check_rows(scan, text, dialect.delimiter, ref)
     return Inspection(raw.sha256, raw.size, scan.lines, dialect, scan.header, scan.rows,
                       tuple(scan.problems), scan.total, content=whole)
 
 
-def _undecodable(raw: _Bytes, encoding: str, head: bytes, line: int | None) -> Inspection:
+def _undecodable(raw: _Bytes, encoding: str, head: bytes, line: int | None,
+                 sink: ProblemSink | None) -> Inspection:
     sample = head.decode(encoding, "replace")
     endings = _line_endings(sample)
     problem = Problem(line, f"bytes that are not valid {encoding} text; "
                             "save the file as UTF-8 and drop it again")
+    if sink is not None:
+        sink(problem)
     return Inspection(raw.sha256, raw.size, 0, Dialect(encoding, sniff_delimiter(sample),
                                                        endings), (), 0, (problem,), 1)
 
 
-def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, path: Path) -> None:
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
+def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, ref: FileRef) -> None:
+    limit = LINE_LIMIT
+    reader = csv.reader(scan.feed(text, limit), delimiter=delimiter, strict=True)
     width = 0
     while True:
         line = reader.line_num + 1  # where the record starts (it may span lines)
+        scan.fed = 0
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            if _stops(scan, line, exc, text):
+            if _stops(scan, line, exc):
                 break
             continue
-        except UnicodeDecodeError:
-            scan.add(_bad_byte_line(path, text.encoding),
-                     f"bytes that are not valid {text.encoding} text; "
-                     "save the file as UTF-8 and drop it again")
+        except (LineTooLong, UnicodeDecodeError) as exc:  # the rest cannot be read
+            if isinstance(exc, LineTooLong):
+                scan.add(line, _too_long(limit, spans=reader.line_num > line))
+            else:
+                scan.add(_bad_byte_line(ref, text.encoding),
+                         f"bytes that are not valid {text.encoding} text; "
+                         "save the file as UTF-8 and drop it again")
             break
         if scan.check_nul and any("\x00" in value for value in row):
             scan.add(line, "NUL bytes: is this a UTF-16 file without a byte order mark?")
@@ -294,17 +354,27 @@ def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, path: Path)
         if len(row) != width:
             scan.add(line, f"{len(row)} fields, the header has {width}")
     scan.lines = reader.line_num
+    _check_rows_found(scan, width)
+
+
+def _check_rows_found(scan: _Scan, width: int) -> None:
     if width and not scan.rows and not scan.total:
         scan.add(None, "the file has a header line but no data rows")
     if not width and not scan.total:
         scan.add(None, "the file holds only blank lines")
 
 
-def _bad_byte_line(path: Path, codec: str) -> int | None:
+def _too_long(limit: int, spans: bool) -> str:
+    where = " (a record from here on spans lines: is a quote never closed?)" if spans else ""
+    return (f"a line longer than {limit:,} characters{where}; no CSV line is this long: "
+            "check the file, or raise [spool] max_line_length")
+
+
+def _bad_byte_line(ref: FileRef, codec: str) -> int | None:
     """The line of the first byte *codec* cannot decode (the text layer reads ahead)."""
     decoder = codecs.getincrementaldecoder(codec)("strict")
     newlines = 0
-    with open(path, "rb") as fh:
+    with ref.open_binary() as fh:
         while chunk := fh.read(CHUNK):
             try:
                 newlines += decoder.decode(chunk).count("\n")
@@ -314,17 +384,33 @@ def _bad_byte_line(path: Path, codec: str) -> int | None:
     return None
 
 
-def _stops(scan: _Scan, line: int, exc: csv.Error, lines: Iterator[str]) -> bool:
+def _stops(scan: _Scan, line: int, exc: csv.Error) -> bool:
     """Record a parse error; True when parsing cannot go on."""
     if "end of data" in str(exc):
         scan.add(line, 'a quoted field is never closed (unbalanced ")')
         return True
-    scan.add(line, f"malformed CSV: {exc}")
-    if "field limit" in str(exc):
-        for _ in lines:  # read on so the hash and count cover the whole file
-            pass
+    if "field limit" in str(exc):  # a line or record over the limit stops it before this
+        scan.add(line, f"a field longer than {LINE_LIMIT:,} characters")
         return True
+    scan.add(line, f"malformed CSV: {exc}")
     return False
+
+
+def write_problems(source: Path | FileRef, columns: Columns, out: BinaryIO) -> int:
+    """Every problem of the file as CSV (``line,message``, as in the errors CSV), found by
+    checking it again: a file may have millions, more than are ever held in memory."""
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow(("line", "message"))
+
+    def write(problem: Problem) -> None:
+        writer.writerow(("" if problem.line is None else problem.line, problem.message))
+
+    try:
+        found = inspect(source, columns, sink=write)
+    finally:
+        text.detach()
+    return found.problems_total
 
 
 def _check_header(scan: _Scan, row: list[str], line: int) -> int:

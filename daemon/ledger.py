@@ -4,22 +4,33 @@ Every call runs on one dedicated thread that owns the connection, so the event l
 never waits on disk and SQLite never sees two threads. ``synchronous=FULL`` makes each
 commit durable before the call returns: once ``record_job`` returns, a crash or power
 loss cannot forget the job id.
+
+A write that fails for a reason that passes (a full disk, an I/O error, a lock) is tried
+again with backoff until it succeeds: a job id is never dropped for want of space, so
+its file is never uploaded again. At open, the whole ledger is checked and read end to
+end; one that cannot be is set aside and a new one started (the files in processing/
+are then claimed afresh).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from daemon.logs import get_logger
+from daemon.spool import keep_private
+
 T = TypeVar("T")
+log = get_logger()
 
 # States of one claimed file, in order. FINISHED rows are history. (SUBMITTING is no
 # longer written; older ledgers may hold it, and it is resumed like CLAIMED.)
@@ -45,7 +56,9 @@ CREATE TABLE IF NOT EXISTS files (
     reason       TEXT,
     result_json  TEXT,
     dest_path    TEXT,
-    updated_at   TEXT NOT NULL
+    updated_at   TEXT NOT NULL,
+    problem      TEXT,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE TABLE IF NOT EXISTS parts (
@@ -56,6 +69,7 @@ CREATE TABLE IF NOT EXISTS parts (
     job_id      TEXT,
     submitted_at TEXT,
     result_json TEXT,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (claim_id, part)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -66,6 +80,16 @@ CREATE TABLE IF NOT EXISTS events (
     detail   TEXT
 );
 """
+# Columns added since the first release: (table, column, declaration) for older ledgers.
+ADDED_COLUMNS = (
+    ("files", "problem", "TEXT"),
+    ("files", "possible_duplicate", "INTEGER NOT NULL DEFAULT 0"),
+    ("parts", "possible_duplicate", "INTEGER NOT NULL DEFAULT 0"),
+)
+# SQLite's primary result codes for trouble that passes: busy, locked, out of memory,
+# read-only (a remount), I/O error, full, cannot open, protocol (a WAL lock race).
+TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+RETRY_CAP = 30.0
 
 
 _last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
@@ -95,6 +119,7 @@ class Part:
     job_id: str | None
     submitted_at: str | None
     result_json: str | None  # set once the part's job has ended
+    possible_duplicate: bool = False
 
 
 class LedgerError(Exception):
@@ -108,6 +133,11 @@ class _Corrupt(sqlite3.DatabaseError):
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _is_transient(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in TRANSIENT_CODES
 
 
 _PendingWrite = tuple[str, str, str | None, str, tuple[Any, ...], "asyncio.Future[None]"]
@@ -141,6 +171,9 @@ class Row:
     reason: str | None
     result_json: str | None
     dest_path: str | None
+    problem: str | None = None         # why it never becomes a job (found at its claim)
+    possible_duplicate: bool = False   # its job was created after a retry that may have
+                                       # reached the API
 
 
 class Ledger:
@@ -152,17 +185,48 @@ class Ledger:
         self._pending: list[_PendingWrite] = []
         self._flushing = False
         self.created = False          # no ledger was there: a first start, or it was lost
+        self.existed = False          # ... and a file was there (empty, or not a ledger)
         self.set_aside: Path | None = None  # where an unreadable ledger was moved
+        # Told what is wrong while writes fail and are retried (None once they work).
+        self.on_trouble: Callable[[str | None], None] = lambda problem: None
+        # Told when the ledger turns out damaged while running: nothing can go on.
+        self.on_broken: Callable[[str], None] = lambda problem: None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await self._retrying(
+            lambda: asyncio.get_running_loop().run_in_executor(self._pool, fn, *args))
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]],
+                        first: Awaitable[T] | None = None) -> T:
+        """Await *first* (or an *attempt*), then new attempts while SQLite fails for a
+        reason that passes; a damaged ledger is reported as broken."""
+        for n in itertools.count(1):
+            try:
+                result = await (first if first is not None and n == 1 else attempt())
+            except sqlite3.Error as exc:
+                if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
+                    self.on_broken(f"the ledger {self.path} is damaged: {exc}")
+                if not _is_transient(exc) or self._conn is None:
+                    raise
+                delay = min(RETRY_CAP, 0.1 * 2 ** n)
+                log.warning("ledger.write_retry", error=str(exc), attempt=n,
+                            retry_in=round(delay, 2), path=str(self.path))
+                self.on_trouble(str(exc))
+                await asyncio.sleep(delay)
+                continue
+            if n > 1:
+                self.on_trouble(None)
+                log.info("ledger.write_recovered", attempts=n)
+            return result
+        raise AssertionError("unreachable")
 
     async def open(self) -> None:
-        await self._run(self._open)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._open)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.created = not self.path.exists()
+        keep_private(self.path.parent)  # under the spool by default: droppers' ground
+        self.existed = self.path.exists()
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -178,7 +242,7 @@ class Ledger:
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
                     src.rename(f"{self.set_aside}{suffix}")
-            self.created = True
+            self.existed = False
             self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -188,9 +252,14 @@ class Ledger:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise _Corrupt("quick_check found damage")
+            self.created = not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='files'").fetchone()
+            _read_through(conn)
             conn.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                names = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in names:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except BaseException:
             conn.close()
             raise
@@ -222,9 +291,12 @@ class Ledger:
         return done
 
     async def _commit(self, claim_id: str, state: str, detail: str | None, sql: str,
-                      params: tuple[Any, ...]) -> None:
-        """Change a row and add its history line; return once that is durable."""
-        await self._submit(claim_id, state, detail, sql, params)
+                      params: tuple[Any, ...],
+                      first: asyncio.Future[None] | None = None) -> None:
+        """Change a row and add its history line; return once that is durable (trying
+        again while the disk is full or failing). Each write is repeatable."""
+        await self._retrying(lambda: self._submit(claim_id, state, detail, sql, params),
+                             first)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -260,21 +332,22 @@ class Ledger:
         return None
 
     def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
-                  received_at: str) -> asyncio.Future[None]:
+                  received_at: str, problem: str | None = None) -> asyncio.Future[None]:
         """Record a new claim. Queued before this returns; await the result for durability."""
-        return self._submit(
-            claim_id, CLAIMED, rel_path,
-            "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state, received_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow()))
+        args = (claim_id, CLAIMED, rel_path,
+                "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state,"
+                " received_at, updated_at, problem) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow(), problem))
+        return asyncio.ensure_future(self._commit(*args, first=self._submit(*args)))
 
     async def record_job(self, claim_id: str, job_id: str, submitted_at: str, obj: str,
-                         hub: str, attempts: int) -> None:
+                         hub: str, attempts: int, possible_duplicate: bool = False) -> None:
         await self._commit(
             claim_id, SUBMITTED, job_id,
             "UPDATE files SET state=?, job_id=?, submitted_at=?, object=?, hub=?, attempts=?,"
-            " updated_at=? WHERE claim_id=?",
-            (SUBMITTED, job_id, submitted_at, obj, hub, attempts, utcnow(), claim_id))
+            " possible_duplicate=?, updated_at=? WHERE claim_id=?",
+            (SUBMITTED, job_id, submitted_at, obj, hub, attempts, int(possible_duplicate),
+             utcnow(), claim_id))
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
                              reason: str, result_json: str, dest_path: str | None) -> None:
@@ -329,11 +402,12 @@ class Ledger:
         await self._run(plan)
 
     async def record_part_job(self, claim_id: str, part: int, job_id: str,
-                              submitted_at: str) -> None:
+                              submitted_at: str, possible_duplicate: bool = False) -> None:
         await self._commit(
             claim_id, SUBMITTED, f"part {part}: {job_id}",
-            "UPDATE parts SET job_id=?, submitted_at=? WHERE claim_id=? AND part=?",
-            (job_id, submitted_at, claim_id, part))
+            "UPDATE parts SET job_id=?, submitted_at=?, possible_duplicate=?"
+            " WHERE claim_id=? AND part=?",
+            (job_id, submitted_at, int(possible_duplicate), claim_id, part))
 
     async def finish_part(self, claim_id: str, part: int, result_json: str) -> None:
         await self._commit(
@@ -345,7 +419,7 @@ class Ledger:
         rows = await self._run(self._query, "SELECT * FROM parts WHERE claim_id=? ORDER BY part",
                                (claim_id,))
         return [Part(r["part"], r["first_row"], r["rows"], r["job_id"], r["submitted_at"],
-                     r["result_json"]) for r in rows]
+                     r["result_json"], bool(r["possible_duplicate"])) for r in rows]
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         assert self._conn is not None, "ledger is not open"
@@ -354,6 +428,21 @@ class Ledger:
     def _select(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
         names = Row.__dataclass_fields__.keys()
         return [Row(**{k: r[k] for k in names}) for r in self._query(sql, params)]
+
+
+def _read_through(conn: sqlite3.Connection) -> None:
+    """Check the whole database and read every row of every table as the daemon would:
+    ``quick_check`` misses damage inside records (text that is not UTF-8) and indexes."""
+    if conn.execute("PRAGMA integrity_check(1)").fetchone()[0] != "ok":
+        raise _Corrupt("integrity_check found damage")
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    try:
+        for table in tables:
+            cursor = conn.execute(f'SELECT * FROM "{table}"')
+            while cursor.fetchmany(1000):
+                pass
+    except sqlite3.OperationalError as exc:  # "Could not decode to UTF-8 column ..."
+        raise _Corrupt(str(exc)) from exc
 
 
 def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:

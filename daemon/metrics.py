@@ -14,6 +14,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from daemon.trouble import Troubles
+
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
 
@@ -40,11 +42,22 @@ class Metrics:
             ["endpoint", "code"], registry=r)
         self.retries = Counter(
             "bulkdrop_retries_total", "Requests retried, by reason.", ["reason"], registry=r)
+        self.create_retries = Counter(
+            "bulkdrop_create_retries_total",
+            "Job creations retried after a request that may have reached the API (a lost "
+            "answer, a timeout, a 5xx): each may have made a second job. By reason.",
+            ["reason"], registry=r)
+        self.io_retries = Counter(
+            "bulkdrop_io_retries_total",
+            "Local steps retried after trouble that is not the file's (full disk, "
+            "read-only folder, no free descriptors), by step: reading, filing, ledger.",
+            ["step"], registry=r)
         self.inbox_files = Gauge(
             "bulkdrop_inbox_files", "Files waiting in inbox/ at the last scan.", registry=r)
         self._oldest_mtime: float | None = None
         Gauge("bulkdrop_inbox_oldest_file_age_seconds",
-              "Age of the oldest file waiting in inbox/ at the last scan (0: none).",
+              "Age of the oldest file waiting in inbox/ at the last scan, since it arrived "
+              "there (its ctime; 0: none).",
               registry=r).set_function(self._oldest_age)
         self.uploads_in_flight = Gauge(
             "bulkdrop_uploads_in_flight", "Uploads running now.", registry=r)
@@ -52,11 +65,34 @@ class Metrics:
             "bulkdrop_unfinished_jobs", "Jobs created and not yet finished.", registry=r)
         self._ledger = Gauge("bulkdrop_ledger_bytes", "Size of the ledger with its WAL.",
                              registry=r)
+        self._unclaimable = Gauge(
+            "bulkdrop_inbox_unclaimable_files",
+            "Files in inbox/ the daemon cannot claim (no write access to their folder).",
+            registry=r)
+        self._unreadable = Gauge(
+            "bulkdrop_inbox_unreadable_dirs", "Folders in inbox/ the daemon cannot read.",
+            registry=r)
+        self._retrying = Gauge(
+            "bulkdrop_files_retrying", "Files whose reading or filing fails now for a "
+            "reason not theirs, and is being retried, by step.", ["step"], registry=r)
+        self._http_refused = Counter(
+            "bulkdrop_http_connections_refused_total",
+            "HTTP connections refused because every connection was busy.", registry=r)
 
-    def watch(self, unfinished: Callable[[], int], ledger: Path) -> None:
+    def http_refused(self) -> None:
+        self._http_refused.inc()
+
+    def watch(self, unfinished: Callable[[], int], ledger: Path,
+              troubles: Troubles | None = None) -> None:
         """Read the present from its owners at scrape time."""
         self._unfinished.set_function(lambda: float(unfinished()))
         self._ledger.set_function(lambda: float(_size(ledger) + _size(Path(f"{ledger}-wal"))))
+        if troubles is not None:
+            self._unclaimable.set_function(lambda: float(troubles.count("unclaimable")))
+            self._unreadable.set_function(lambda: float(troubles.count("unreadable_dir")))
+            for step in ("reading", "filing"):
+                self._retrying.labels(step).set_function(
+                    lambda step=step: float(troubles.count(step)))  # type: ignore[misc]
 
     def inbox_scanned(self, waiting: int, oldest_mtime: float | None) -> None:
         self.inbox_files.set(waiting)

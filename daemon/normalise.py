@@ -17,7 +17,9 @@ from pathlib import Path
 
 import aiofiles
 
+from daemon import csvfile
 from daemon.csvfile import CHUNK, OUT_BLOCK, Columns, Dialect, Inspection, header_names, open_text
+from daemon.fileref import FileRef, as_ref
 
 BATCH_ROWS = 2000
 
@@ -27,44 +29,46 @@ BATCH_ROWS = 2000
 UploadBody = bytes | Callable[[], AsyncIterator[bytes]]
 
 
-def upload_body(path: Path, inspection: Inspection, columns: Columns,
+def upload_body(source: Path | FileRef, inspection: Inspection, columns: Columns,
                 rows: range | None = None) -> UploadBody:
     """What to upload for the file (or for *rows* of it, 0-based data rows: then only the
     header and those rows are sent)."""
+    ref = as_ref(source)
     if rows is None and inspection.passes_through(columns):
         if inspection.content is not None:
             return inspection.content  # a small file: the bytes read, hashed and checked
-        return lambda: stream_raw(path)
+        return lambda: stream_raw(ref)
     assert inspection.dialect is not None, "only a file with a dialect is uploaded"
     dialect = inspection.dialect
-    return lambda: stream_normalised(path, dialect, columns, rows)
+    return lambda: stream_normalised(ref, dialect, columns, rows)
 
 
-async def stream_raw(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+async def stream_raw(ref: FileRef, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
     """The file's bytes, chunk by chunk, read off the event loop.
 
     The first chunk is read together with the open, so a small file costs one hop to a
-    thread; a larger one goes on through aiofiles.
+    thread; a larger one goes on through aiofiles. Both open the claimed file itself,
+    never a link or another file put in its place.
     """
-    first = await asyncio.to_thread(_head, path, chunk_size)
+    first = await asyncio.to_thread(_head, ref, chunk_size)
     if first:
         yield first
     if len(first) < chunk_size:
         return
-    async with aiofiles.open(path, "rb") as fh:
+    async with aiofiles.open(ref.path, "rb", opener=ref.opener) as fh:
         await fh.seek(len(first))
         while chunk := await fh.read(chunk_size):
             yield chunk
 
 
-def _head(path: Path, size: int) -> bytes:
-    with open(path, "rb") as fh:
+def _head(ref: FileRef, size: int) -> bytes:
+    with ref.open_binary() as fh:
         return fh.read(size)
 
 
-async def stream_normalised(path: Path, dialect: Dialect, columns: Columns,
+async def stream_normalised(ref: FileRef, dialect: Dialect, columns: Columns,
                             rows: range | None = None) -> AsyncIterator[bytes]:
-    blocks = normalised_blocks(path, dialect, columns, rows)
+    blocks = normalised_blocks(ref, dialect, columns, rows)
     try:
         while (block := await asyncio.to_thread(next, blocks, None)) is not None:
             yield block
@@ -74,7 +78,7 @@ async def stream_normalised(path: Path, dialect: Dialect, columns: Columns,
             await asyncio.to_thread(blocks.close)
 
 
-def normalised_blocks(path: Path, dialect: Dialect, columns: Columns,
+def normalised_blocks(source: Path | FileRef, dialect: Dialect, columns: Columns,
                       rows: range | None = None) -> Generator[bytes, None, None]:
     """RFC 4180 (CRLF, minimal quoting) UTF-8 blocks of the file, with column changes.
 
@@ -83,8 +87,9 @@ def normalised_blocks(path: Path, dialect: Dialect, columns: Columns,
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    with open_text(path, dialect.encoding) as text:
-        records = filter(None, csv.reader(text, delimiter=dialect.delimiter, strict=True))
+    with open_text(source, dialect.encoding) as text:
+        lines = csvfile.bounded_lines(text, csvfile.LINE_LIMIT + 1)
+        records = filter(None, csv.reader(lines, delimiter=dialect.delimiter, strict=True))
         header = next(records, None)
         if header is None:
             return

@@ -10,7 +10,10 @@ import dataclasses
 import json
 import os
 import sqlite3
+import stat
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,12 +21,14 @@ from typing import Any
 from daemon import csvfile
 from daemon.client import OpenConnectorsClient
 from daemon.config import Secret, Settings
+from daemon.fileref import FileRef
+from daemon.filing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
 from daemon.normalise import upload_body
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
-from daemon.spool import ERRORS_SUFFIX, RESULT_SUFFIX, Spool, is_ignored_name, suffixed_names
+from daemon.spool import Spool, is_ignored_name
 from daemon.tracker import Tracker
 
 EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_RECORDS_FAILED = 0, 1, 3, 4
@@ -40,18 +45,35 @@ def status(settings: Settings, latest: int = 10) -> dict[str, Any]:
     except sqlite3.Error as exc:
         report["ledger_error"] = f"cannot read {db}: {exc} (has the daemon run on this node?)"
     waiting, oldest = 0, None
-    for path in spool.iter_inbox() if spool.inbox.exists() else ():
+    for path, st in spool.iter_inbox() if spool.inbox.exists() else ():
         waiting += 1
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            continue
-        if oldest is None or mtime < oldest[1]:
-            oldest = (path, mtime)
+        if oldest is None or st.st_ctime < oldest[1]:  # ctime: when it arrived
+            oldest = (path, st.st_ctime)
     report["inbox"] = {"waiting": waiting, "oldest": None if oldest is None else {
-        "file": spool.rel_to_inbox(oldest[0]).as_posix(),
+        "file": os.fsencode(spool.rel_to_inbox(oldest[0])).decode("utf-8", "backslashreplace"),
         "waiting_seconds": round(time.time() - oldest[1])}}
+    if settings.http.enabled:
+        report["daemon"] = ask_readyz(settings.http.host, settings.http.port)
     return report
+
+
+def ask_readyz(host: str, port: int, timeout: float = 3.0) -> dict[str, Any]:
+    """What the running daemon says of itself: ready, or the problems it is riding out
+    (folders it cannot read, files it cannot claim or file, a ledger it cannot write)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - ours
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            body = {"problems": [f"HTTP {exc.code}"]}
+    except (OSError, ValueError) as exc:
+        return {"url": url, "answering": False, "error": str(getattr(exc, "reason", exc))}
+    return {"url": url, "answering": True, "ready": body.get("status") == "ready",
+            "problems": body.get("problems", [])}
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -69,6 +91,15 @@ def format_status(report: dict[str, Any]) -> str:
     oldest = inbox["oldest"]
     lines.append(f"inbox: {inbox['waiting']} waiting" + (
         f", oldest {oldest['file']} ({oldest['waiting_seconds']} s)" if oldest else ""))
+    daemon = report.get("daemon")
+    if daemon is not None:
+        if not daemon["answering"]:
+            lines.append(f"daemon: not answering at {daemon['url']} ({daemon['error']})")
+        elif daemon["ready"]:
+            lines.append("daemon: ready")
+        else:
+            lines.append("daemon: not ready:")
+            lines.extend(f"  {problem}" for problem in daemon["problems"])
     if report.get("latest"):
         lines.append("latest:")
         for row in report["latest"]:
@@ -84,7 +115,7 @@ def format_status(report: dict[str, Any]) -> str:
 def failed_files(spool: Spool) -> Iterator[Path]:
     for folder, _dirs, files in os.walk(spool.failed):
         for name in sorted(files):
-            if not is_ignored_name(name) and not name.endswith((RESULT_SUFFIX, ERRORS_SUFFIX)):
+            if not is_ignored_name(name) and not name.endswith(SIDECARS):
                 yield Path(folder) / name
 
 
@@ -94,25 +125,27 @@ def retry(spool: Spool, path: Path) -> Path:
     Its result and errors CSV go (the ledger keeps the history); the daemon claims the
     file again as a new drop.
     """
-    path = path.resolve()
+    path = path.parent.resolve() / path.name  # the name itself is never followed
     if spool.failed.resolve() not in path.parents:
         raise ValueError(f"{path} is not below {spool.failed}")
-    if not path.is_file() or path.name.endswith((RESULT_SUFFIX, ERRORS_SUFFIX)):
+    if not stat.S_ISREG(os.lstat(path).st_mode) or path.name.endswith(SIDECARS):
         raise ValueError(f"{path} is not a failed data file")
     result = path.with_name(path.name + RESULT_SUFFIX)
     rel = _route_of(result) or PurePosixPath(path.relative_to(spool.failed.resolve()).as_posix())
     target = _free(spool.inbox / rel)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(path, target)  # a free name: checked just above
-    for sidecar in (result, path.with_name(path.name + ERRORS_SUFFIX)):
-        sidecar.unlink(missing_ok=True)
+    for suffix in SIDECARS:
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
     return target
 
 
 def _route_of(result: Path) -> PurePosixPath | None:
-    """The path below inbox/ the file was dropped as, from its result (if sane)."""
+    """The path below inbox/ the file was dropped as, from its result (if sane; a link
+    planted in its place is not followed)."""
     try:
-        rel = PurePosixPath(json.loads(result.read_text())["file"])
+        with FileRef(result).open("r", encoding="utf-8") as fh:
+            rel = PurePosixPath(json.load(fh)["file"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
@@ -122,7 +155,7 @@ def _route_of(result: Path) -> PurePosixPath | None:
 
 def _free(path: Path) -> Path:
     return next(path.with_name(n) for n in suffixed_names(path.name)
-                if not path.with_name(n).exists())
+                if not os.path.lexists(path.with_name(n)))
 
 
 # -- submit -------------------------------------------------------------------------------
@@ -132,6 +165,7 @@ async def submit(settings: Settings, path: Path, obj: str,
     """One file outside the spool: check, upload, and with *wait* follow it to its end."""
     conf = settings.object_settings(obj)
     columns = csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+    csvfile.set_line_limit(settings.spool.max_line_length)
     received = utcnow()
     found = await asyncio.to_thread(csvfile.inspect, path, columns)
     hub = settings.hub_for(obj)

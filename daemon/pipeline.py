@@ -3,33 +3,48 @@
 Each step is recorded in the ledger before the next begins, so :meth:`Pipeline.resume`
 can pick a file up from its ledger row after a crash: CLAIMED uploads again,
 SUBMITTED follows the recorded job id (never uploading again), FINISHING files it.
+A daemon that stops raises :class:`Stopping` at the next step, caught once per file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import itertools
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from daemon import csvfile, ledger
 from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
+from daemon.fileref import NotAFile
+from daemon.filing import ERRORS_SUFFIX, RESULT_SUFFIX, Filer, Sidecar
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.normalise import UploadBody, upload_body
 from daemon.parts import run_parts
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
-from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
+from daemon.retry import (
+    ApiError,
+    RejectedError,
+    RetryPolicy,
+    Stopping,
+    TransientError,
+    backoff_delay,
+)
 from daemon.spool import Claimed, Spool, has_accepted_suffix
 from daemon.tracker import Tracker
+from daemon.trouble import Troubles
 
 # Claims, small files' checks and filing run on two threads of their own. On 2,000 small
 # files (bench/), two threads filed about 10% more files/s than the event loop's default
@@ -38,6 +53,10 @@ from daemon.tracker import Tracker
 QUICK_THREADS = 2
 # A file up to this size is read for its checks in the same trip as its claim.
 QUICK_EXAMINE_BYTES = 1 << 20
+# A file that cannot be read for one of these is at fault itself; any other error (no
+# free descriptors, no memory, I/O trouble) passes, and the read is tried again.
+FILES_FAULT = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR})
+READ_RETRY_CAP = 60.0
 
 T = TypeVar("T")
 
@@ -82,16 +101,24 @@ class Work:
     job_id: str | None = None
     attempts: int = 0
     submitted_at: str | None = None
+    possible_duplicate: bool = False  # a job creation was retried after an attempt that
+                                      # may have reached the API
     sha256: str | None = None
     inspection: csvfile.Inspection | None = None
     size: int | None = None
     unreadable: OSError | None = None  # it could not be read for its checks
+    problem: str | None = None         # it never becomes a job (not a file, a bad name)
+    retry_reason: str | None = None    # the last attempt may have made a job: why
     log: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.problem = self.problem or self.claimed.problem
 
     @property
     def examined(self) -> bool:
         """Read for its checks already (a new claim is, in the claim's trip to a thread)."""
-        return self.sha256 is not None or self.unreadable is not None
+        return (self.sha256 is not None or self.unreadable is not None
+                or self.problem is not None)
 
     @property
     def rel(self) -> str:
@@ -105,7 +132,8 @@ class Work:
 class Pipeline:
     def __init__(self, settings: Settings, spool: Spool, ledger: Ledger,
                  client: OpenConnectorsClient, policy: RetryPolicy, tracker: Tracker,
-                 upload_slots: asyncio.Semaphore, metrics: Metrics) -> None:
+                 upload_slots: asyncio.Semaphore, metrics: Metrics,
+                 troubles: Troubles | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.spool = spool
@@ -114,13 +142,18 @@ class Pipeline:
         self.policy = policy
         self.tracker = tracker
         self.upload_slots = upload_slots
+        self.troubles = troubles or Troubles()
         self.stopping = False
         self.finishing: set[asyncio.Task[None]] = set()
         self.tracking: set[asyncio.Task[object]] = set()
+        # Uploads whose body has gone out: the API may be acting on it, so a stop waits
+        # for the answer instead of cutting them (a cut one would be sent again).
+        self.answering: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
         self.active_jobs: set[str] = set()   # being followed now
         self.uploads_now = 0
         self._quick = ThreadPoolExecutor(QUICK_THREADS, thread_name_prefix="bulkdrop-files")
+        self.filer = Filer(spool, self.ledger.record_dest, self.quick, self._filing_trouble)
 
     async def quick(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a short file-system step (a claim, a small file's checks, filing) off the loop."""
@@ -148,47 +181,45 @@ class Pipeline:
             # either way (a claimed file without a row is claimed afresh).
             written = self.ledger.add_claim(work.claimed.claim_id, work.rel,
                                             self.spool.to_stored(work.claimed.path),
-                                            work.received_at)
+                                            work.received_at, work.claimed.problem)
         try:
-            outcome = None if self.stopping else await self._check(work)
-            if self.stopping:
-                return
-            if outcome is None and await self._in_parts(work, resumed=not new_claim):
-                await _take_slot(job_slot)
+            try:
+                outcome = await self._check(work)
+                if outcome is None and await self._in_parts(work, resumed=not new_claim):
+                    await _take_slot(job_slot)
+                    _release(held)
+                    outcome = await run_parts(self, work, self._max_rows(work))
+                elif outcome is None:
+                    await _take_slot(job_slot)
+                    created = await self._upload(work, held)
+                    if written is not None:
+                        await asyncio.shield(written)
+                    outcome = await self._record(work, created)
+            finally:
                 _release(held)
-                outcome = await run_parts(self, work, self._max_rows(work))
-                if outcome is None:
-                    return  # stopping: the ledger knows which parts are out
-            elif outcome is None:
-                await _take_slot(job_slot)
-                created = await self._upload(work, held)
-                if created is None:
-                    return  # stopping before it began
                 if written is not None:
-                    await asyncio.shield(written)
-                outcome = await self._record(work, created)
-        finally:
-            _release(held)
-            if written is not None:
-                await asyncio.shield(written)  # whatever happened, the row is there
-        if outcome is None:  # a job exists: follow it
-            if self.stopping:
-                return
-            outcome = await self._track(work)
+                    await asyncio.shield(written)  # whatever happened, the row is there
+            if outcome is None:  # a job exists: follow it
+                outcome = await self._track(work)
+        except Stopping:
+            return  # the ledger knows how far it got: the next start goes on from there
         if job_slot is not None:
             job_slot.release()  # the job has ended: another may start while this is filed
         await self._finish(work, outcome)
 
-    async def _upload(self, work: Work, intake: Slot | None) -> str | Outcome | None:
-        """Create the job once an upload slot is free (the intake slot is given back then).
+    async def _upload(self, work: Work, intake: Slot | None) -> str | Outcome:
+        """Create the job, each attempt in an upload slot (the intake slot is given back
+        once the first is taken); waits between attempts hold no slot."""
 
-        None when the daemon began stopping meanwhile.
-        """
-        async with self.upload_slots:
-            _release(intake)
-            if self.stopping:
-                return None
-            created = await self.send(work)
+        @asynccontextmanager
+        async def upload_slot() -> AsyncIterator[None]:
+            async with self.upload_slots:
+                _release(intake)
+                if self.stopping:
+                    raise Stopping
+                yield
+
+        created = await self.send(work, around=upload_slot)
         if work.inspection is not None and work.inspection.content is not None:
             # Not kept while the job runs (32 jobs may run for hours).
             work.inspection = dataclasses.replace(work.inspection, content=None)
@@ -196,35 +227,42 @@ class Pipeline:
 
     async def resume(self, row: Row, job_slot: Slot | None = None) -> None:
         path = self.spool.from_stored(row.claimed_path)
-        claimed = Claimed(row.claim_id, PurePosixPath(row.rel_path), path)
+        if path is None:
+            get_logger(file=row.rel_path).error(
+                "recovery.foreign_path", path=row.claimed_path,
+                note="the ledger names a file outside processing/: left alone")
+            await self.ledger.mark_finished(row.claim_id, utcnow())
+            return
+        claimed = Claimed(row.claim_id, PurePosixPath(row.rel_path), path, problem=row.problem)
         work = Work(claimed, row.received_at, row.object, row.hub, row.job_id, row.attempts,
-                    row.submitted_at)
+                    row.submitted_at, possible_duplicate=bool(row.possible_duplicate))
         work.log = get_logger(file=work.rel, job_id=row.job_id)
         if row.state == ledger.FINISHING and row.result_json:
             stored = await asyncio.to_thread(json.loads, row.result_json)
             errors = stored.pop("errors_all", [])
-            dest = self.spool.from_stored(row.dest_path) if row.dest_path else None
+            dest = self.spool.filed_from_stored(row.dest_path) if row.dest_path else None
+            work.obj = stored.get("object")
             await self._file(work, stored, errors, row.outcome == COMPLETE, dest, resumed=True)
             return
-        if not await asyncio.to_thread(path.exists):
+        if not await asyncio.to_thread(os.path.lexists, path):
             # Only a file removed by hand from processing/ gets here.
             work.log.error("file.vanished", path=str(path), state=row.state)
             await self.ledger.mark_finished(claimed.claim_id, utcnow())
             return
-        if await self.ledger.parts(row.claim_id):
-            await self.process(work, job_slot)  # sent in parts: continue with the rest
-        elif row.state == ledger.SUBMITTED and row.job_id:
+        if await self.ledger.parts(row.claim_id) or row.state != ledger.SUBMITTED \
+                or not row.job_id:
+            await self.process(work, job_slot)  # sent in parts, or not sent yet
+            return
+        try:
             if self.stopping:
-                return
+                raise Stopping
             await self._inspect_quietly(work)
-            if self.stopping:  # began meanwhile: followed again at the next start
-                return
             outcome = await self._track(work)
-            if job_slot is not None:
-                job_slot.release()
-            await self._finish(work, outcome)
-        else:
-            await self.process(work, job_slot)
+        except Stopping:
+            return  # followed again at the next start
+        if job_slot is not None:
+            job_slot.release()
+        await self._finish(work, outcome)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -234,24 +272,57 @@ class Pipeline:
         return self.settings.spool.default_object or None
 
     def examine(self, work: Work) -> None:
-        """Hash the claimed file and, for a CSV, detect and validate it.
+        """Hash the claimed file and, for a CSV, detect and validate it; never anything
+        but the regular file claimed (see :class:`daemon.fileref.FileRef`).
 
         Blocking: it runs in a thread, for a new claim in the same trip as the claim.
         """
+        if work.problem is not None:
+            return  # a link, a FIFO, a bad name ...: never read
         rel = work.claimed.rel
+        ref = work.claimed.ref
         try:
             if has_accepted_suffix(rel.name):
-                found = csvfile.inspect(work.claimed.path, self._columns(self._route(rel)))
+                found = csvfile.inspect(ref, self._columns(self._route(rel)))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
-                work.sha256, work.size = csvfile.digest(work.claimed.path)
+                work.sha256, work.size = csvfile.digest(ref)
+        except NotAFile as exc:
+            work.problem = exc.strerror
         except OSError as exc:
             work.unreadable = exc
 
+    async def _examined(self, work: Work) -> None:
+        """Examine the file; when it cannot be read for a reason that is not its own (no
+        free descriptors, I/O trouble), wait and try again, never judging the file by it."""
+        for attempt in itertools.count(1):
+            if not work.examined:
+                await asyncio.to_thread(self.examine, work)
+            exc = work.unreadable
+            if exc is None or exc.errno in FILES_FAULT:
+                if attempt > 1:
+                    self.troubles.clear("reading", work.rel)
+                return
+            if self.stopping:
+                raise Stopping
+            delay = backoff_delay(attempt, cap=READ_RETRY_CAP) + 0.1
+            problem = exc.strerror or str(exc)
+            work.log.warning("file.read_retry", error=problem, attempt=attempt,
+                             retry_in=round(delay, 2))
+            self.troubles.set("reading", work.rel, problem)
+            self.metrics.io_retries.labels("reading").inc()
+            work.unreadable = None
+            await asyncio.sleep(delay)
+
     async def _check(self, work: Work) -> Outcome | None:
         """Route, read and validate the file; an Outcome when it must not become a job."""
-        if not work.examined:
-            await asyncio.to_thread(self.examine, work)
+        if self.stopping:
+            raise Stopping
+        await self._examined(work)
+        if self.stopping:
+            raise Stopping
+        if work.problem is not None:
+            return Outcome(REJECTED, work.problem)
         if work.unreadable is not None:
             exc = work.unreadable
             return Outcome(REJECTED, f"cannot read the file: {exc.strerror or exc}; "
@@ -280,18 +351,21 @@ class Pipeline:
         return (self._max_rows(work) < (work.rows or 0)
                 or (resumed and bool(await self.ledger.parts(work.claimed.claim_id))))
 
-    async def send(self, work: Work, rows: range | None = None) -> str | Outcome:
+    async def send(self, work: Work, rows: range | None = None,
+                   around: Callable[[], AbstractAsyncContextManager[None]] | None = None
+                   ) -> str | Outcome:
         """Create one job for the file (or for *rows* of it): its id, or why not."""
         assert work.inspection is not None
-        body = upload_body(work.claimed.path, work.inspection, self._columns(work.obj), rows)
+        body = upload_body(work.claimed.ref, work.inspection, self._columns(work.obj), rows)
         try:
             return await self.policy.call("create_job", lambda: self._create(work, body),
-                                          file=work.rel)
+                                          around=around, file=work.rel)
         except RejectedError as exc:
             return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
         except TransientError as exc:
-            return Outcome(FAILED, f"gave up uploading after "
-                           f"{self.settings.api.retry_deadline_seconds:g} s: {exc.message}")
+            return Outcome(FAILED, f"gave up uploading after {exc.elapsed:.0f} s and "
+                           f"{exc.attempts} attempt{'s' if exc.attempts > 1 else ''}: "
+                           f"{exc.message}")
         except ApiError as exc:  # an answer we cannot use; the job may exist
             return Outcome(FAILED, f"upload answer unusable, not retried: {exc.message}")
 
@@ -303,9 +377,10 @@ class Pipeline:
         # Recorded before anything else happens, and not cancellable half-way.
         await asyncio.shield(self.ledger.record_job(
             work.claimed.claim_id, created, work.submitted_at, work.obj or "", work.hub or "",
-            work.attempts))
+            work.attempts, work.possible_duplicate))
         work.log = work.log.bind(job_id=created)
-        work.log.info("job.created", object=work.obj, hub=work.hub, attempts=work.attempts)
+        work.log.info("job.created", object=work.obj, hub=work.hub, attempts=work.attempts,
+                      possible_duplicate=work.possible_duplicate)
         return None
 
     def _columns(self, obj: str | None) -> csvfile.Columns:
@@ -317,18 +392,30 @@ class Pipeline:
     async def _create(self, work: Work, body: UploadBody) -> str:
         assert work.obj is not None and work.hub is not None
         work.attempts += 1  # recorded with the job id (a crash here means: upload again)
+        if work.retry_reason is not None:
+            # The last attempt may have made a job: this one may make a second.
+            work.possible_duplicate = True
+            self.metrics.create_retries.labels(work.retry_reason).inc()
+            work.retry_reason = None
         meta = self.settings.object_settings(work.obj).metadata
         callback_url = self.settings.callback.public_url
         if callback_url:  # echoed in the callback: which file the job belongs to
             meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
+        task = asyncio.current_task()
+        assert task is not None
         self.metrics.uploads_in_flight.inc()
         self.uploads_now += 1
         started = time.monotonic()
         try:
             job = await self.client.create_job(
                 work.hub, work.obj, work.claimed.rel.name, self._counted(body), metadata=meta,
-                callback_url=callback_url)
+                callback_url=callback_url, on_sent=lambda: self.answering.add(task))
+        except TransientError as exc:
+            if exc.maybe_done:
+                work.retry_reason = exc.kind
+            raise
         finally:
+            self.answering.discard(task)
             self.metrics.uploads_in_flight.dec()
             self.uploads_now -= 1
         self.metrics.upload_seconds.observe(time.monotonic() - started)
@@ -348,6 +435,8 @@ class Pipeline:
         return counting
 
     async def _track(self, work: Work) -> Outcome:
+        if self.stopping:
+            raise Stopping  # its job id is recorded: followed again at the next start
         assert work.job_id is not None
         return await self.follow(work, work.job_id, work.submitted_at or utcnow())
 
@@ -373,29 +462,18 @@ class Pipeline:
             sha256=work.sha256, size=work.size, attempts=work.attempts,
             csv_info=_csv_info(work.inspection, self._columns(work.obj)),
             received_at=work.received_at, submitted_at=work.submitted_at,
-            finished_at=utcnow())
+            finished_at=utcnow(),
+            possible_duplicate=work.possible_duplicate or outcome.possible_duplicate)
         errors = list(outcome.errors)
         record = {**result, "errors_all": errors}
         stored = (json.dumps(record) if len(errors) < 1000
                   else await asyncio.to_thread(json.dumps, record))
         # Its own name, most often free; filing finds out and chooses another if not.
-        dest = self.spool.natural_dest(work.claimed, outcome.ok)
+        dest = self.filer.natural(work.claimed, outcome.ok)
         await asyncio.shield(self.ledger.mark_finishing(
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
             self.spool.to_stored(dest)))
         await self._file(work, result, errors, outcome.ok, dest)
-
-    def _choose(self, claimed: Claimed, ok: bool) -> Path | None:
-        """Where the file goes; None when it is gone from processing/ (removed by hand)."""
-        return self.spool.choose_dest(claimed, ok) if claimed.path.exists() else None
-
-    def _place(self, claimed: Claimed, dest: Path, result: dict[str, Any],
-               errors: list[Any], resumed: bool) -> bool:
-        """Move the file to *dest* and write its result beside it; False if *dest* is taken."""
-        if not self.spool.move_to(claimed, dest, resumed):
-            return False
-        self.spool.complete(claimed, dest, result, errors_csv(errors) if errors else None)
-        return True
 
     async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
                     dest: Path | None, resumed: bool = False) -> None:
@@ -407,45 +485,55 @@ class Pipeline:
 
     async def _file_now(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
                         dest: Path | None, resumed: bool) -> None:
-        """Move the file to its recorded destination, then write the result beside it.
-
-        The destination is recorded before the move, so a crash at any point leaves the
-        ledger knowing where the file is (or is going). It is first the file's own name;
-        when that is taken, the next free one is chosen and recorded before the move.
-        """
+        """File it (see :mod:`daemon.filing`), then record that it is finished."""
         claimed = work.claimed
-        while True:
-            if dest is None:
-                dest = await self.quick(self._choose, claimed, ok)
-                if dest is None:
-                    work.log.error("file.vanished", path=str(claimed.path))
-                    await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
-                    return
-                await self.ledger.record_dest(claimed.claim_id, self.spool.to_stored(dest))
-            if await self.quick(self._place, claimed, dest, result, errors, resumed):
-                break
-            if not await self.quick(claimed.path.exists):
-                work.log.error("file.vanished", path=str(claimed.path))
-                await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
-                return
-            dest = None  # taken meanwhile (another node, a person): choose again
+        placed = await self.filer.file(claimed, ok, self._sidecars(work, result, errors),
+                                       dest, resumed, work.log)
         await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
+        if placed is None:
+            work.log.error("file.vanished", path=str(claimed.path))
+            return
         self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
         obj = work.obj or ""
         self.metrics.files_finished.labels(result["status"], obj).inc()
         if result["records"] and result["records"]["failed"]:
             self.metrics.records_failed.labels(obj).inc(result["records"]["failed"])
         work.log.info("file.finished", status=result["status"], api_status=result["api_status"],
-                      reason=result["reason"], dest=self.spool.to_stored(dest))
+                      reason=result["reason"], dest=self.spool.to_stored(placed))
+
+    def _sidecars(self, work: Work, result: dict[str, Any], errors: list[Any]) -> list[Sidecar]:
+        """The errors CSV (when there are errors) and the result, written in the filing
+        thread. A file's own problems are all in its errors CSV, however many: when more
+        were found than were kept, the file is checked again as the CSV is written."""
+        out = []
+        if result["errors_total"] > len(errors):
+            ref, columns = work.claimed.ref, self._columns(result["object"])
+            out.append(Sidecar(ERRORS_SUFFIX,
+                               lambda fh: csvfile.write_problems(ref, columns, fh)))
+        elif errors:
+            out.append(Sidecar(ERRORS_SUFFIX, lambda fh: fh.write(errors_csv(errors))))
+        out.append(Sidecar(RESULT_SUFFIX, lambda fh: _write_json(result, fh)))
+        return out
+
+    def _filing_trouble(self, key: str, problem: str | None) -> None:
+        if problem is None:
+            self.troubles.clear("filing", key)
+        else:
+            self.troubles.set("filing", key, problem)
+            self.metrics.io_retries.labels("filing").inc()
 
     async def _inspect_quietly(self, work: Work) -> None:
         """Hash and describe a file whose job already exists (resumed after a restart)."""
         columns = self._columns(work.obj)
         try:
-            found = await asyncio.to_thread(csvfile.inspect, work.claimed.path, columns)
+            found = await asyncio.to_thread(csvfile.inspect, work.claimed.ref, columns)
         except OSError:
             return
         work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
+
+
+def _write_json(result: dict[str, Any], fh: BinaryIO) -> None:
+    fh.write((json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def _csv_info(found: csvfile.Inspection | None, columns: csvfile.Columns) -> dict[str, Any] | None:

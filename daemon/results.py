@@ -23,6 +23,8 @@ class Outcome:
     errors: Sequence[Any] = field(default_factory=list)
     errors_total: int | None = None    # when more were found than are listed
     jobs: Sequence[Any] | None = None  # a file sent in parts: one entry per job
+    possible_duplicate: bool = False   # a part's job creation was retried after an
+                                       # attempt that may have reached the API
 
     @property
     def ok(self) -> bool:
@@ -31,8 +33,8 @@ class Outcome:
 
 def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None,
                  job_id: str | None, sha256: str | None, size: int | None, attempts: int,
-                 csv_info: dict[str, Any] | None,
-                 received_at: str, submitted_at: str | None, finished_at: str) -> dict[str, Any]:
+                 csv_info: dict[str, Any] | None, received_at: str, submitted_at: str | None,
+                 finished_at: str, possible_duplicate: bool = False) -> dict[str, Any]:
     records = None
     if outcome.records_total is not None or outcome.records_failed is not None:
         records = {"total": outcome.records_total, "failed": outcome.records_failed}
@@ -52,6 +54,9 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
         "bytes": size,
         "csv": csv_info,
         "attempts": attempts,
+        # True when a job creation was retried after a request that may have reached the
+        # API (its answer lost, a timeout, a 5xx): the API may hold a second job.
+        "possible_duplicate": possible_duplicate,
         "received_at": received_at,
         "submitted_at": submitted_at,
         "finished_at": finished_at,

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -33,7 +34,31 @@ class ApiError(Exception):
 
 
 class TransientError(ApiError):
-    """Connection error, timeout, 429 or 5xx: worth trying again."""
+    """Connection error, timeout, 429 or 5xx: worth trying again.
+
+    ``maybe_done``: the request may have reached the API and been acted on (a timeout, a
+    connection lost after connecting, a 5xx but 503): repeating a job creation after
+    such an error may create a second job. When the policy gives up it sets ``attempts``
+    and ``elapsed`` (seconds since the first attempt).
+    """
+
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None, maybe_done: bool = False) -> None:
+        super().__init__(message, status, retry_after)
+        self.maybe_done = maybe_done
+        self.attempts = 1
+        self.elapsed = 0.0
+
+    @property
+    def kind(self) -> str:
+        """For metrics: ``connection``, ``timeout``, ``429`` or ``5xx``."""
+        if self.status is None:
+            return "timeout" if "timed out" in self.message else "connection"
+        return "429" if self.status == 429 else "5xx"
+
+
+class Stopping(Exception):  # noqa: N818 - an outcome, like arq's Retry
+    """The daemon is stopping: no new attempt starts. What was done is in the ledger."""
 
 
 class AuthError(ApiError):
@@ -42,12 +67,6 @@ class AuthError(ApiError):
 
 class RejectedError(ApiError):
     """Any other 4xx: the API will not take this request as it is."""
-
-
-def _reason(exc: TransientError) -> str:
-    if exc.status is None:
-        return "connection"
-    return "429" if exc.status == 429 else "5xx"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -134,10 +153,18 @@ class RetryPolicy:
         self.on_retry: Callable[[str], None] = lambda reason: None
 
     async def call(self, what: str, op: Callable[[], Awaitable[T]],
-                   deadline_seconds: float | None = None, **log_context: Any) -> T:
-        """Run *op* until it succeeds, is rejected, or transient errors outlast the deadline."""
+                   deadline_seconds: float | None = None,
+                   around: Callable[[], AbstractAsyncContextManager[object]] | None = None,
+                   **log_context: Any) -> T:
+        """Run *op* until it succeeds, is rejected, or transient errors outlast the deadline.
+
+        Retries go on until the deadline has passed: the last wait is cut to it and one
+        last attempt made. Each attempt runs inside *around* (an upload slot, say), and
+        the waits between attempts outside it, so a backoff never holds what others need.
+        """
         limit = self.deadline_seconds if deadline_seconds is None else deadline_seconds
-        give_up_at = time.monotonic() + limit
+        started = time.monotonic()
+        give_up_at = started + limit
         attempt = 0
         probing = False  # we closed the gate: retry past it, and never leave it closed
         try:
@@ -145,21 +172,28 @@ class RetryPolicy:
                 if not probing:
                     await self.gate.wait_open()
                 try:
-                    result = await op()
+                    if around is None:
+                        result = await op()
+                    else:
+                        async with around():
+                            result = await op()
                 except AuthError as exc:
                     self.on_retry("auth")
                     probing = await self.gate.failed(exc)
                     continue
                 except TransientError as exc:
                     # Says nothing about the credentials: a prober stays the prober.
-                    left = give_up_at - time.monotonic()
-                    delay = backoff_delay(attempt, self.base, self.cap)
+                    attempt += 1
+                    now = time.monotonic()
+                    left = give_up_at - now
+                    if left <= 0:
+                        exc.attempts, exc.elapsed = attempt, now - started
+                        raise
+                    delay = backoff_delay(attempt - 1, self.base, self.cap)
                     if exc.retry_after is not None:
                         delay = max(delay, exc.retry_after)
-                    if delay > left:
-                        raise
-                    attempt += 1
-                    self.on_retry(_reason(exc))
+                    delay = min(delay, left)
+                    self.on_retry(exc.kind if exc.kind != "timeout" else "connection")
                     log.info("api.retry", request=what, error=exc.message, attempt=attempt,
                              retry_in=round(delay, 2), seconds_left=round(left), **log_context)
                     await asyncio.sleep(delay)

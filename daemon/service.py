@@ -15,20 +15,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
-
+from daemon import csvfile
 from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
+from daemon.filing import stale_temporaries
 from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import QUICK_EXAMINE_BYTES, Pipeline, Slot, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
-from daemon.spool import FileChanged, Spool, SpoolError
+from daemon.spool import FileChanged, Spool, SpoolError, keep_private
 from daemon.systemd import Notifier
 from daemon.tracker import Tracker
+from daemon.trouble import Troubles
 from daemon.watcher import Watcher
-from daemon.web import create_app
+from daemon.web import HttpServer, create_app, raise_descriptor_limit, serve_http
 
 log = get_logger()
 
@@ -55,10 +56,16 @@ class StartupError(Exception):
     """The daemon cannot start; the message names what to fix."""
 
 
+def _shown(path: Path) -> str:
+    """A path for a log line, bytes that are not UTF-8 shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         s = settings
+        csvfile.set_line_limit(s.spool.max_line_length)
         self.spool = Spool(s.spool.root, s.spool.node_id)
         self.ledger = Ledger(s.spool.state_dir / "bulkdrop.db")
         self.client = OpenConnectorsClient.from_settings(s.api)
@@ -75,16 +82,21 @@ class Daemon:
         self.intake = asyncio.Semaphore(min(2 * s.workers.uploads, s.workers.max_active_jobs))
         self.notifier = Notifier()
         self.metrics = Metrics()
+        self.troubles = Troubles()
         self.client.on_answer = self.metrics.api_answer
         self.policy.on_retry = self.metrics.retry
+        self.ledger.on_trouble = self._ledger_trouble
+        self.ledger.on_broken = self.fail
         self.pipeline = Pipeline(s, self.spool, self.ledger, self.client, self.policy,
-                                 self.tracker, self.upload_slots, self.metrics)
-        self.metrics.watch(lambda: len(self.pipeline.active_jobs), self.ledger.path)
+                                 self.tracker, self.upload_slots, self.metrics, self.troubles)
+        self.metrics.watch(lambda: len(self.pipeline.active_jobs), self.ledger.path,
+                           self.troubles)
         self.candidates: asyncio.Queue[Path] = asyncio.Queue(maxsize=max(64, s.workers.uploads))
         self.watcher = Watcher(self.spool, self.candidates, settle_seconds=s.spool.settle_seconds,
                                rescan_seconds=s.spool.rescan_seconds,
-                               force_polling=s.spool.force_polling)
+                               force_polling=s.spool.force_polling, troubles=self.troubles)
         self.watcher.on_scan = self.metrics.inbox_scanned
+        self.fatal: str | None = None  # why the daemon cannot go on, once it cannot
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()   # set once watching
         self.files: set[asyncio.Task[None]] = set()
@@ -95,6 +107,20 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+
+    def fail(self, reason: str) -> None:
+        """Something the daemon cannot go on without broke (a damaged ledger): stop, and
+        exit non-zero so that systemd or Docker restart it (recovery deals with it)."""
+        if self.fatal is None:
+            self.fatal = reason
+        self.stop_event.set()
+
+    def _ledger_trouble(self, problem: str | None) -> None:
+        if problem is None:
+            self.troubles.clear("ledger", "")
+        else:
+            self.troubles.set("ledger", "", problem)
+            self.metrics.io_retries.labels("ledger").inc()
 
     async def api_reachable(self, max_age: float) -> bool:
         """Ask the API (objects of the hub) at most every *max_age* seconds."""
@@ -110,23 +136,22 @@ class Daemon:
                 self.api_problem = exc.message
         return self.api_problem is None
 
-    async def _serve_http(self) -> web.AppRunner | None:
+    async def _serve_http(self) -> HttpServer | None:
         http = self.settings.http
         if not http.enabled:
             return None
-        runner = web.AppRunner(create_app(self), access_log=None)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, http.host, http.port).start()
+            return await serve_http(create_app(self), http.host, http.port,
+                                    self.metrics.http_refused)
         except OSError as exc:
-            await runner.cleanup()
             raise StartupError(f"cannot listen on {http.listen} ([http] listen): "
-                             f"{exc.strerror}") from exc
-        return runner
+                               f"{exc.strerror}") from exc
 
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
+        descriptors = raise_descriptor_limit()
         locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_objects)
+        await asyncio.to_thread(self._keep_state_private)
         for folder in locked:
             log.error("spool.unwritable_dir", path=str(folder),
                       note="files dropped here cannot be claimed: give the daemon's group "
@@ -151,7 +176,8 @@ class Daemon:
                                  "/callbacks/bulk can make the daemon poll")
             log.info("daemon.started", spool=str(self.spool.root), node=self.settings.spool.node_id,
                      api=self.settings.api.base_url, uploads=self.settings.workers.uploads,
-                     event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
+                     event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
+                     open_files_limit=descriptors)
             self.ready.set()
             self.notifier.ready(self.status_line())
             notifying = asyncio.create_task(self.notifier.run(self.stop_event, self.status_line),
@@ -163,6 +189,7 @@ class Daemon:
             await self._shutdown(watcher, claimer)
             for finished in done - {stopper}:
                 finished.result()  # a crashed watcher or claimer is an error worth raising
+                raise RuntimeError(f"the {finished.get_name()} stopped by itself")
         finally:
             if notifying is not None:
                 notifying.cancel()
@@ -188,23 +215,21 @@ class Daemon:
         known = {self.spool.from_stored(r.claimed_path) for r in rows}
         strays = [p for p in await asyncio.to_thread(self.spool.list_processing)
                   if p not in known]
+        keep = {r.claim_id for r in rows}
+        for tmp in await asyncio.to_thread(stale_temporaries, self.spool, keep):
+            await asyncio.to_thread(tmp.unlink, True)
         for row in rows:
             self._spawn(partial(self.pipeline.resume, row), row.rel_path)
         for path in strays:
-            claimed = self.spool.claimed_from_path(path)
+            claimed = await asyncio.to_thread(self.spool.claimed_from_path, path)
             if claimed is None:
                 log.warning("recovery.unknown_file", path=str(path))
                 continue
             await self.ledger.add_claim(claimed.claim_id, str(claimed.rel),
-                                        self.spool.to_stored(path), utcnow())
+                                        self.spool.to_stored(path), utcnow(), claimed.problem)
             self._spawn(partial(self.pipeline.process, Work(claimed, utcnow())),
                         str(claimed.rel))
-        if self.ledger.set_aside is not None:
-            log.error("ledger.rebuilt", unreadable=str(self.ledger.set_aside),
-                      reclaimed=len(strays), note="files in processing/ are uploaded again")
-        elif self.ledger.created and strays:
-            log.error("ledger.missing", path=str(self.ledger.path), reclaimed=len(strays),
-                      note="files in processing/ are uploaded again")
+        self._report_ledger(len(strays))
         if rows or strays:
             log.info("recovery.started", resumed=len(rows), reclaimed=len(strays),
                      following=sum(1 for r in rows if r.job_id))
@@ -214,6 +239,31 @@ class Daemon:
             # hostname) leaves its files behind until it runs again under its old name.
             log.warning("spool.other_nodes_busy", nodes=others, node=self.settings.spool.node_id,
                         note="files there are finished only by a daemon with that node_id")
+
+    def _report_ledger(self, reclaimed: int) -> None:
+        """Say so when the ledger was damaged, empty or missing: then the files found in
+        processing/ are claimed afresh, and those whose job had been created are sent
+        again."""
+        ledger = self.ledger
+        note = "files in processing/ are uploaded again" if reclaimed else None
+        if ledger.set_aside is not None:
+            log.error("ledger.rebuilt", unreadable=str(ledger.set_aside), path=str(ledger.path),
+                      reclaimed=reclaimed, note=note)
+        elif ledger.created and ledger.existed:
+            (log.error if reclaimed else log.warning)(
+                "ledger.empty", path=str(ledger.path), reclaimed=reclaimed,
+                note=note or "the ledger file held no ledger: a new one is started")
+        elif ledger.created and reclaimed:
+            log.error("ledger.missing", path=str(ledger.path), reclaimed=reclaimed, note=note)
+
+    def _keep_state_private(self) -> None:
+        """The default state_dir is below the spool, which droppers may write: keep the
+        folders from the spool down to the ledger theirs to read, ours to change."""
+        root, folder = self.spool.root, self.ledger.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        while root in folder.parents:
+            keep_private(folder)
+            folder = folder.parent
 
     async def _claim_loop(self) -> None:
         """Claim a settled file when an intake slot is free: at most twice
@@ -261,16 +311,23 @@ class Daemon:
     async def _claim(self, path: Path) -> Work | None:
         expect = self.watcher.signature(path)
         try:
-            return await self.pipeline.quick(self._claim_and_examine, path, expect)
+            work = await self.pipeline.quick(self._claim_and_examine, path, expect)
         except FileChanged:
             self.watcher.recheck(path)  # still being written: let it settle again
             return None
         except (OSError, SpoolError) as exc:
-            # Left in inbox/: the next scan offers it again.
-            log.error("file.claim_failed", file=str(path), error=str(exc))
+            # Left in inbox/: the next scan offers it again. Shown in /readyz until then.
+            problem = getattr(exc, "strerror", None) or str(exc)
+            if self.troubles.set("unclaimable", str(path), problem):
+                log.error("file.claim_failed", file=_shown(path), error=problem,
+                          note="left in inbox/ and tried again at each rescan; the daemon "
+                               "needs write access to its folder (droppers: umask 002)")
             return None
         finally:
             self.watcher.release(path)
+        if self.troubles.clear("unclaimable", str(path)):
+            log.info("file.claimable_again", file=_shown(path))
+        return work
 
     def _spawn(self, make: Callable[[Slot], Awaitable[None]], name: str,
                job_slot_when_needed: bool = False) -> None:
@@ -294,13 +351,18 @@ class Daemon:
         task.add_done_callback(self._file_done)
 
     def _file_done(self, task: asyncio.Task[None]) -> None:
+        # A bug, not the file's doing: it stays in processing/ and is resumed at the next
+        # start. (Trouble that passes is retried inside; input never raises.)
         self.files.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("file.crashed", file=task.get_name(), error=repr(exc), exc_info=exc)
 
     async def _shutdown(self, *intake: asyncio.Task[None]) -> None:
-        """Stop intake, let uploads in flight finish within the grace, cancel the rest."""
+        """Stop intake, let uploads in flight finish within the grace, cancel the rest,
+        but never an upload whose body has gone out: the API may be making its job, and
+        a cut one would be sent again at the next start. Those get their answer (each
+        within ``request_timeout_seconds``), the stop timeout extended meanwhile."""
         started = time.monotonic()
         self.pipeline.stopping = True
         grace = self.settings.workers.shutdown_grace_seconds
@@ -315,6 +377,13 @@ class Daemon:
         uploading = [t for t in self.files if not t.done()]
         if uploading:
             await asyncio.wait(uploading, timeout=grace)
+        answering = [t for t in self.files if not t.done() and t in self.pipeline.answering]
+        if answering:
+            wait = self.settings.api.request_timeout_seconds + 5
+            self.notifier.extend_timeout(wait + 15)
+            log.info("daemon.awaiting_answers", uploads=len(answering), at_most_seconds=wait,
+                     note="their bodies were sent: cutting them could create jobs twice")
+            await asyncio.wait(answering, timeout=wait)
         left = [t for t in self.files if not t.done()]
         for task in left:
             task.cancel()
@@ -332,6 +401,9 @@ class Daemon:
         return run_event_loop(self.serve_until_signalled())
 
     async def serve_until_signalled(self) -> int:
+        """Serve; 0 only when a signal asked us to stop. Anything else that ends the
+        daemon is one ``daemon.crashed`` line and exit code 1, so that a supervisor
+        (``Restart=on-failure``, Docker's restart policy) starts it again."""
         loop = asyncio.get_running_loop()
         hits = 0
 
@@ -347,5 +419,14 @@ class Daemon:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        await self.serve()
+        try:
+            await self.serve()
+        except (StartupError, SpoolError):
+            raise  # the command line says why it could not start
+        except Exception as exc:  # noqa: BLE001 - the one place every other failure ends
+            log.error("daemon.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            return 1
+        if self.fatal is not None or not hits:
+            log.error("daemon.crashed", error=self.fatal or "stopped without being asked to")
+            return 1
         return 0

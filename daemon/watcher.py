@@ -1,9 +1,16 @@
 """Finds complete files in inbox/: a start-up scan, watchfiles events, periodic rescans.
 
 Events only wake us; the scans make sure a missed or overflowed event delays a file
-and never loses it. A file is handed on once it has settled: its mtime is at least
-``settle_seconds`` old, or (clock skew, coarse mtimes) its size and mtime have not
-changed for that long while we watched.
+and never loses it, and when events fail altogether (a name that is not UTF-8 makes
+watchfiles raise) the watcher starts again and rescans meanwhile. A file is handed on
+once it has settled: its mtime is at least ``settle_seconds`` old, or (clock skew,
+coarse mtimes) its size and mtime have not changed for that long while we watched.
+What is not a regular file (a link, a FIFO, a folder named like a file) is handed on
+the same way, to be filed as rejected without ever being opened.
+
+Each rescan also surveys inbox/ as it is (how many wait, since when, which folders
+cannot be read) for the metrics and ``/readyz``, apart from the walk that hands files
+on, which waits whenever the claimer is full.
 """
 
 from __future__ import annotations
@@ -18,26 +25,30 @@ from pathlib import Path
 import watchfiles
 
 from daemon.logs import get_logger
-from daemon.spool import Spool, is_ignored_name
+from daemon.spool import Spool, has_accepted_suffix, is_ignored_name
+from daemon.trouble import Troubles
 
 log = get_logger()
+WATCH_RETRY_CAP = 30.0  # seconds between restarts of a failing event watcher, at most
 
 
 class Watcher:
     def __init__(self, spool: Spool, out: asyncio.Queue[Path], *, settle_seconds: float,
-                 rescan_seconds: float, force_polling: bool) -> None:
+                 rescan_seconds: float, force_polling: bool,
+                 troubles: Troubles | None = None) -> None:
         self.spool = spool
         self.out = out
         self.settle = settle_seconds
         self.rescan = rescan_seconds
         self.force_polling = force_polling
+        self.troubles = troubles or Troubles()
         self._handed: dict[Path, tuple[int, int]] = {}  # in `out` or being claimed
         self._pending: dict[Path, tuple[int, int, float]] = {}  # size, mtime_ns, since
-        self._scanning = asyncio.Lock()
+        self._offering: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()     # a folder appeared: scan now
         self._stop = asyncio.Event()
         self.scans = 0
-        # Told (files waiting, oldest mtime or None) after each full scan (in its thread).
+        # Told (files waiting, the oldest one's arrival time or None) after each survey.
         self.on_scan: Callable[[int, float | None], None] = lambda waiting, oldest: None
 
     def release(self, path: Path) -> None:
@@ -55,37 +66,65 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch(stop))
-            tg.create_task(self._settle_loop(stop))
-            tg.create_task(self._rescan_loop(stop))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch(stop))
+                tg.create_task(self._settle_loop(stop))
+                tg.create_task(self._rescan_loop(stop))
+        finally:
+            if self._offering is not None:
+                self._offering.cancel()
+                await asyncio.gather(self._offering, return_exceptions=True)
 
     async def scan(self) -> None:
-        """Offer every file in inbox/; the walk runs in a thread and waits when we are full."""
-        if self._scanning.locked():
-            return
-        async with self._scanning:
-            loop = asyncio.get_running_loop()
-            offered = await asyncio.to_thread(self._walk, loop)
-            self.scans += 1
-            log.debug("scan.done", offered=offered, pending=len(self._pending))
+        """Survey inbox/ (metrics, unreadable folders), and hand on what is settled: the
+        handing-on walk goes on in the background, waiting when the claimer is full."""
+        unreadable: dict[Path, OSError] = {}
+        waiting, oldest = await asyncio.to_thread(self._survey, unreadable)
+        self.on_scan(waiting, oldest)
+        self._note_unreadable(unreadable)
+        self.scans += 1
+        if self._offering is None or self._offering.done():
+            self._offering = asyncio.create_task(self._offer_walk(), name="offering")
+            self._offering.add_done_callback(_surface)
+
+    def _survey(self, unreadable: dict[Path, OSError]) -> tuple[int, float | None]:
+        waiting, oldest = 0, None
+        for _path, st in self.spool.iter_inbox(unreadable.__setitem__):
+            waiting += 1
+            # ctime: when it arrived (a rename sets it), not when an export was written.
+            oldest = st.st_ctime if oldest is None else min(oldest, st.st_ctime)
+        return waiting, oldest
+
+    def _note_unreadable(self, now: dict[Path, OSError]) -> None:
+        seen = {str(p) for p in now}
+        for key in self.troubles.keys("unreadable_dir"):
+            if key not in seen:
+                self.troubles.clear("unreadable_dir", key)
+                log.info("spool.readable_again", path=key)
+        for path, exc in now.items():
+            if self.troubles.set("unreadable_dir", str(path), exc.strerror or str(exc)):
+                log.error("spool.unreadable_dir", path=str(path), error=exc.strerror,
+                          note="skipped: files in it are not taken until the daemon's user "
+                               "can read it")
+        for key in self.troubles.keys("unclaimable"):
+            if not os.path.lexists(key):
+                self.troubles.clear("unclaimable", key)
+
+    async def _offer_walk(self) -> None:
+        loop = asyncio.get_running_loop()
+        offered = await asyncio.to_thread(self._walk, loop)
+        log.debug("scan.done", offered=offered, pending=len(self._pending))
 
     def _walk(self, loop: asyncio.AbstractEventLoop) -> int:
         offered = 0
-        oldest: float | None = None
-        for path in self.spool.iter_inbox():
+        for path, st in self.spool.iter_inbox():
             if self._stop.is_set():
                 break
             if path in self._handed:
                 continue
-            stat_at = time.time()
-            st = _stat(path)
-            if st is None:
-                continue
-            oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
-            asyncio.run_coroutine_threadsafe(self._offer(path, st, stat_at), loop).result()
+            asyncio.run_coroutine_threadsafe(self._offer(path, st, time.time()), loop).result()
             offered += 1
-        self.on_scan(offered, oldest)
         return offered
 
     async def _offer(self, path: Path, st: os.stat_result, stat_at: float) -> None:
@@ -130,12 +169,25 @@ class Watcher:
             await self.scan()
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        async for changes in watchfiles.awatch(
-                self.spool.inbox, stop_event=stop, watch_filter=None, debounce=100, step=50,
-                force_polling=self.force_polling or None, poll_delay_ms=200,
-                ignore_permission_denied=True):
-            await self._on_changes(path for change, path in changes
-                                   if change != watchfiles.Change.deleted)
+        """Events from watchfiles; when they fail (watchfiles raises on a name that is not
+        UTF-8, and on trouble of its own), rescan and watch again after a pause."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                async for changes in watchfiles.awatch(
+                        self.spool.inbox, stop_event=stop, watch_filter=None, debounce=100,
+                        step=50, force_polling=self.force_polling or None, poll_delay_ms=200,
+                        ignore_permission_denied=True):
+                    failures = 0
+                    await self._on_changes(path for change, path in changes
+                                           if change != watchfiles.Change.deleted)
+            except Exception as exc:  # noqa: BLE001 - events only wake us; scans are the truth
+                failures += 1
+                delay = min(WATCH_RETRY_CAP, 0.25 * 2 ** failures)
+                log.warning("watcher.error", error=_describe(exc), attempt=failures,
+                            retry_in=delay, note="rescanning; events are watched again soon")
+                self._kick.set()
+                await _wait(stop, delay)
 
     async def _on_changes(self, paths: Iterable[str]) -> None:
         wanted = []
@@ -145,8 +197,11 @@ class Watcher:
                 rel = path.relative_to(self.spool.inbox)
             except ValueError:
                 continue
-            if rel.parts and not any(is_ignored_name(part) for part in rel.parts):
-                wanted.append(path)
+            if not rel.parts or any(is_ignored_name(part) for part in rel.parts):
+                continue
+            if any(has_accepted_suffix(part) for part in rel.parts[:-1]):
+                continue  # inside a folder named like a file: that folder is taken whole
+            wanted.append(path)
         await self._offer_all(wanted, forget_missing=False)
 
     async def _offer_all(self, paths: list[Path], forget_missing: bool) -> None:
@@ -157,18 +212,30 @@ class Watcher:
             if st is None:
                 if forget_missing:
                     self._pending.pop(path, None)
-            elif stat.S_ISDIR(st.st_mode):
+            elif stat.S_ISDIR(st.st_mode) and not has_accepted_suffix(path.name):
                 self._kick.set()  # a folder moved in brings files no event will name
             else:
                 await self._offer(path, st, stat_at)
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for an error, looking inside exception groups (anyio's, in watchfiles)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _surface(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("watcher.scan_failed", error=repr(exc), exc_info=exc)
+
+
 def _stat(path: Path) -> os.stat_result | None:
     try:
-        st = os.stat(path, follow_symlinks=False)
+        return os.stat(path, follow_symlinks=False)
     except OSError:
         return None
-    return st if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else None
 
 
 def _stat_all(paths: list[Path]) -> list[os.stat_result | None]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon import csvfile
+from daemon.fileref import FileRef
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, result_of, wait_for
 
@@ -131,10 +132,10 @@ async def test_a_file_that_cannot_be_read_is_rejected_and_kept(
     # Root reads any file, so a refused read is the one OS edge provoked by hand here.
     real_inspect = csvfile.inspect
 
-    def refuse(path: Path, columns: csvfile.Columns | None = None) -> csvfile.Inspection:
-        if "locked" in path.name:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_inspect(path, columns)
+    def refuse(source: FileRef, columns: csvfile.Columns | None = None) -> csvfile.Inspection:
+        if "locked" in source.path.name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(source.path))
+        return real_inspect(source, columns)
 
     monkeypatch.setattr(csvfile, "inspect", refuse)
     await run_daemon(make_settings())

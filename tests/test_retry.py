@@ -54,10 +54,31 @@ async def test_transient_errors_give_up_at_the_deadline_with_the_last_error() ->
     assert time.monotonic() - started < 1.0
 
 
-async def test_retry_after_longer_than_the_deadline_gives_up_at_once() -> None:
-    op = scripted(TransientError("429", 429, retry_after=3600), "never reached")
-    with pytest.raises(TransientError):
-        await fast_policy(deadline=5).call("t", op)
+async def test_retry_after_longer_than_the_deadline_waits_until_it_for_a_last_attempt() -> None:
+    op = scripted(TransientError("429", 429, retry_after=3600), "ok")
+    started = time.monotonic()
+    assert await fast_policy(deadline=0.5).call("t", op) == "ok"
+    assert 0.45 <= time.monotonic() - started < 2.0
+
+
+async def test_the_deadline_means_the_deadline() -> None:
+    """The policy retries until the deadline has passed (the last wait cut to it, one
+    last attempt) and says how long it really tried, however the backoff falls."""
+    policy = RetryPolicy(1.0, base=0.4, cap=0.8)
+    attempts = 0
+
+    async def always() -> str:
+        nonlocal attempts
+        attempts += 1
+        raise TransientError("HTTP 503: busy", 503)
+
+    started = time.monotonic()
+    with pytest.raises(TransientError) as raised:
+        await policy.call("t", always)
+    took = time.monotonic() - started
+    assert 1.0 <= took < 2.0
+    assert raised.value.attempts == attempts >= 2
+    assert 1.0 <= raised.value.elapsed <= took
 
 
 async def test_rejection_is_final() -> None:
