@@ -78,7 +78,7 @@ def safe_name(name: str) -> tuple[str, str | None]:
             safe.append("".join(f"%{b:02X}" for b in raw[exc.start:exc.end]))
             raw = raw[exc.end:]
     shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(safe), (f"the name {shown!r} is not UTF-8 text, which the API and "
+    return "".join(safe), (f"the name \"{shown}\" is not UTF-8 text, which the API and "
                            "result files need: rename the file and drop it again")
 
 
@@ -135,17 +135,30 @@ class Spool:
         with the group and mode of ``inbox/`` (so droppers rarely make folders themselves,
         with a umask that would lock the daemon out). Returns the object folders it cannot
         write to (made by someone else), which a person must fix."""
-        for folder in (self.inbox, self.processing, self.done, self.failed):
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            root = os.stat(self.root)
+        except OSError as exc:
+            raise SpoolError(f"cannot create {self.root}: {exc.strerror}") from exc
+        for folder in (self.inbox, self.processing.parent, self.processing, self.done,
+                       self.failed):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir()
+            except FileExistsError:
+                pass
             except OSError as exc:
                 raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
+            else:  # the spool's group and mode, as the README has people make the root
+                _like(folder, root)
             if folder.is_symlink():
                 raise SpoolError(f"{folder} is a symbolic link: bulkdrop follows no links "
                                  "below the spool root; make it a folder (or link the root)")
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise SpoolError(f"cannot write to {folder}: permission denied")
         keep_private(self.processing)
+        return self._object_folders(objects)
+
+    def _object_folders(self, objects: Iterable[str]) -> list[Path]:
         inbox = os.stat(self.inbox)
         locked = []
         for name in objects:
@@ -395,12 +408,27 @@ def keep_private(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not ours to change (another user made it)
         mode = stat.S_IMODE(os.stat(folder).st_mode)
         if mode & 0o022:
-            os.chmod(folder, mode & ~0o022)
+            _chmod(folder, mode & ~0o022)
 
 
 def _like(folder: Path, model: os.stat_result) -> None:
-    """Give a folder we just made the group and mode of *model*, as far as we may."""
+    """Give a folder we just made the group and mode of *model*, as far as we may (made
+    in a setgid folder with the unit's umask, it has them already)."""
     with contextlib.suppress(OSError):  # not in that group: the group stays ours
         if os.stat(folder).st_gid != model.st_gid:
             os.chown(folder, -1, model.st_gid)
-    os.chmod(folder, stat.S_IMODE(model.st_mode))
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    want = stat.S_IMODE(model.st_mode) & 0o777
+    if mode & 0o777 != want:
+        _chmod(folder, (mode & ~0o777) | want)
+
+
+def _chmod(folder: Path, mode: int) -> None:
+    """chmod, keeping the setgid bit where allowed: systemd's ``RestrictSUIDSGID=``
+    refuses any mode with it, even one the folder has already (then it goes)."""
+    try:
+        os.chmod(folder, mode)
+    except PermissionError:
+        if not mode & (stat.S_ISUID | stat.S_ISGID):
+            raise
+        os.chmod(folder, mode & ~(stat.S_ISUID | stat.S_ISGID))

@@ -10,7 +10,8 @@
 #               of `git archive HEAD` (default: HEAD only, so nobody's uncommitted edits leak in)
 #   -r          rebuild the cached base image (debootstrap again)
 #   -k          keep the container at the end (`podman exec -it bulkdrop-systemd-check bash`
-#               with the CONTAINERS_* variables the script prints); remove it yourself
+#               with the CONTAINERS_* variables the script prints); the next run
+#               removes it, or remove it yourself with the command printed
 #   -n NETWORK  podman network: slirp4netns (default: its own loopback, so ports 8470/8471
 #               cannot clash with anything on the host, and internet for pip) or host
 #   -h          this help
@@ -262,7 +263,7 @@ pip_conf() {
 
 # ---------------------------------------------------------------- start systemd as PID 1
 podman rm -f -t 0 "$CNAME" > /dev/null 2>&1
-log "podman run --systemd=always --network=$NETWORK $BASE_TAG /sbin/init"
+log "podman run --systemd=always --network=$NETWORK --cap-add SYS_ADMIN $BASE_TAG sh -c 'mount --make-rshared / && exec /sbin/init'"
 # Two things systemd has on a host and not in a podman container:
 # - CAP_SYS_ADMIN, to set up the unit's sandbox (ProtectSystem=, PrivateTmp=, mount
 #   namespaces, the LoadCredential= mount); podman's default capability set lacks it, and

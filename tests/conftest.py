@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ from daemon.config import Settings, load_settings
 from daemon.service import Daemon
 from daemon.sim import SimConfig, SimServer, Simulator
 from tests.helpers import clean_env
+from tests.procs import DaemonProc
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -98,3 +104,50 @@ async def spawn() -> AsyncIterator[Callable[..., Any]]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@dataclass
+class Users:
+    """A daemon user and a dropper in a droppers' group, and a folder both can reach:
+    for tests of real permissions (the daemon runs as DAEMON_UID through
+    ``tests/unprivileged.py``; the test itself is root)."""
+    base: Path
+    daemon_uid: int = 64101
+    dropper_uid: int = 64102
+    droppers_gid: int = 64100
+
+    def spool(self, name: str = "spool") -> Path:
+        """A spool root as the README makes it: the daemon's, group droppers, 2775."""
+        root = self.base / name
+        root.mkdir()
+        os.chown(root, self.daemon_uid, self.droppers_gid)
+        os.chmod(root, 0o2775)
+        return root
+
+    def daemon(self, config: Path, log: Path, **kwargs: Any) -> DaemonProc:
+        """The daemon as the unit runs it: its own user, in droppers, ``UMask=0002``."""
+        return DaemonProc(config, log, uid=self.daemon_uid,
+                          gids=(self.daemon_uid, self.droppers_gid),
+                          preexec=lambda: os.umask(0o002) and None, **kwargs)
+
+    def as_dropper(self, script: str, umask: int = 0o002) -> None:
+        """Run a shell snippet as the dropper (member of droppers only)."""
+        subprocess.run(["/bin/sh", "-c", script], user=self.dropper_uid,
+                       group=self.droppers_gid, extra_groups=[], umask=umask, check=True,
+                       cwd=self.base, timeout=30)
+
+    def as_daemon_user(self, path: Path, mode: int) -> None:
+        os.chown(path, self.daemon_uid, self.daemon_uid)
+        os.chmod(path, mode)
+
+
+@pytest.fixture
+def users() -> Iterator[Users]:
+    if os.geteuid() != 0:
+        pytest.skip("switching to other users needs root")
+    base = Path(tempfile.mkdtemp(prefix="bulkdrop-users-"))
+    os.chmod(base, 0o755)  # below /tmp, reachable by the daemon user and the dropper
+    try:
+        yield Users(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -54,7 +54,7 @@ def drop(root: Path, rel: str, data: bytes | str) -> Path:
     """Drop a file the way careful tools do: write elsewhere, rename into inbox/."""
     target = root / "inbox" / rel
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name("." + target.name + ".tmp")
+    tmp = target.with_name(f".drop-{os.getpid()}-{time.monotonic_ns()}.tmp")  # any name fits
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     tmp.rename(target)
     return target

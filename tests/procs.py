@@ -8,7 +8,7 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,25 +37,45 @@ def write_config(path: Path, base_url: str, root: Path, node: str = "n1",
     return path
 
 
-class DaemonProc:
-    """``python -m daemon run --config ...`` with stderr (JSON logs) in a file."""
+UNPRIVILEGED = Path(__file__).with_name("unprivileged.py")
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+
+class DaemonProc:
+    """``python -m daemon run --config ...`` with stderr (JSON logs) in a file; as user
+    *uid* (groups *gids*) when given, through ``tests/unprivileged.py``."""
+
+    def __init__(self, config: Path, log_path: Path, uid: int | None = None,
+                 gids: tuple[int, ...] = (), preexec: Callable[[], None] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
+        self.uid, self.gids = uid, gids
+        self.preexec = preexec
+        self.extra_env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> DaemonProc:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULKDROP_")}
         env.update(SECRET_ENV)
+        env.update(self.extra_env)
+        command = [sys.executable, "-m", "daemon"]
+        if self.uid is not None:
+            gids = ",".join(str(g) for g in self.gids or (self.uid,))
+            command = [sys.executable, str(UNPRIVILEGED), str(self.uid), gids]
         log = self.log_path.open("ab")  # noqa: ASYNC230 - a local file, opened once
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "daemon", "run", "--config", str(self.config),
-                env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+                *command, "run", "--config", str(self.config),
+                env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=self.preexec)
         finally:
             log.close()
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     @property
     def running(self) -> bool:

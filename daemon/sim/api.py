@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 
 from aiohttp import web
 
-from daemon.sim.gate import error_response
+from daemon.sim.gate import DROPPED_STATUS, error_response
 from daemon.sim.state import Job, Simulator
 from daemon.sim.upload import UploadError, drain, read_upload
 
@@ -61,6 +62,18 @@ async def bulk_create(request: web.Request) -> web.Response:
         name=request.query.get("path"),
         callback_url=request.headers.get(CALLBACK_HEADER) or None,
     )
+    if sim.config.create_delay_seconds > 0:
+        await asyncio.sleep(sim.config.create_delay_seconds)
+    faults = sim.config.create_faults
+    if faults and faults[0] in ("lost", "504"):
+        # The job exists; the client never learns its id.
+        fault = faults.pop(0)
+        sim.faults[f"scripted {fault}"] += 1
+        if fault == "504":
+            return error_response(504, "Gateway Timeout (scripted: the job was created)")
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=DROPPED_STATUS)
     return web.json_response({"id": job.id, "status": "CREATED"})
 
 

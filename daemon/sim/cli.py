@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--retry-after-seconds", type=int, default=d.retry_after_seconds)
     add("--drop-rate", type=float, default=0.0, help="fraction of connections dropped")
     add("--seed", type=int, help="seed for the fault dice")
+    add("--create-faults", default="",
+        help="comma-separated faults for the next job creations, in order: 503, 429, drop "
+             "(no job), lost, 504 (the job is made, the answer lost or a gateway 504)")
+    add("--create-delay", type=float, default=0.0,
+        help="seconds a job creation waits, the job made, before it answers")
     add("--user-secret", help="accept only this User secret (default: any non-empty)")
     add("--element-token", help="accept only this Element token (default: any non-empty)")
     add("--signature-key", help="sign completion callbacks with this key")
@@ -56,6 +61,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         retry_after_seconds=args.retry_after_seconds,
         drop_rate=args.drop_rate,
         seed=args.seed,
+        create_faults=[f.strip() for f in args.create_faults.split(",") if f.strip()],
+        create_delay_seconds=args.create_delay,
         user_secret=args.user_secret,
         element_token=args.element_token,
         signature_key=args.signature_key,

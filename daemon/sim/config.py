@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 JobOutcome = Literal["ERROR", "ABORTED", "CANCELLED", "NEVER"]
+# Scripted faults for the next job creations, in order: "503" and "429" answer at once,
+# "drop" cuts the connection while the body arrives (no job either way); "lost" makes
+# the job and then cuts the connection, "504" makes the job and answers 504 (a gateway
+# that gave up): the client cannot know the job exists.
+CREATE_FAULTS = ("503", "429", "drop", "lost", "504")
 
 DEFAULT_OBJECTS = ("activities", "contact", "campaign", "list", "account")
 SECRET_FIELDS = frozenset({"user_secret", "element_token", "signature_key"})
 _RATE_FIELDS = frozenset({"error_rate", "rate_limit_rate", "retry_after_rate", "drop_rate"})
-_NON_NEGATIVE_FIELDS = frozenset({"job_seconds", "latency_seconds", "retry_after_seconds"})
+_NON_NEGATIVE_FIELDS = frozenset({"job_seconds", "latency_seconds", "retry_after_seconds",
+                                  "create_delay_seconds"})
 
 
 @dataclass
@@ -40,6 +46,10 @@ class SimConfig:
     retry_after_seconds: int = 1
     drop_rate: float = 0.0
     seed: int | None = None
+    # Deterministic faults for the next job creations (see CREATE_FAULTS).
+    create_faults: list[str] = field(default_factory=list)
+    # Seconds a job creation waits, once the job is made, before it answers.
+    create_delay_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -82,6 +92,8 @@ def check_field(name: str, value: Any) -> None:
         raise ValueError(f"field {name!r} must not be negative, got {value!r}")
     if name == "complete_word" and not value:
         raise ValueError("field 'complete_word' must not be empty")
+    if name == "create_faults" and not set(value) <= set(CREATE_FAULTS):
+        raise ValueError(f"field 'create_faults' takes only {', '.join(CREATE_FAULTS)}")
 
 
 def apply_patch(config: SimConfig, patch: Any) -> None:

@@ -40,6 +40,9 @@ async def inject_fault(request: web.Request, sim: Simulator) -> web.StreamRespon
     config = sim.config
     if config.latency_seconds > 0:
         await asyncio.sleep(config.latency_seconds)
+    if request.match_info.route.name == "bulk_create" and config.create_faults \
+            and config.create_faults[0] in ("503", "429", "drop"):
+        return await _scripted(request, sim, config.create_faults.pop(0))
     rng = sim.rng()
     if config.drop_rate > 0 and rng.random() < config.drop_rate:
         sim.faults["drop"] += 1
@@ -65,6 +68,21 @@ async def inject_fault(request: web.Request, sim: Simulator) -> web.StreamRespon
             headers=headers,
         )
     return None
+
+
+async def _scripted(request: web.Request, sim: Simulator, fault: str) -> web.StreamResponse:
+    """A fault from ``create_faults`` that comes before any job is made."""
+    sim.faults[f"scripted {fault}"] += 1
+    if fault == "drop":
+        await read_some(request, DROP_AFTER_BYTES)
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=DROPPED_STATUS)
+    await drain(request)
+    headers = {"Retry-After": str(sim.config.retry_after_seconds)}
+    if fault == "429":
+        return error_response(429, "Too many requests (scripted)", headers=headers)
+    return error_response(503, "Service unavailable (scripted)", headers=headers)
 
 
 def _retry_after(sim: Simulator, config: SimConfig) -> dict[str, str] | None:
