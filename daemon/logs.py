@@ -40,3 +40,11 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 def get_logger(**context: Any) -> Any:
     """A lazy logger: safe at import time, it takes the configuration in force when used."""
     return structlog.get_logger(**context)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming an error: the first of an exception group (asyncio's TaskGroup,
+    anyio's in watchfiles) rather than the group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

@@ -20,7 +20,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
 from daemon.filing import stale_temporaries
 from daemon.ledger import Ledger, LedgerError, utcnow
-from daemon.logs import get_logger
+from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import QUICK_EXAMINE_BYTES, Pipeline, Slot, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
@@ -424,7 +424,7 @@ class Daemon:
         except (StartupError, SpoolError):
             raise  # the command line says why it could not start
         except Exception as exc:  # noqa: BLE001 - the one place every other failure ends
-            log.error("daemon.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            log.error("daemon.crashed", error=describe_error(exc), exc_info=exc)
             return 1
         if self.fatal is not None or not hits:
             log.error("daemon.crashed", error=self.fatal or "stopped without being asked to")

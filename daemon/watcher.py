@@ -24,7 +24,7 @@ from pathlib import Path
 
 import watchfiles
 
-from daemon.logs import get_logger
+from daemon.logs import describe_error, get_logger
 from daemon.spool import Spool, has_accepted_suffix, is_ignored_name
 from daemon.trouble import Troubles
 
@@ -66,12 +66,18 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        # watchfiles sets the stop event it is given when it is cancelled: it gets one of
+        # its own, or a crash elsewhere in here would pass for a requested stop.
+        events_stop = asyncio.Event()
+        bridge = asyncio.ensure_future(stop.wait())
+        bridge.add_done_callback(lambda _: events_stop.set())
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watch(stop))
+                tg.create_task(self._watch(stop, events_stop))
                 tg.create_task(self._settle_loop(stop))
                 tg.create_task(self._rescan_loop(stop))
         finally:
+            bridge.cancel()
             if self._offering is not None:
                 self._offering.cancel()
                 await asyncio.gather(self._offering, return_exceptions=True)
@@ -168,14 +174,14 @@ class Watcher:
             self._kick.clear()
             await self.scan()
 
-    async def _watch(self, stop: asyncio.Event) -> None:
+    async def _watch(self, stop: asyncio.Event, events_stop: asyncio.Event) -> None:
         """Events from watchfiles; when they fail (watchfiles raises on a name that is not
         UTF-8, and on trouble of its own), rescan and watch again after a pause."""
         failures = 0
         while not stop.is_set():
             try:
                 async for changes in watchfiles.awatch(
-                        self.spool.inbox, stop_event=stop, watch_filter=None, debounce=100,
+                        self.spool.inbox, stop_event=events_stop, watch_filter=None, debounce=100,
                         step=50, force_polling=self.force_polling or None, poll_delay_ms=200,
                         ignore_permission_denied=True):
                     failures = 0
@@ -184,7 +190,7 @@ class Watcher:
             except Exception as exc:  # noqa: BLE001 - events only wake us; scans are the truth
                 failures += 1
                 delay = min(WATCH_RETRY_CAP, 0.25 * 2 ** failures)
-                log.warning("watcher.error", error=_describe(exc), attempt=failures,
+                log.warning("watcher.error", error=describe_error(exc), attempt=failures,
                             retry_in=delay, note="rescanning; events are watched again soon")
                 self._kick.set()
                 await _wait(stop, delay)
@@ -216,13 +222,6 @@ class Watcher:
                 self._kick.set()  # a folder moved in brings files no event will name
             else:
                 await self._offer(path, st, stat_at)
-
-
-def _describe(exc: BaseException) -> str:
-    """One line for an error, looking inside exception groups (anyio's, in watchfiles)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _surface(task: asyncio.Task[None]) -> None:

@@ -77,6 +77,13 @@ class DaemonProc:
         assert self.proc is not None
         return self.proc.pid
 
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def peak_rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as fh:
+            return int(next(line.split()[1] for line in fh if line.startswith("VmHWM:")))
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
