@@ -132,11 +132,16 @@ async def daemons() -> AsyncIterator[list[DaemonProc]]:
 
 def recorded_job_ids(db: Path) -> dict[str, list[str]]:
     """rel_path -> every job id the ledger recorded for it (in order)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return {}  # not made yet
     try:
         rows = conn.execute(
             "SELECT f.rel_path, e.detail FROM events e JOIN files f USING (claim_id)"
             " WHERE e.state = 'SUBMITTED' ORDER BY e.seq").fetchall()
+    except sqlite3.OperationalError:
+        return {}  # its tables not made yet: the daemon is starting
     finally:
         conn.close()
     out: dict[str, list[str]] = {}

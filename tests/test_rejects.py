@@ -3,15 +3,14 @@ names that tools use while writing are left alone."""
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import pytest
 
-from daemon import csvfile
-from daemon.fileref import FileRef
 from daemon.sim import SimServer
+from tests.conftest import Users
 from tests.helpers import contacts_csv, drop, result_of, wait_for
+from tests.procs import daemons, write_config
 
 
 async def _rejected(spool_root: Path, rel: str) -> dict:
@@ -125,26 +124,44 @@ async def test_problems_are_listed_with_lines_in_the_result(make_settings, run_d
     assert sim.sim.creates_attempted == 0
 
 
-@pytest.mark.parametrize("rows", [3, 40_000])  # read with its claim, or on its own
-async def test_a_file_that_cannot_be_read_is_rejected_and_kept(
-        make_settings, run_daemon, sim: SimServer, spool_root: Path,
-        monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
-    # Root reads any file, so a refused read is the one OS edge provoked by hand here.
-    real_inspect = csvfile.inspect
-
-    def refuse(source: FileRef, columns: csvfile.Columns | None = None) -> csvfile.Inspection:
-        if "locked" in source.path.name:
-            raise PermissionError(errno.EACCES, "Permission denied", str(source.path))
-        return real_inspect(source, columns)
-
-    monkeypatch.setattr(csvfile, "inspect", refuse)
+@pytest.mark.parametrize("bad", [150, 30_000])
+async def test_every_problem_is_in_the_errors_csv(make_settings, run_daemon, sim: SimServer,
+                                                  spool_root: Path, bad: int) -> None:
+    """The result lists the first 100; the errors CSV has them all, however many."""
     await run_daemon(make_settings())
+    rows = ["email,name"] + [f"u{i}@x,U{i}" if i % 2 else f"u{i}@x" for i in range(2 * bad)]
+    drop(spool_root, "contact/many.csv", "\n".join(rows) + "\n")
+    result = await _rejected(spool_root, "contact/many.csv")
+    assert len(result["errors"]) == 100 and result["errors_total"] == bad
+    lines = (spool_root / "failed/contact/many.csv.errors.csv").read_text().splitlines()
+    assert lines[0] == "line,message" and len(lines) == bad + 1
+    assert lines[1] == '2,"1 fields, the header has 2"'
+    assert lines[-1] == f'{2 * bad},"1 fields, the header has 2"'
+    assert sim.sim.creates_attempted == 0
+
+
+@pytest.mark.parametrize("rows", [3, 40_000])  # read with its claim, or on its own
+async def test_a_file_that_cannot_be_read_is_rejected_and_kept(sim: SimServer, users: Users,
+                                                               rows: int) -> None:
+    """A dropper's file of mode 0600: the daemon's user may move it, not read it."""
+    root = users.spool()
+    config = write_config(users.base / "c.toml", sim.base_url, root,
+                          spool={"default_object": "contact"})
     data = contacts_csv(rows).encode()
-    drop(spool_root, "contact/locked.csv", data)
-    drop(spool_root, "contact/open.csv", contacts_csv(2))
-    result = await _rejected(spool_root, "contact/locked.csv")
-    assert result["reason"].startswith("cannot read the file: Permission denied")
-    assert (spool_root / "failed" / "contact" / "locked.csv").read_bytes() == data
-    done = spool_root / "done" / "contact" / "open.csv.result.json"
-    await wait_for(done.exists, what="the readable file filed")
+    source = users.base / "people.csv"
+    source.write_bytes(data)
+    async with daemons() as started:
+        daemon = await users.daemon(config, users.base / "d.log").start()
+        started.append(daemon)
+        inbox = root / "inbox" / "contact"
+        await wait_for(inbox.is_dir, what="inbox/contact/ made at start")
+        users.as_dropper(f"cp {source} {inbox}/.l.tmp && chmod 600 {inbox}/.l.tmp && "
+                         f"mv {inbox}/.l.tmp {inbox}/locked.csv && cp {source} {inbox}/open.csv")
+        result = await _rejected(root, "contact/locked.csv")
+        assert result["reason"].startswith("cannot read the file: Permission denied")
+        kept = root / "failed" / "contact" / "locked.csv"
+        assert kept.read_bytes() == data and kept.stat().st_uid == users.dropper_uid
+        done = root / "done" / "contact" / "open.csv.result.json"
+        await wait_for(done.exists, what="the readable file filed")
+        assert daemon.seen("file.read_retry") == 0, "refused is the file's own doing"
     assert [job.filename for job in sim.sim.jobs.values()] == ["open.csv"]
