@@ -216,6 +216,7 @@ async def test_a_line_of_256_mib_is_rejected_in_flat_memory(sim: SimServer,
     result = result_of(rejected)
     assert result["status"] == "REJECTED"
     assert "line 2: a line longer than 1,048,576 characters" in result["reason"]
+    print(f"\npeak RSS with a 256 MiB line: {peak_kib // 1024} MiB")
     assert peak_kib < 110 * 1024, f"peak RSS {peak_kib // 1024} MiB"
     assert sim.sim.creates_attempted == 0
 
