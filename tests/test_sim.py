@@ -434,6 +434,46 @@ async def test_dropped_connection_makes_no_job(
     assert status == 200
 
 
+async def test_scripted_create_faults_come_in_order(
+    sim: Simulator, server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """503/429/drop make no job; lost/504 make the job and hide it; then all is well."""
+    sim.config.create_faults = ["503", "429", "drop", "lost", "504"]
+    sim.config.retry_after_seconds = 7
+    for code in (503, 429):
+        status, body, response = await upload(http, server)
+        assert status == code and response.headers["Retry-After"] == "7"
+    assert sim.jobs == {}
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await upload(http, server)
+    assert sim.jobs == {}
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await upload(http, server)
+    assert list(sim.jobs) == ["1001"], "the job was made, its answer lost"
+    status, body, _ = await upload(http, server)
+    assert status == 504 and list(sim.jobs) == ["1001", "1002"]
+    status, body, _ = await upload(http, server)
+    assert status == 200 and body["id"] == "1003" and sim.config.create_faults == []
+    assert {k: v for k, v in sim.faults.items() if k.startswith("scripted")} == {
+        f"scripted {f}": 1 for f in ("503", "429", "drop", "lost", "504")}
+
+
+async def test_create_delay_answers_after_the_job_is_made(
+    sim: Simulator, server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.create_delay_seconds = 0.5
+    started = time.monotonic()
+    answer = asyncio.create_task(upload(http, server))
+    await wait_for(lambda: _async(bool(sim.jobs)))
+    assert not answer.done(), "the job exists before the answer"
+    status, body, _ = await answer
+    assert status == 200 and time.monotonic() - started >= 0.5
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
 async def test_client_vanishing_mid_upload_makes_no_job(
     sim: Simulator, server: SimServer, http: aiohttp.ClientSession
 ) -> None:
@@ -489,6 +529,8 @@ async def test_control_state_and_patch(
         ({"bogus": 1}, "bogus"),
         ({"drop_rate": "x"}, "drop_rate"),
         ({"drop_rate": 2.0}, "drop_rate"),
+        ({"create_faults": ["boom"]}, "create_faults"),
+        ({"create_delay_seconds": -1}, "create_delay_seconds"),
         ([1], "object"),
     ):
         async with http.patch(f"{url}/config", json=patch) as resp:
