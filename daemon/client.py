@@ -34,14 +34,6 @@ def authorization(user: Secret, organization: Secret, element: Secret) -> str:
     return ", ".join(f"{name} {value}" for name, value in parts if value)
 
 
-async def _chunk_sent(_session: Any, context: Any, _params: Any) -> None:
-    """Trace hook: a request's body went to the connection (for a body sent in one write,
-    all of it)."""
-    sent = getattr(context, "trace_request_ctx", None)
-    if isinstance(sent, _BodySent):
-        sent.fire()
-
-
 class _BodySent:
     """Calls *on_sent* once, when the whole body has been handed to the connection."""
 
@@ -52,6 +44,22 @@ class _BodySent:
         if self._on_sent is not None:
             on_sent, self._on_sent = self._on_sent, None
             on_sent()
+
+
+class _SentBytes(BytesPayload):
+    """A body in memory that says when it has gone to the connection (in one write)."""
+
+    def __init__(self, value: bytes, sent: _BodySent, **kwargs: Any) -> None:
+        super().__init__(value, **kwargs)
+        self._sent = sent
+
+    async def write(self, writer: Any) -> None:
+        await super().write(writer)
+        self._sent.fire()
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        await super().write_with_length(writer, content_length)
+        self._sent.fire()
 
 
 class _Progress:
@@ -133,9 +141,7 @@ class OpenConnectorsClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            trace = aiohttp.TraceConfig()
-            trace.on_request_chunk_sent.append(_chunk_sent)
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trace_configs=[trace])
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
     async def close(self) -> None:
@@ -211,10 +217,9 @@ class OpenConnectorsClient:
         if progress is None:
             # A small file: the whole request leaves in one write (headers and body), and
             # is bounded like any other request.
-            headers["Content-Type"] = form.content_type
+            whole = _SentBytes(await form.as_bytes(), sent, content_type=form.content_type)
             data, _ = await self._request("create_job", "POST", path, params={"path": "/" + name},
-                                          data=await form.as_bytes(), headers=headers,
-                                          trace_request_ctx=sent)
+                                          data=whole, headers=headers)
             return _created(data)
         limit = self._timeout.total or 300.0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)

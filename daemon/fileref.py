@@ -82,7 +82,7 @@ class FileRef:
             if self.ident is not None and (st.st_dev, st.st_ino) != self.ident:
                 raise NotAFile(errno.ESTALE, "the file was replaced after it was claimed; "
                                "drop it again", path)
-            os.set_blocking(fd, True)
+            # O_NONBLOCK stays: it changes nothing for a regular file.
         except BaseException:
             os.close(fd)
             raise

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from daemon.retry import backoff_delay
-from daemon.spool import NAME_MAX, Claimed, Spool, open_dirs
+from daemon.spool import NAME_MAX, Claimed, Spool, lexists, open_dirs
 
 T = TypeVar("T")
 
@@ -93,6 +93,7 @@ class Filing:
         self.sidecars = sidecars
         self.tmps = {sc.suffix: spool.processing / f".{claimed.claim_id}{sc.suffix}.tmp"
                      for sc in sidecars}
+        self.prepared = False
 
     def natural(self) -> Path:
         """The file's own name under done/ or failed/ (fitted): where it goes unless that
@@ -110,7 +111,8 @@ class Filing:
             return
         for sc in self.sidecars:
             tmp = self.tmps[sc.suffix]
-            tmp.unlink(missing_ok=True)  # never rewritten in place: it may be linked already
+            if os.path.lexists(tmp):  # never rewritten in place: it may be linked already
+                tmp.unlink()
             fd = os.open(tmp, _NEW, 0o666)
             with open(fd, "wb") as fh:
                 if isinstance(sc.content, bytes):
@@ -119,6 +121,13 @@ class Filing:
                     sc.content(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+
+    def prepare_and_place(self, dest: Path, resumed: bool) -> bool:
+        """Both, in one trip to a thread (most files take their own name at once)."""
+        if not self.prepared:
+            self.prepare()
+            self.prepared = True
+        return self.place(dest, resumed)
 
     def choose(self) -> Path | None:
         """The first free name (a.csv, a-1.csv ...); None when the file is gone from
@@ -151,7 +160,7 @@ class Filing:
             if self.claimed_exists():
                 if not self._free(name, folder) or self._put_data(name, folder) == "taken":
                     return False
-            elif not (resumed and _lexists(name, folder)):
+            elif not (resumed and lexists(name, folder)):
                 return False  # removed by hand; else filed here by a run cut short
             published: list[str] = []
             for sc in self.sidecars:
@@ -178,11 +187,11 @@ class Filing:
 
     def _free(self, name: str, folder: int) -> bool:
         """Nothing at *name* or its sidecar names, but this file and what it publishes."""
-        if _lexists(name, folder) and not self._is_ours(name, folder):
+        if lexists(name, folder) and not self._is_ours(name, folder):
             return False
         for suffix in SIDECARS:
             there = name + suffix
-            if _lexists(there, folder):
+            if lexists(there, folder):
                 tmp = self.tmps.get(suffix)
                 if tmp is None or not tmp.exists() or not _same_content(there, folder, tmp):
                     return False
@@ -207,7 +216,7 @@ class Filing:
         except OSError as exc:
             if exc.errno not in _LINK_REFUSED:
                 raise  # ENOENT too: our folder or the file vanished meanwhile; try again
-        if _lexists(name, folder):
+        if lexists(name, folder):
             return "there" if self._is_ours(name, folder) else "taken"
         os.rename(src, name, dst_dir_fd=folder)
         return "new"
@@ -215,20 +224,12 @@ class Filing:
     def _take_back(self, name: str, folder: int) -> None:
         """Undo putting the file at *name*: drop the extra link, or move it back."""
         if not self._is_ours(name, folder) and (
-                self.claimed_exists() or not _lexists(name, folder)):
+                self.claimed_exists() or not lexists(name, folder)):
             return  # not ours; else moved there (no links) by us: the ledger says so
         if self.claimed_exists():
             os.unlink(name, dir_fd=folder)
         else:
             os.rename(name, self.claimed.path, src_dir_fd=folder)
-
-
-def _lexists(name: str, folder: int) -> bool:
-    try:
-        os.stat(name, dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _publish(tmp: Path, name: str, folder: int) -> str:
@@ -242,7 +243,7 @@ def _publish(tmp: Path, name: str, folder: int) -> str:
     except OSError as exc:
         if exc.errno not in _LINK_REFUSED:
             raise
-    if _lexists(name, folder):
+    if lexists(name, folder):
         return "same" if _same_content(name, folder, tmp) else "taken"
     os.rename(tmp, name, dst_dir_fd=folder)
     return "new"
@@ -318,8 +319,7 @@ class Filer:
     async def _once(self, filing: Filing, dest: Path | None, resumed: bool) -> Path | None:
         if dest is None:
             dest = filing.natural()
-        await self.quick(filing.prepare)
-        while not await self.quick(filing.place, dest, resumed):
+        while not await self.quick(filing.prepare_and_place, dest, resumed):
             if not await self.quick(filing.claimed_exists):
                 return None  # removed by hand (a resumed filing found it done instead)
             chosen = await self.quick(filing.choose)

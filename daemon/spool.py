@@ -245,7 +245,7 @@ class Spool:
                 if _rename(name, target, src, dst):
                     return self._identify(claim_id, safe, target, dst, problem, src, name,
                                           expect)
-                if not _lexists(name, src):
+                if not lexists(name, src):
                     return None  # another node claimed it
             finally:
                 os.close(dst)
@@ -354,10 +354,14 @@ def open_dirs(base: Path, parts: Iterable[str], create: bool = False,
     fd = os.open(base, _DIR_FLAGS)
     try:
         for part in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
+            try:
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):  # made by another meanwhile
                     os.mkdir(part, mode, dir_fd=fd)
-            inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = inner
     except BaseException:
@@ -366,12 +370,9 @@ def open_dirs(base: Path, parts: Iterable[str], create: bool = False,
     return fd
 
 
-def _lexists(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
+def lexists(name: str, dir_fd: int) -> bool:
+    """Is there anything (a link too) called *name* in the folder *dir_fd*?"""
+    return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _rename(name: str, target: str, src: int, dst: int) -> bool:
@@ -381,7 +382,7 @@ def _rename(name: str, target: str, src: int, dst: int) -> bool:
         os.rename(name, target, src_dir_fd=src, dst_dir_fd=dst)
     except FileNotFoundError:
         # (An NFS rename that was retransmitted reports ENOENT although it was done.)
-        return _lexists(target, dst)
+        return lexists(target, dst)
     return True
 
 
@@ -391,7 +392,7 @@ def _give_back(name: str, dst: int, old: str, src: int) -> bool:
     try:
         os.link(name, old, src_dir_fd=dst, dst_dir_fd=src, follow_symlinks=False)
     except OSError:
-        if _lexists(old, src):
+        if lexists(old, src):
             return False
         try:
             os.rename(name, old, src_dir_fd=dst, dst_dir_fd=src)

@@ -25,6 +25,9 @@ from tests.procs import DaemonProc
 @pytest.fixture(autouse=True, scope="session")
 def quiet_logs() -> None:
     """In-process daemons and the simulator log warnings only; subprocesses keep info."""
+    if os.environ.get("BULKDROP_TEST_LOG"):  # a test's daemon in full, to see why it failed
+        logs.configure("json", "debug", open(os.environ["BULKDROP_TEST_LOG"], "a"))  # noqa: SIM115
+        return
     logs.configure("console", "warning")
 
 

@@ -24,8 +24,24 @@ async def wait_for(condition: Callable[[], Any], timeout: float = 20.0,
         if value:
             return value
         if time.monotonic() > deadline:
+            if os.environ.get("BULKDROP_TEST_TASKS"):  # where every task of this loop waits
+                for task in asyncio.all_tasks():
+                    print(f"--- {task.get_name()}:", *_awaiting(task), sep="\n  ")
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The chain of awaits a suspended task is in, outermost first."""
+    chain, coro = [], task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) \
+            or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) \
+            or getattr(coro, "ag_await", None)
+    return chain
 
 
 def result_of(path: Path) -> dict[str, Any]:
