@@ -56,7 +56,8 @@ class FileRef:
     """A file to read: its path, and (once known) the identity it must still have.
 
     ``follow`` is for files a person names on the command line (``bulkdrop validate``):
-    there a link is what they asked for.
+    there a link is what they asked for (but still only a regular file is read: a FIFO
+    named by mistake must not hang the command).
     """
     path: Path
     ident: tuple[int, int] | None = None   # (st_dev, st_ino) when claimed
@@ -64,10 +65,8 @@ class FileRef:
 
     def opener(self, path: str, flags: int) -> int:
         """For ``open(..., opener=)``: the descriptor, checked, or :class:`NotAFile`."""
-        if self.follow:
-            return os.open(path, flags | os.O_CLOEXEC)
         try:
-            fd = os.open(path, flags | _FLAGS)
+            fd = os.open(path, flags | (_FLAGS & ~os.O_NOFOLLOW if self.follow else _FLAGS))
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise NotAFile(errno.ELOOP, _KINDS[stat.S_IFLNK], path) from None

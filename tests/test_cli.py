@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -171,6 +172,14 @@ async def test_validate_reports_and_exits_0_or_3(spawn, tmp_path: Path) -> None:
                                              "--config", str(config)))
     assert code == 3
     assert "line 1: required column 'phone' is missing" in out and "result: rejected" in out
+
+
+async def test_validate_refuses_what_is_not_a_file_without_hanging(spawn,
+                                                                   tmp_path: Path) -> None:
+    fifo = tmp_path / "export.csv"
+    os.mkfifo(fifo)  # named by mistake: opening it for reading would wait for a writer
+    code, _, err = await finish(await spawn("validate", str(fifo)))
+    assert code == 1 and "a named pipe (FIFO)" in err
 
 
 async def test_validate_warns_about_columns_the_object_lacks(spawn, sim: SimServer,
