@@ -142,14 +142,7 @@ class Spool:
             raise SpoolError(f"cannot create {self.root}: {exc.strerror}") from exc
         for folder in (self.inbox, self.processing.parent, self.processing, self.done,
                        self.failed):
-            try:
-                folder.mkdir()
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
-            else:  # the spool's group and mode, as the README has people make the root
-                _like(folder, root)
+            _make_like(folder, root)  # the spool's group and mode, as people made the root
             if folder.is_symlink():
                 raise SpoolError(f"{folder} is a symbolic link: bulkdrop follows no links "
                                  "below the spool root; make it a folder (or link the root)")
@@ -163,14 +156,7 @@ class Spool:
         locked = []
         for name in objects:
             folder = self.inbox / name
-            try:
-                folder.mkdir()
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
-            else:
-                _like(folder, inbox)
+            _make_like(folder, inbox)
             if not os.access(folder, os.W_OK | os.X_OK):
                 locked.append(folder)
         return locked
@@ -410,6 +396,17 @@ def keep_private(folder: Path) -> None:
         mode = stat.S_IMODE(os.stat(folder).st_mode)
         if mode & 0o022:
             _chmod(folder, mode & ~0o022)
+
+
+def _make_like(folder: Path, model: os.stat_result) -> None:
+    """Make *folder* unless it is there, then give it the group and mode of *model*."""
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
+    _like(folder, model)
 
 
 def _like(folder: Path, model: os.stat_result) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon.spool import Claimed, Spool
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -107,3 +109,19 @@ async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def new_spool(tmp_path: Path, node: str = "n1") -> Spool:
+    spool = Spool(tmp_path / "spool", node)
+    spool.ensure_layout()
+    return spool
+
+
+def claimed_file(spool: Spool, rel: str, data: bytes = b"a,b\n1,2\n") -> Claimed:
+    """A file dropped under *rel* and claimed into processing/."""
+    path = spool.inbox / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    claimed = spool.claim(path)
+    assert claimed is not None
+    return claimed

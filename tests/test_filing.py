@@ -20,21 +20,7 @@ from daemon.filing import (
     fit,
 )
 from daemon.spool import Claimed, Spool
-
-
-def _spool(tmp_path: Path, node: str = "n1") -> Spool:
-    spool = Spool(tmp_path / "spool", node)
-    spool.ensure_layout()
-    return spool
-
-
-def _claimed_file(spool: Spool, rel: str, data: bytes = b"a,b\n1,2\n") -> Claimed:
-    path = spool.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    claimed = spool.claim(path)
-    assert claimed is not None
-    return claimed
+from tests.helpers import claimed_file, new_spool
 
 
 def _filing(spool: Spool, claimed: Claimed, ok: bool, result: dict[str, object],
@@ -56,10 +42,10 @@ def _file(filing: Filing, resumed: bool = False) -> Path:
 
 
 def test_filing_never_overwrites_and_the_result_follows_the_name(tmp_path: Path) -> None:
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     dests = []
     for i in range(3):
-        claimed = _claimed_file(spool, "contact/a.csv", f"a\n{i}\n".encode())
+        claimed = claimed_file(spool, "contact/a.csv", f"a\n{i}\n".encode())
         dests.append(_file(_filing(spool, claimed, True, {"n": i})).name)
     assert dests == ["a.csv", "a-1.csv", "a-2.csv"]
     folder = spool.done / "contact"
@@ -70,8 +56,8 @@ def test_filing_never_overwrites_and_the_result_follows_the_name(tmp_path: Path)
 
 
 def test_filing_repeated_after_a_crash_files_the_file_once(tmp_path: Path) -> None:
-    spool = _spool(tmp_path)
-    claimed = _claimed_file(spool, "contact/b.csv")
+    spool = new_spool(tmp_path)
+    claimed = claimed_file(spool, "contact/b.csv")
     filing = _filing(spool, claimed, False, {"status": "FAILED"}, b"x\r\n")
     filing.prepare()
     dest = filing.natural()
@@ -93,11 +79,11 @@ def test_a_name_is_free_only_when_the_file_and_every_sidecar_name_are(
         tmp_path: Path, taken: str) -> None:
     """A user's own file named like a sidecar (e.csv.errors.csv) is never overwritten by
     the errors CSV of another file, nor does it end up looking like that file's."""
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     folder = spool.done / "contact"
     folder.mkdir(parents=True)
     (folder / taken).write_text("someone else's")
-    claimed = _claimed_file(spool, "contact/e.csv", b"mine\n")
+    claimed = claimed_file(spool, "contact/e.csv", b"mine\n")
     dest = _file(_filing(spool, claimed, True, {"n": 1}, b"line,message\r\n"))
     assert dest.name == "e-1.csv"
     assert (folder / taken).read_text() == "someone else's"
@@ -108,8 +94,8 @@ def test_a_name_is_free_only_when_the_file_and_every_sidecar_name_are(
 def test_a_sidecar_name_taken_at_the_last_moment_is_not_overwritten(tmp_path: Path) -> None:
     """Taken between the check and the link: the link fails, what was put there is taken
     back, and the file goes under the next free name."""
-    spool = _spool(tmp_path)
-    claimed = _claimed_file(spool, "contact/f.csv", b"mine\n")
+    spool = new_spool(tmp_path)
+    claimed = claimed_file(spool, "contact/f.csv", b"mine\n")
     filing = _filing(spool, claimed, True, {"n": 1}, b"errors\r\n")
     filing.prepare()
     dest = filing.natural()
@@ -134,11 +120,11 @@ def test_a_sidecar_name_taken_at_the_last_moment_is_not_overwritten(tmp_path: Pa
 
 
 def test_a_file_gone_from_processing_is_only_taken_as_filed_when_resumed(tmp_path: Path) -> None:
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     other = spool.done / "contact" / "g.csv"
     other.parent.mkdir(parents=True)
     other.write_text("someone else's")
-    claimed = _claimed_file(spool, "contact/g.csv")
+    claimed = claimed_file(spool, "contact/g.csv")
     filing = _filing(spool, claimed, True, {"n": 1})
     filing.prepare()
     claimed.path.unlink()  # removed by hand while its job ran
@@ -156,11 +142,11 @@ def test_without_hard_links_filing_renames_and_is_repeatable(tmp_path: Path,
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     taken = spool.done / "contact" / "c.csv"
     taken.parent.mkdir(parents=True)
     taken.write_text("someone else's")
-    claimed = _claimed_file(spool, "contact/c.csv", b"mine\n")
+    claimed = claimed_file(spool, "contact/c.csv", b"mine\n")
     monkeypatch.setattr(os, "link", refuse)
     filing = _filing(spool, claimed, True, {"n": 1}, b"e\r\n")
     dest = _file(filing)
@@ -174,13 +160,13 @@ def test_without_hard_links_filing_renames_and_is_repeatable(tmp_path: Path,
 @pytest.mark.parametrize("length", [200, 238, 239, 242, 243, 250, 255])
 def test_names_up_to_255_bytes_are_filed_with_every_sidecar(tmp_path: Path,
                                                            length: int) -> None:
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     name = "é" * ((length - 4) // 2) + "x" * ((length - 4) % 2) + ".csv"
     assert len(name.encode()) == length
-    claimed = _claimed_file(spool, f"contact/{name}")
+    claimed = claimed_file(spool, f"contact/{name}")
     assert claimed.rel.name == name
     dests = [_file(_filing(spool, claimed, False, {"file": name}, b"e\r\n"))]
-    again = _claimed_file(spool, f"contact/{name}")
+    again = claimed_file(spool, f"contact/{name}")
     dests.append(_file(_filing(spool, again, False, {"file": name}, b"e\r\n")))
     for dest in dests:
         assert len(dest.name.encode()) <= FILED_NAME_MAX and dest.name.endswith(".csv")
@@ -196,9 +182,9 @@ def test_a_long_name_recorded_by_an_older_release_is_filed_under_a_fitting_one(
         tmp_path: Path) -> None:
     """Such a filing was linked under the full name and then failed on its result's
     temporary name: the restart takes that link back and files it where it fits."""
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     name = "z" * 247 + ".csv"
-    claimed = _claimed_file(spool, f"contact/{name}")
+    claimed = claimed_file(spool, f"contact/{name}")
     old = spool.failed / "contact" / name
     old.parent.mkdir(parents=True)
     os.link(claimed.path, old)

@@ -9,26 +9,12 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from daemon.spool import Claimed, FileChanged, Spool, is_ignored_name
-
-
-def _spool(tmp_path: Path, node: str = "n1") -> Spool:
-    spool = Spool(tmp_path / "spool", node)
-    spool.ensure_layout()
-    return spool
-
-
-def _claimed_file(spool: Spool, rel: str, data: bytes = b"a,b\n1,2\n") -> Claimed:
-    path = spool.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    claimed = spool.claim(path)
-    assert claimed is not None
-    return claimed
+from tests.helpers import claimed_file, new_spool
 
 
 def test_claim_moves_into_processing_and_keeps_the_relative_path(tmp_path: Path) -> None:
-    spool = _spool(tmp_path)
-    claimed = _claimed_file(spool, "contact/sub/a.csv")
+    spool = new_spool(tmp_path)
+    claimed = claimed_file(spool, "contact/sub/a.csv")
     assert claimed.rel == PurePosixPath("contact/sub/a.csv")
     assert claimed.path.parent == spool.processing / "contact" / "sub"
     assert claimed.path.exists() and not (spool.inbox / "contact/sub/a.csv").exists()
@@ -37,7 +23,7 @@ def test_claim_moves_into_processing_and_keeps_the_relative_path(tmp_path: Path)
 
 
 def test_only_one_of_many_claimers_wins(tmp_path: Path) -> None:
-    spools = [_spool(tmp_path, f"n{i}") for i in range(8)]
+    spools = [new_spool(tmp_path, f"n{i}") for i in range(8)]
     target = spools[0].inbox / "contact" / "race.csv"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"a\n1\n")
@@ -57,7 +43,7 @@ def test_only_one_of_many_claimers_wins(tmp_path: Path) -> None:
 
 
 def test_a_file_changed_after_settling_is_not_claimed(tmp_path: Path) -> None:
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     path = spool.inbox / "contact" / "growing.csv"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"a\n1\n")
@@ -70,9 +56,9 @@ def test_a_file_changed_after_settling_is_not_claimed(tmp_path: Path) -> None:
 
 
 def test_a_very_long_name_is_claimed_under_a_shortened_name(tmp_path: Path) -> None:
-    spool = _spool(tmp_path)
+    spool = new_spool(tmp_path)
     name = "x" * 250 + ".csv"
-    claimed = _claimed_file(spool, f"contact/{name}")
+    claimed = claimed_file(spool, f"contact/{name}")
     assert claimed.rel.name == name
     assert len(claimed.path.name.encode()) <= 255 and claimed.path.name.endswith(".csv")
 
