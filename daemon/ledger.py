@@ -225,7 +225,9 @@ class Ledger:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keep_private(self.path.parent)  # under the spool by default: droppers' ground
+        # Under the spool by default, droppers' ground: our own folder at least is ours.
+        # (The ledger never points the daemon outside processing/, whoever wrote it.)
+        keep_private(self.path.parent)
         self.existed = self.path.exists()
         try:
             self._conn = self._connect()

@@ -24,7 +24,7 @@ from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import QUICK_EXAMINE_BYTES, Pipeline, Slot, Work
 from daemon.retry import ApiError, AuthError, RetryPolicy
-from daemon.spool import FileChanged, Spool, SpoolError, keep_private
+from daemon.spool import FileChanged, Spool, SpoolError
 from daemon.systemd import Notifier
 from daemon.tracker import Tracker
 from daemon.trouble import Troubles
@@ -151,7 +151,6 @@ class Daemon:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
         descriptors = raise_descriptor_limit()
         locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_objects)
-        await asyncio.to_thread(self._keep_state_private)
         for folder in locked:
             log.error("spool.unwritable_dir", path=str(folder),
                       note="files dropped here cannot be claimed: give the daemon's group "
@@ -255,15 +254,6 @@ class Daemon:
                 note=note or "the ledger file held no ledger: a new one is started")
         elif ledger.created and reclaimed:
             log.error("ledger.missing", path=str(ledger.path), reclaimed=reclaimed, note=note)
-
-    def _keep_state_private(self) -> None:
-        """The default state_dir is below the spool, which droppers may write: keep the
-        folders from the spool down to the ledger theirs to read, ours to change."""
-        root, folder = self.spool.root, self.ledger.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        while root in folder.parents:
-            keep_private(folder)
-            folder = folder.parent
 
     async def _claim_loop(self) -> None:
         """Claim a settled file when an intake slot is free: at most twice
