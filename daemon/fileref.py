@@ -44,11 +44,23 @@ def kind_problem(mode: int) -> str | None:
 
 
 def links_problem(st: os.stat_result) -> str | None:
-    """A file with other names elsewhere may be one the dropper could not read itself."""
-    if st.st_nlink > 1:
-        return (f"a file with {st.st_nlink} hard links: bulkdrop takes only files with a "
-                "single name; copy the file into inbox/ instead of linking it")
+    """A file with other names elsewhere may be one the dropper could not read itself
+    (where the kernel lets anyone link any file: see :func:`hard_links_protected`)."""
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return (f"a file with {st.st_nlink} hard links, on a system that lets anyone link "
+                "files they cannot read: copy the file into inbox/ instead of linking it")
     return None
+
+
+def hard_links_protected(setting: str = "/proc/sys/fs/protected_hardlinks") -> bool:
+    """Linux's ``fs.protected_hardlinks = 1`` (every major distribution's default): a
+    user may hard-link only files they own or may read and write. Then a file linked
+    into inbox/ is one the dropper could read anyway, and is taken like any other."""
+    try:
+        with open(setting) as fh:
+            return fh.read().strip() == "1"
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

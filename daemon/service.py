@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from daemon import csvfile
 from daemon.client import OpenConnectorsClient
 from daemon.config import Settings
+from daemon.fileref import hard_links_protected
 from daemon.filing import stale_temporaries
 from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import describe_error, get_logger
@@ -150,6 +151,12 @@ class Daemon:
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
         descriptors = raise_descriptor_limit()
+        if not await asyncio.to_thread(hard_links_protected):
+            self.spool.refuse_hard_links = True
+            log.warning("spool.hard_links_unprotected",
+                        note="fs.protected_hardlinks is off: anyone may link a file they "
+                             "cannot read into inbox/, so files with other links are "
+                             "rejected; set fs.protected_hardlinks = 1 to take them")
         locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_objects)
         for folder in locked:
             log.error("spool.unwritable_dir", path=str(folder),

@@ -129,6 +129,8 @@ class Spool:
         self.processing = root / "processing" / node_id
         self.done = root / "done"
         self.failed = root / "failed"
+        # Without fs.protected_hardlinks, a file with other links is refused at its claim.
+        self.refuse_hard_links = False
 
     def ensure_layout(self, objects: Iterable[str] = ()) -> list[Path]:
         """Make the folders the daemon needs, and ``inbox/<object>/`` for each of *objects*
@@ -251,7 +253,7 @@ class Spool:
             # and later opened (with the same care) only if it is a regular file.
             st = os.stat(name, dir_fd=dst, follow_symlinks=False)
             return Claimed(claim_id, rel, path, None,
-                           problem or kind_problem(st.st_mode) or links_problem(st))
+                           problem or kind_problem(st.st_mode) or self._links(st))
         try:
             st = os.fstat(fd)
         finally:
@@ -261,7 +263,10 @@ class Spool:
         if expect is not None and _signature(st) != expect and _give_back(name, dst, old, src):
             raise FileChanged(old)  # it changed between the check and the rename
         return Claimed(claim_id, rel, path, (st.st_dev, st.st_ino),
-                       problem or links_problem(st))
+                       problem or self._links(st))
+
+    def _links(self, st: os.stat_result) -> str | None:
+        return links_problem(st) if self.refuse_hard_links else None
 
     def to_stored(self, path: Path) -> str:
         """A path below the spool root as kept in the ledger (the root may move)."""
@@ -296,7 +301,7 @@ class Spool:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        problem = kind_problem(st.st_mode) or links_problem(st)
+        problem = kind_problem(st.st_mode) or self._links(st)
         ident = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
         return Claimed(claim_id, rel_dir / name, path, ident, problem)
 

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from daemon.fileref import hard_links_protected
 from daemon.spool import Claimed, FileChanged, Spool, is_ignored_name
 from tests.helpers import claimed_file, new_spool
 
@@ -83,3 +84,26 @@ def test_unwritable_spool_is_a_clear_error(tmp_path: Path) -> None:
     locked.mkdir(mode=0o500)
     with pytest.raises(SpoolError, match="locked"):
         Spool(locked / "spool", "n").ensure_layout()
+
+
+def test_a_hard_linked_file_is_refused_only_where_anyone_may_link_any_file(
+        tmp_path: Path) -> None:
+    setting = tmp_path / "protected_hardlinks"
+    setting.write_text("1\n")
+    assert hard_links_protected(str(setting))
+    setting.write_text("0\n")
+    assert not hard_links_protected(str(setting))
+    assert not hard_links_protected(str(tmp_path / "missing"))
+
+    spool = new_spool(tmp_path)
+    original = tmp_path / "elsewhere.csv"
+    for refuse in (False, True):
+        original.write_bytes(b"a,b\n1,2\n")
+        dropped = spool.inbox / "contact" / f"linked-{refuse}.csv"
+        dropped.parent.mkdir(parents=True, exist_ok=True)
+        os.link(original, dropped)
+        spool.refuse_hard_links = refuse
+        claimed = spool.claim(dropped)
+        assert claimed is not None
+        assert (claimed.problem is not None and "2 hard links" in claimed.problem) is refuse
+        original.unlink()
