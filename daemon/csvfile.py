@@ -225,9 +225,17 @@ class _Scan:
             yield line
 
 
-def _bom_encoding(head: bytes) -> str | None:
+def _bom_encoding(head: bytes, whole: bool) -> str | None:
+    """The encoding a byte order mark at the start declares, if the bytes bear it out: a
+    Windows-1252 file may begin with "þÿ" (FE FF), which is no UTF-16 file of odd length
+    or with a half character in it."""
     for bom, name in BOMS:
         if head.startswith(bom):
+            if name.startswith("utf-16"):
+                try:
+                    codecs.getincrementaldecoder(name)().decode(head, final=whole)
+                except UnicodeDecodeError:
+                    return None
             return name
     return None
 
@@ -284,8 +292,8 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
     if not head:
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
-    declared = _bom_encoding(head)
     whole = head if len(head) < CHUNK else None  # a small file is read once, here
+    declared = _bom_encoding(head, whole is not None)
     raw = _prescan(ref, check_utf8=declared is None, whole=whole)
     if declared:
         encoding = declared

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from daemon import logs
 from daemon.config import Settings, load_settings
@@ -20,6 +21,11 @@ from daemon.service import Daemon
 from daemon.sim import SimConfig, SimServer, Simulator
 from tests.helpers import clean_env
 from tests.procs import DaemonProc
+
+# The same examples every run: a property test that finds a new case is a bug report to
+# turn into a test of its own, not a test that fails one run in fifty.
+hypothesis_settings.register_profile("bulkdrop", derandomize=True)
+hypothesis_settings.load_profile("bulkdrop")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -175,3 +175,15 @@ def test_normalising_keeps_every_row_and_field(tmp_path_factory: pytest.TempPath
         assert _normalised(path) == rows
 
     check()
+
+
+def test_a_windows_1252_file_starting_like_a_byte_order_mark_is_windows_1252(
+        tmp_path: Path) -> None:
+    """"þÿ" in Windows-1252 is FE FF, the UTF-16 BE byte order mark; the bytes after it
+    show it is none (found by the property test above)."""
+    rows = [["þÿ", "!"], ["a", "b"]]
+    path = _write(tmp_path, _render(rows, "\t", "cp1252"))
+    assert path.read_bytes().startswith(b"\xfe\xff")
+    found = inspect(path)
+    assert found.dialect is not None and found.dialect.encoding == "cp1252"
+    assert _normalised(path) == rows
