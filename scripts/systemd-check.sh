@@ -448,6 +448,13 @@ else
   fail "no $SPOOL/inbox/contact/ after start"
 fi
 drop_and_wait alice-1.csv
+# processing/<node>/ is the daemon's alone (a dropper there could swap a claimed file)
+node_dir=$(cxn find "$SPOOL/processing" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+node_mode=$(cxn stat -c '%A %U:%G' "$node_dir" 2>/dev/null)
+case "$node_mode" in
+  ?????w*|????????w*|'') fail "processing/<node>/ writable by others: ${node_mode:-missing}" ;;
+  *) pass "processing/<node>/ is the daemon's alone ($node_mode)" ;;
+esac
 
 # 4. the ledger in StateDirectory=, not in the spool
 inspool=$(cxn find "$SPOOL" -name 'bulkdrop.db*')
