@@ -3,10 +3,13 @@ names that tools use while writing are left alone."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
+from daemon import csvfile
+from daemon.fileref import FileRef
 from daemon.sim import SimServer
 from tests.conftest import Users
 from tests.helpers import contacts_csv, drop, result_of, wait_for
@@ -165,3 +168,30 @@ async def test_a_file_that_cannot_be_read_is_rejected_and_kept(sim: SimServer, u
         await wait_for(done.exists, what="the readable file filed")
         assert daemon.seen("file.read_retry") == 0, "refused is the file's own doing"
     assert [job.filename for job in sim.sim.jobs.values()] == ["open.csv"]
+
+
+async def test_no_free_descriptors_is_never_a_files_verdict(make_settings, run_daemon,
+                                                            sim: SimServer, spool_root: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Running out of descriptors at the moment a file is read (EMFILE: provoked by hand,
+    it cannot be timed for real) makes the read wait and try again; the file is done."""
+    real_inspect = csvfile.inspect
+    refused = 0
+
+    def crowded(source: FileRef, columns: csvfile.Columns | None = None) -> csvfile.Inspection:
+        nonlocal refused
+        if refused < 2:
+            refused += 1
+            raise OSError(errno.EMFILE, "Too many open files", str(source.path))
+        return real_inspect(source, columns)
+
+    monkeypatch.setattr(csvfile, "inspect", crowded)
+    daemon = await run_daemon(make_settings())
+    drop(spool_root, "contact/crowded.csv", contacts_csv(3))
+    done = spool_root / "done" / "contact" / "crowded.csv"
+    await wait_for(lambda: done.with_name("crowded.csv.result.json").exists(), what="filed")
+    assert result_of(done)["status"] == "COMPLETE" and refused == 2
+    assert daemon.metrics.registry.get_sample_value(
+        "bulkdrop_io_retries_total", {"step": "reading"}) == 2
+    assert not daemon.troubles.count("reading"), "the trouble is over"
