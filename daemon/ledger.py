@@ -19,7 +19,7 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -191,32 +191,34 @@ class Ledger:
         self.on_trouble: Callable[[str | None], None] = lambda problem: None
         # Told when the ledger turns out damaged while running: nothing can go on.
         self.on_broken: Callable[[str], None] = lambda problem: None
+        self._closing = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._retrying(
-            lambda: asyncio.get_running_loop().run_in_executor(self._pool, fn, *args))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._durably, loop, fn, *args)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]],
-                        first: Awaitable[T] | None = None) -> T:
-        """Await *first* (or an *attempt*), then new attempts while SQLite fails for a
-        reason that passes; a damaged ledger is reported as broken."""
+    def _durably(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any) -> T:
+        """Run *fn* on the ledger's thread; while SQLite fails for a reason that passes (a
+        full disk, an I/O error, a lock), wait and run it again, holding the thread (so
+        every later write waits behind it, in order). A damaged ledger is reported."""
         for n in itertools.count(1):
             try:
-                result = await (first if first is not None and n == 1 else attempt())
+                result = fn(*args)
             except sqlite3.Error as exc:
                 if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
-                    self.on_broken(f"the ledger {self.path} is damaged: {exc}")
-                if not _is_transient(exc) or self._conn is None:
+                    loop.call_soon_threadsafe(self.on_broken,
+                                              f"the ledger {self.path} is damaged: {exc}")
+                if not _is_transient(exc) or self._closing:
                     raise
                 delay = min(RETRY_CAP, 0.1 * 2 ** n)
                 log.warning("ledger.write_retry", error=str(exc), attempt=n,
                             retry_in=round(delay, 2), path=str(self.path))
-                self.on_trouble(str(exc))
-                await asyncio.sleep(delay)
+                loop.call_soon_threadsafe(self.on_trouble, str(exc))
+                time.sleep(delay)  # on the ledger's own thread, never the event loop
                 continue
             if n > 1:
-                self.on_trouble(None)
                 log.info("ledger.write_recovered", attempts=n)
+                loop.call_soon_threadsafe(self.on_trouble, None)
             return result
         raise AssertionError("unreachable")
 
@@ -268,6 +270,7 @@ class Ledger:
         return conn
 
     async def close(self) -> None:
+        self._closing = True  # a write being retried gives up: the daemon is leaving
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
@@ -293,12 +296,10 @@ class Ledger:
         return done
 
     async def _commit(self, claim_id: str, state: str, detail: str | None, sql: str,
-                      params: tuple[Any, ...],
-                      first: asyncio.Future[None] | None = None) -> None:
-        """Change a row and add its history line; return once that is durable (trying
-        again while the disk is full or failing). Each write is repeatable."""
-        await self._retrying(lambda: self._submit(claim_id, state, detail, sql, params),
-                             first)
+                      params: tuple[Any, ...]) -> None:
+        """Change a row and add its history line; return once that is durable (tried
+        again while the disk is full or failing: every write is repeatable)."""
+        await self._submit(claim_id, state, detail, sql, params)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -308,7 +309,7 @@ class Ledger:
                     self._flushing = False
                     return
             try:
-                self._write_all(batch)
+                self._durably(loop, self._write_all, batch)
                 outcomes: list[BaseException | None] = [None] * len(batch)
             except sqlite3.Error:
                 outcomes = [self._write_one(item) for item in batch]  # find the bad one
@@ -336,11 +337,11 @@ class Ledger:
     def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
                   received_at: str, problem: str | None = None) -> asyncio.Future[None]:
         """Record a new claim. Queued before this returns; await the result for durability."""
-        args = (claim_id, CLAIMED, rel_path,
-                "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state,"
-                " received_at, updated_at, problem) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow(), problem))
-        return asyncio.ensure_future(self._commit(*args, first=self._submit(*args)))
+        return self._submit(
+            claim_id, CLAIMED, rel_path,
+            "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state,"
+            " received_at, updated_at, problem) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow(), problem))
 
     async def record_job(self, claim_id: str, job_id: str, submitted_at: str, obj: str,
                          hub: str, attempts: int, possible_duplicate: bool = False) -> None:
