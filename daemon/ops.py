@@ -57,7 +57,7 @@ def status(settings: Settings, latest: int = 10) -> dict[str, Any]:
     return report
 
 
-def ask_readyz(host: str, port: int, timeout: float = 3.0) -> dict[str, Any]:
+def ask_readyz(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
     """What the running daemon says of itself: ready, or the problems it is riding out
     (folders it cannot read, files it cannot claim or file, a ledger it cannot write)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)

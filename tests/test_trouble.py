@@ -35,6 +35,7 @@ def _status(config: Path) -> str:
     return run.stdout + run.stderr
 
 
+@pytest.mark.timeout(150)
 async def test_a_read_only_done_folder_holds_the_file_until_it_is_writable(
         sim: SimServer, users: Users) -> None:
     root = users.spool()
@@ -62,7 +63,9 @@ async def test_a_read_only_done_folder_holds_the_file_until_it_is_writable(
         assert 'bulkdrop_io_retries_total{step="filing"}' in metrics
         assert any((root / "processing").rglob("*a.csv")), "still claimed, not lost"
         done.chmod(0o775)
-        await wait_for(lambda: (done / "a.csv.result.json").exists(), what="filed at last")
+        # The next attempt comes within the backoff now due (at most a minute apart).
+        await wait_for(lambda: (done / "a.csv.result.json").exists(), timeout=70,
+                       what="filed at last")
         assert result_of(done / "a.csv")["status"] == "COMPLETE"
         assert daemon.seen("file.filing_recovered") == 1
         assert (await _get(http, base + "/readyz"))[0] == 200
@@ -101,6 +104,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.timeout(150)
 async def test_a_full_disk_keeps_the_job_id_and_the_file_until_space_comes_back(
         sim: SimServer, tmp_path: Path) -> None:
     """The disk fills while the API makes the job: recording its id fails, and is tried
@@ -121,7 +125,8 @@ async def test_a_full_disk_keeps_the_job_id_and_the_file_until_space_comes_back(
                            or daemon.seen("file.filing_retry") >= 1, what="a write retried")
             assert not finished(root) and daemon.running
             filler.unlink()
-            await wait_for(lambda: len(finished(root)) == 1, what="the file filed")
+            # Within the backoff now due: the ledger retries at most 30 s apart, filing 60 s.
+            await wait_for(lambda: len(finished(root)) == 1, timeout=70, what="the file filed")
             assert daemon.running
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait() == 0
