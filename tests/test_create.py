@@ -55,23 +55,24 @@ async def test_the_retry_deadline_means_the_deadline(make_settings, run_daemon,
     took = time.monotonic() - dropped
     assert result["status"] == "FAILED"
     assert took >= 4, f"gave up after {took:.1f} s, before the deadline"
-    assert result["reason"].startswith("gave up uploading after 4 s and ")
-    attempts = int(result["reason"].split(" and ")[1].split()[0])
+    said = result["reason"].removeprefix("gave up uploading after ").split()
+    assert 4 <= int(said[0]) <= took + 1 and said[1:3] == ["s", "and"], result["reason"]
+    attempts = int(said[3])
     assert attempts == sum(n for code, n in sim.sim.responses.items() if code >= 500) >= 3
 
 
 async def test_a_backoff_holds_no_upload_slot(make_settings, run_daemon, sim: SimServer,
                                               spool_root: Path) -> None:
-    """One upload slot: while the first file waits 3 s to try again (Retry-After), the
+    """One upload slot: while the first file waits 5 s to try again (Retry-After), the
     second goes up at once."""
     sim.sim.config.create_faults = ["503"]
-    sim.sim.config.retry_after_seconds = 3
+    sim.sim.config.retry_after_seconds = 5
     await run_daemon(make_settings(workers__uploads=1))
     drop(spool_root, "contact/waits.csv", contacts_csv(2, tag="w"))
     await wait_for(lambda: sim.sim.faults["scripted 503"] == 1, what="the 503")
     refused = time.monotonic()
     drop(spool_root, "contact/goes.csv", contacts_csv(2, tag="g"))
     goes = await _filed(spool_root, "done", "contact/goes.csv")
-    assert time.monotonic() - refused < 2.5, "the second file did not wait for the first"
+    assert time.monotonic() - refused < 4, "the second file did not wait for the first"
     waits = await _filed(spool_root, "done", "contact/waits.csv")
     assert int(goes["job_id"]) < int(waits["job_id"])
