@@ -15,11 +15,10 @@ from pathlib import Path
 
 import structlog
 
-from daemon import __version__, csvfile, logs
-from daemon.config import ConfigError, Settings, find_config_path, load_settings
+from daemon import __version__, csvfile, exits, logs
+from daemon.config import find_config_path, load_settings
+from daemon.settings import ConfigError, Settings
 from daemon.sim import cli as sim_cli
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 
 SANDBOX_DEFAULTS = {
     "spool.root": "spool",
@@ -75,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
     except ConfigError as exc:
-        return _crashed(f"configuration error: {exc}", EXIT_USAGE, key=exc.key)
+        return _crashed(f"configuration error: {exc}", exits.USAGE, key=exc.key)
     except KeyboardInterrupt:
         return 130
     try:
@@ -88,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sim_cli.run(args)
     except ConfigError as exc:
         print(f"bulkdrop: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     except KeyboardInterrupt:
         return 130
 
@@ -112,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logs.configure(settings.log.format, settings.log.level)
         return Daemon(settings).run()
     except (SpoolError, StartupError, OSError) as exc:
-        return _crashed(f"cannot start: {exc}", EXIT_FAILURE)
+        return _crashed(f"cannot start: {exc}", exits.FAILURE)
 
 
 def _crashed(error: str, code: int, **context: str) -> int:
@@ -169,15 +168,15 @@ def cmd_objects(args: argparse.Namespace) -> int:
     except AuthError as exc:
         print(f"bulkdrop: the API refused the credentials (HTTP {exc.status}: {exc.message});"
               " check api.user_secret and api.element_token", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     except ApiError as exc:
         status = f"HTTP {exc.status}: " if exc.status else ""
         print(f"bulkdrop: cannot list objects of hub {api.hub!r}: {status}{exc.message}",
               file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     for name in names:
         print(name)
-    return EXIT_OK
+    return exits.OK
 
 
 
@@ -189,14 +188,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     csvfile.set_line_limit(settings.spool.max_line_length)
     columns = csvfile.Columns()
     if args.object:
-        conf = settings.object_settings(args.object)
-        columns = csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+        columns = csvfile.Columns.of(settings.object_settings(args.object))
     path: Path = args.file
     try:
         found = csvfile.inspect(path, columns)
     except OSError as exc:
         print(f"bulkdrop: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     print(f"file: {path} ({found.bytes} bytes, sha256 {found.sha256})")
     if found.dialect is not None:
         d = found.dialect.describe()
@@ -214,12 +212,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"  {line}")
         print("result: rejected")
-        return EXIT_REJECTED
+        return exits.REJECTED
     if args.object and settings.api.base_url:
         _warn_unknown_columns(settings, args.object, found.header, columns)
     how = "as is" if found.passes_through(columns) else "converted to comma-separated UTF-8"
     print(f"result: accepted (sent {how})")
-    return EXIT_OK
+    return exits.OK
 
 
 def _warn_unknown_columns(settings: Settings, obj: str, header: Sequence[str],
@@ -249,7 +247,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     report = ops.status(_settings(args, require_base_url=False))
     print(json.dumps(report, indent=2) if args.json else ops.format_status(report))
-    return EXIT_FAILURE if "ledger_error" in report and not report["inbox"]["waiting"] else EXIT_OK
+    unread = "ledger_error" in report and not report["inbox"]["waiting"]
+    return exits.FAILURE if unread else exits.OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -260,15 +259,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
     spool = Spool(settings.spool.root, settings.spool.node_id)
     if bool(args.paths) == bool(args.all):
         print("bulkdrop: give the failed files to retry, or --all", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     paths = list(ops.failed_files(spool)) if args.all else args.paths
-    code = EXIT_OK
+    code = exits.OK
     for path in paths:
         try:
             target = ops.retry(spool, path)
         except (ValueError, OSError) as exc:
             print(f"bulkdrop: cannot retry {path}: {exc}", file=sys.stderr)
-            code = EXIT_FAILURE
+            code = exits.FAILURE
             continue
         print(f"{path} -> {target}")
     if not paths:
@@ -286,10 +285,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         code, result = asyncio.run(ops.submit(settings, args.file, args.object, args.wait))
     except OSError as exc:
         print(f"bulkdrop: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     except ApiError as exc:
         print(f"bulkdrop: upload failed: {exc.message}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return code
 
@@ -301,7 +300,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     print(f"# from {settings.source or 'no config file'}; secrets shown as \"***\"")
     for dotted, value, origin in ops.effective_config(settings):
         print(f"{dotted} = {value}  # {origin}")
-    return EXIT_OK
+    return exits.OK
 
 
 OPERATOR_COMMANDS = {"status": cmd_status, "retry": cmd_retry, "submit": cmd_submit,

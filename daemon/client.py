@@ -18,8 +18,8 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp.payload import AsyncIterablePayload, BytesPayload, Payload
 
-from daemon.config import ApiSettings, Secret
 from daemon.retry import ApiError, AuthError, RejectedError, TransientError, parse_retry_after
+from daemon.settings import ApiSettings, Secret
 
 T = TypeVar("T")
 ERRORS_PAGE_SIZE = 200

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from daemon._configtypes import (
+from daemon.settings import (
     CONVERTERS,
     ApiSettings,
     BadValue,
@@ -38,12 +38,6 @@ from daemon._configtypes import (
     to_int,
     to_str,
 )
-
-__all__ = [
-    "ApiSettings", "CallbackSettings", "ConfigError", "HttpSettings", "LogSettings",
-    "ObjectSettings", "Secret", "Settings", "SpoolSettings", "WorkersSettings",
-    "find_config_path", "load_settings",
-]
 
 DEFAULT_CONFIG_PATH = Path("/etc/bulkdrop/bulkdrop.toml")
 ENV_PREFIX = "BULKDROP_"

@@ -2,9 +2,8 @@
 
 ``inspect`` reads the file once, in chunks (call it in a thread): its sha256 and size,
 the dialect found, the rows, and every problem that means it must never become a job,
-with 1-based physical line numbers. ``upload_body`` then streams it: byte for byte when
-it is already comma-separated UTF-8 without BOM and no column changes apply, else
-converted block by block in a thread to RFC 4180 UTF-8 comma CSV. Memory stays flat: no
+with 1-based physical line numbers (:mod:`daemon.normalise` then makes the upload from
+what it found). Memory stays flat: no
 line, and no record (a quoted field may span lines), longer than :data:`LINE_LIMIT`
 characters is ever held; a file with one is rejected, naming its line.
 """
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from daemon.fileref import FileRef, as_ref
+from daemon.settings import ObjectSettings
 
 CHUNK = 256 * 1024
 OUT_BLOCK = 64 * 1024
@@ -60,6 +60,11 @@ class Columns:
     @property
     def changes_data(self) -> bool:
         return bool(self.rename or self.drop)
+
+    @classmethod
+    def of(cls, conf: ObjectSettings) -> Columns:
+        """An object's column settings, as the checks and the upload apply them."""
+        return cls(conf.rename_columns, conf.drop_columns, conf.require_columns)
 
 
 @dataclass(frozen=True)

@@ -92,23 +92,9 @@ TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 RETRY_CAP = 30.0
 
 
-_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
-
-
 def utcnow() -> str:
-    """Now in UTC as ISO 8601 with milliseconds, e.g. ``2026-01-02T03:04:05.678+00:00``.
-
-    Called several times per file: the date and time of day are formatted once a second
-    (one tuple swapped whole, so threads calling it at once never mix two seconds).
-    """
-    global _last_second
-    now = time.time()
-    second, stamp = _last_second
-    if second != int(now):
-        second = int(now)
-        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _last_second = (second, stamp)
-    return f"{stamp}.{int((now - second) * 1000):03d}+00:00"
+    """Now in UTC as ISO 8601 with milliseconds, e.g. ``2026-01-02T03:04:05.678+00:00``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -376,19 +362,6 @@ class Ledger:
     async def unfinished(self) -> list[Row]:
         return await self._run(self._select, "SELECT * FROM files WHERE state IN (?, ?, ?, ?)"
                                " ORDER BY claim_id", UNFINISHED)
-
-    async def get(self, claim_id: str) -> Row | None:
-        rows = await self._run(self._select, "SELECT * FROM files WHERE claim_id=?", (claim_id,))
-        return rows[0] if rows else None
-
-    async def counts(self) -> dict[str, int]:
-        rows = await self._run(self._query, "SELECT coalesce(outcome, state) AS k, count(*) AS n"
-                               " FROM files GROUP BY k", ())
-        return {r["k"]: r["n"] for r in rows}
-
-    async def latest(self, limit: int = 10) -> list[Row]:
-        return await self._run(self._select, "SELECT * FROM files ORDER BY updated_at DESC"
-                               " LIMIT ?", (limit,))
 
     # -- a file sent as several jobs (objects.<name>.max_rows_per_job) -----------------
 

@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from daemon import csvfile
+from daemon import csvfile, exits
 from daemon.client import OpenConnectorsClient
-from daemon.config import Secret, Settings
 from daemon.fileref import FileRef
 from daemon.filing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.ledger import read_summary, utcnow
@@ -28,11 +27,9 @@ from daemon.logs import get_logger
 from daemon.normalise import upload_body
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
+from daemon.settings import Secret, Settings
 from daemon.spool import Spool, is_ignored_name
 from daemon.tracker import Tracker
-
-EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_RECORDS_FAILED = 0, 1, 3, 4
-
 
 # -- status -------------------------------------------------------------------------------
 
@@ -164,7 +161,7 @@ async def submit(settings: Settings, path: Path, obj: str,
                  wait: bool) -> tuple[int, dict[str, Any]]:
     """One file outside the spool: check, upload, and with *wait* follow it to its end."""
     conf = settings.object_settings(obj)
-    columns = csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+    columns = csvfile.Columns.of(conf)
     csvfile.set_line_limit(settings.spool.max_line_length)
     received = utcnow()
     found = await asyncio.to_thread(csvfile.inspect, path, columns)
@@ -178,7 +175,7 @@ async def submit(settings: Settings, path: Path, obj: str,
     if found.problem:
         outcome = Outcome(REJECTED, found.problem, errors=[p.as_dict() for p in found.problems],
                           errors_total=found.problems_total)
-        return EXIT_REJECTED, result(outcome, None, None)
+        return exits.REJECTED, result(outcome, None, None)
     client = OpenConnectorsClient.from_settings(settings.api)
     policy = RetryPolicy(settings.api.retry_deadline_seconds)
     body = upload_body(path, found, columns)
@@ -189,10 +186,10 @@ async def submit(settings: Settings, path: Path, obj: str,
         except RejectedError as exc:
             outcome = Outcome(REJECTED, f"the API refused the upload ({exc.status}): "
                               f"{exc.message}")
-            return EXIT_REJECTED, result(outcome, None, None)
+            return exits.REJECTED, result(outcome, None, None)
         submitted = utcnow()
         if not wait:
-            return EXIT_OK, {"job_id": created.id, "status": created.status, "file": str(path)}
+            return exits.OK, {"job_id": created.id, "status": created.status, "file": str(path)}
         w = settings.workers
         tracker = Tracker(client, policy, poll_interval=min(w.poll_interval_seconds, 2.0),
                           poll_max_interval=w.poll_max_interval_seconds,
@@ -201,8 +198,8 @@ async def submit(settings: Settings, path: Path, obj: str,
         outcome = await tracker.conclude(hub, created.id, end)
     finally:
         await client.close()
-    code = EXIT_REJECTED if outcome.status != COMPLETE else (
-        EXIT_RECORDS_FAILED if outcome.records_failed else EXIT_OK)
+    code = exits.REJECTED if outcome.status != COMPLETE else (
+        exits.RECORDS_FAILED if outcome.records_failed else exits.OK)
     return code, result(outcome, created.id, submitted)
 
 

@@ -25,7 +25,6 @@ from typing import Any, BinaryIO, TypeVar
 
 from daemon import csvfile, ledger
 from daemon.client import OpenConnectorsClient
-from daemon.config import Settings
 from daemon.fileref import NotAFile
 from daemon.filing import ERRORS_SUFFIX, RESULT_SUFFIX, Filer, Sidecar
 from daemon.ledger import Ledger, Row, utcnow
@@ -42,6 +41,7 @@ from daemon.retry import (
     TransientError,
     backoff_delay,
 )
+from daemon.settings import Settings
 from daemon.spool import Claimed, Spool, has_accepted_suffix
 from daemon.tracker import Tracker
 from daemon.trouble import Troubles
@@ -386,8 +386,7 @@ class Pipeline:
     def _columns(self, obj: str | None) -> csvfile.Columns:
         if obj is None:
             return csvfile.Columns()
-        conf = self.settings.object_settings(obj)
-        return csvfile.Columns(conf.rename_columns, conf.drop_columns, conf.require_columns)
+        return csvfile.Columns.of(self.settings.object_settings(obj))
 
     async def _create(self, work: Work, body: UploadBody) -> str:
         assert work.obj is not None and work.hub is not None

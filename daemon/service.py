@@ -17,20 +17,22 @@ from typing import Any, TypeVar
 
 from daemon import csvfile
 from daemon.client import OpenConnectorsClient
-from daemon.config import Settings
 from daemon.fileref import hard_links_protected
 from daemon.filing import stale_temporaries
+from daemon.http_server import HttpServer, raise_descriptor_limit
+from daemon.http_server import serve as serve_http
 from daemon.ledger import Ledger, LedgerError, utcnow
 from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import QUICK_EXAMINE_BYTES, Pipeline, Slot, Work
-from daemon.retry import ApiError, AuthError, RetryPolicy
+from daemon.retry import RetryPolicy
+from daemon.settings import Settings
 from daemon.spool import FileChanged, Spool, SpoolError
 from daemon.systemd import Notifier
 from daemon.tracker import Tracker
 from daemon.trouble import Troubles
 from daemon.watcher import Watcher
-from daemon.web import HttpServer, create_app, raise_descriptor_limit, serve_http
+from daemon.web import Host, Readiness, create_app
 
 log = get_logger()
 
@@ -102,9 +104,10 @@ class Daemon:
         self.ready = asyncio.Event()   # set once watching
         self.files: set[asyncio.Task[None]] = set()
         self.core: list[asyncio.Task[None]] = []   # watcher and claimer: /healthz watches
-        self.api_problem: str | None = None
-        self.ready_probe_ttl = 10.0  # seconds a readiness answer from the API is trusted
-        self._api_checked = -1e9
+        spool = self.spool
+        self.readiness = Readiness(
+            self.ready, (spool.inbox, spool.processing, spool.done, spool.failed),
+            self.policy.gate, lambda: self.client.objects(s.api.hub), self.troubles)
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -123,26 +126,21 @@ class Daemon:
             self.troubles.set("ledger", "", problem)
             self.metrics.io_retries.labels("ledger").inc()
 
-    async def api_reachable(self, max_age: float) -> bool:
-        """Ask the API (objects of the hub) at most every *max_age* seconds."""
-        if time.monotonic() - self._api_checked > max_age:
-            self._api_checked = time.monotonic()
-            try:
-                await self.client.objects(self.settings.api.hub)
-                self.api_problem = None
-                self.policy.gate.ok()
-            except AuthError as exc:
-                self.api_problem = f"HTTP {exc.status}: {exc.message}"
-            except ApiError as exc:
-                self.api_problem = exc.message
-        return self.api_problem is None
+    def dead_tasks(self) -> list[str]:
+        """The core tasks (watcher, claimer) that ended while the daemon was not stopping."""
+        if self.stop_event.is_set():
+            return []
+        return [task.get_name() for task in self.core if task.done()]
 
     async def _serve_http(self) -> HttpServer | None:
         http = self.settings.http
         if not http.enabled:
             return None
+        app, connections = create_app(Host(
+            self.dead_tasks, self.readiness, self.tracker.wake, self.metrics.registry,
+            self.settings.callback.signature_key))
         try:
-            return await serve_http(create_app(self), http.host, http.port,
+            return await serve_http(app, connections, http.host, http.port,
                                     self.metrics.http_refused)
         except OSError as exc:
             raise StartupError(f"cannot listen on {http.listen} ([http] listen): "

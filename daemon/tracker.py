@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from daemon.client import OpenConnectorsClient
+from daemon.client import MAX_ERROR_PAGES, OpenConnectorsClient
 from daemon.results import COMPLETE, FAILED, Outcome
 from daemon.retry import ApiError, AuthError, RejectedError, RetryPolicy
 
@@ -117,7 +117,7 @@ class Tracker:
         """Every error record of the job, following the paging token."""
         records: list[Any] = []
         token: str | None = None
-        for _ in range(5000):
+        for _ in range(MAX_ERROR_PAGES):
             page, token = await self.policy.call(
                 "errors", partial(self.client.job_errors_page, hub, job_id, token))
             records.extend(page)

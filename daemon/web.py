@@ -1,16 +1,10 @@
-"""The daemon's own HTTP endpoints (``[http] listen``).
+"""The daemon's own HTTP endpoints (``[http] listen``), over what is handed in.
 
-``/healthz`` (alive), ``/readyz`` (the API answers and accepts us, the spool is
-writable, nothing is being ridden out), ``/metrics`` (Prometheus) and ``POST
-/callbacks/bulk``, where Open Connectors reports a job's end. A callback only makes the
-tracker check that job at once; the file is finished from the status the daemon reads
-itself, never from the callback's body.
-
-Slow or idle clients cannot exhaust the daemon: connections are capped well below the
-descriptor limit (when full, the oldest one idle between requests makes room), a
-connection must send a request within :data:`REQUEST_SECONDS` and a callback's body
-arrive within it too, and idle keep-alive connections close after
-:data:`KEEPALIVE_SECONDS`.
+``/healthz`` (alive), ``/readyz`` (ready: :class:`Readiness`), ``/metrics``
+(Prometheus) and ``POST /callbacks/bulk``, where Open Connectors reports a job's end. A
+callback only makes the tracker check that job at once; the file is finished from the
+status the daemon reads itself, never from the callback's body. The listener and its
+limits are :mod:`daemon.http_server`'s.
 """
 
 from __future__ import annotations
@@ -21,174 +15,107 @@ import hashlib
 import hmac
 import json
 import os
-import resource
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from daemon.http_server import REQUEST_SECONDS, Connections, guarded_app
 from daemon.logs import get_logger
+from daemon.retry import ApiError, AuthError, AuthGate
+from daemon.settings import Secret
+from daemon.trouble import Troubles
 
-if TYPE_CHECKING:
-    from daemon.service import Daemon
-
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
-CONNECTIONS: web.AppKey[_Connections] = web.AppKey("connections")
 CALLBACK_MAX_BYTES = 1024 * 1024
 SIGNATURE_HEADER = "Elements-Webhook-Signature"
-REQUEST_SECONDS = 10.0     # from connecting to a whole request (a callback's body too)
-KEEPALIVE_SECONDS = 15.0   # an idle keep-alive connection is closed after this
-MAX_CONNECTIONS = 256      # at most; a quarter of the descriptors when they are fewer
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-         b"Connection: close\r\n\r\n")
 
 log = get_logger()
 
 
-def raise_descriptor_limit(ceiling: int = 1 << 20) -> int:
-    """Raise the soft limit on open files to the hard one, as servers do (systemd's
-    default soft limit is 1,024); the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-        except (ValueError, OSError):
-            pass
-    return soft
+class Readiness:
+    """What ``/readyz`` says: watching, the spool writable, the API answering and taking
+    our credentials (asked at most every :attr:`ttl` seconds), nothing ridden out."""
+
+    def __init__(self, watching: asyncio.Event, folders: Sequence[Path], gate: AuthGate,
+                 probe: Callable[[], Awaitable[object]], troubles: Troubles,
+                 ttl: float = 10.0) -> None:
+        self.watching = watching
+        self.folders = folders
+        self.gate = gate
+        self.probe = probe
+        self.troubles = troubles
+        self.ttl = ttl  # seconds an answer from the API is trusted
+        self.api_problem: str | None = None
+        self._checked = -1e9
+
+    async def problems(self) -> list[str]:
+        problems = []
+        if not self.watching.is_set():
+            problems.append("starting")
+        unwritable = await asyncio.to_thread(
+            lambda: [str(f) for f in self.folders if not os.access(f, os.W_OK | os.X_OK)])
+        if unwritable:
+            problems.append(f"spool not writable: {', '.join(unwritable)}")
+        if not self.gate.is_open:
+            problems.append("the API refuses the credentials")
+        elif not await self.api_answers():
+            problems.append(f"the API does not answer: {self.api_problem}")
+        problems.extend(self.troubles.lines())
+        return problems
+
+    async def api_answers(self) -> bool:
+        """Ask the API at most every :attr:`ttl` seconds; a success opens the auth gate."""
+        if time.monotonic() - self._checked > self.ttl:
+            self._checked = time.monotonic()
+            try:
+                await self.probe()
+                self.api_problem = None
+                self.gate.ok()
+            except AuthError as exc:
+                self.api_problem = f"HTTP {exc.status}: {exc.message}"
+            except ApiError as exc:
+                self.api_problem = exc.message
+        return self.api_problem is None
 
 
-def connection_limit() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(8, min(MAX_CONNECTIONS, soft // 4))
+@dataclass(frozen=True)
+class Host:
+    """What the endpoints need of the daemon, and no more."""
+    dead_tasks: Callable[[], list[str]]   # core tasks that ended while not stopping
+    readiness: Readiness
+    wake: Callable[[str], bool]           # check this job now; False: not followed here
+    registry: CollectorRegistry
+    signature_key: Secret
 
 
-class _Connections:
-    """The HTTP connections open now: which are handling a request, which have ever
-    sent one. Makes room for a new connection when full, and closes one that sends no
-    request in time."""
-
-    def __init__(self) -> None:
-        self.server: web.Server | None = None  # set by serve_http()
-        self.limit = MAX_CONNECTIONS
-        self.refused: Callable[[], None] = lambda: None
-        self.busy: set[Any] = set()
-        self.served: set[Any] = set()
-
-    def make_protocol(self) -> Any:
-        """The protocol for a new connection (asyncio's factory)."""
-        assert self.server is not None
-        open_now = self.server.connections
-        if len(open_now) >= self.limit:
-            idle = next((h for h in open_now if h not in self.busy), None)
-            if idle is None:
-                self.refused()
-                return _Busy()
-            idle.force_close()  # the oldest idle or slow one makes room
-            self.served.discard(idle)
-        handler = self.server()
-        loop = asyncio.get_running_loop()
-        loop.call_later(REQUEST_SECONDS, self._deadline, handler)
-        return handler
-
-    def _deadline(self, handler: Any) -> None:
-        if handler not in self.served and handler.transport is not None:
-            handler.force_close()  # connected and never sent a whole request
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        protocol = request.protocol
-        self.busy.add(protocol)
-        self.served.add(protocol)
-        try:
-            return await handler(request)
-        finally:
-            self.busy.discard(protocol)
+HOST: web.AppKey[Host] = web.AppKey("host", Host)
 
 
-class _Busy(asyncio.Protocol):
-    """Answers 503 and closes: every connection is handling a request."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_BUSY)
-        transport.close()
-
-
-class HttpServer:
-    """The listening socket and the aiohttp runner behind it."""
-
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server) -> None:
-        self.runner = runner
-        self.server = server
-
-    async def cleanup(self) -> None:
-        self.server.close()
-        await self.runner.cleanup()
-
-
-async def serve_http(app: web.Application, host: str, port: int,
-                     refused: Callable[[], None]) -> HttpServer:
-    """Serve *app* on host:port with the limits above; OSError when it cannot listen."""
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
-    await runner.setup()
-    assert runner.server is not None
-    app[CONNECTIONS].server = runner.server
-    app[CONNECTIONS].limit = connection_limit()
-    app[CONNECTIONS].refused = refused
-    try:
-        server = await asyncio.get_running_loop().create_server(
-            app[CONNECTIONS].make_protocol, host, port, reuse_address=True)
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return HttpServer(runner, server)
-
-
-def create_app(daemon: Daemon) -> web.Application:
-    connections = _Connections()
-    app = web.Application(client_max_size=CALLBACK_MAX_BYTES,
-                          middlewares=[connections.middleware])
-    app[DAEMON] = daemon
-    app[CONNECTIONS] = connections
+def create_app(host: Host) -> tuple[web.Application, Connections]:
+    app, connections = guarded_app(client_max_size=CALLBACK_MAX_BYTES)
+    app[HOST] = host
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", make_aiohttp_handler(daemon.metrics.registry))
+    app.router.add_get("/metrics", make_aiohttp_handler(host.registry))
     app.router.add_post("/callbacks/bulk", callback)
-    return app
+    return app, connections
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the loop answers and no core task has died."""
-    dead = [t.get_name() for t in request.app[DAEMON].core if t.done()]
-    if dead and not request.app[DAEMON].stop_event.is_set():
+    dead = request.app[HOST].dead_tasks()
+    if dead:
         return web.json_response({"status": "failing", "stopped": dead}, status=503)
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: watching the spool, which is writable; the API answers and accepts us."""
-    daemon = request.app[DAEMON]
-    problems = []
-    if not daemon.ready.is_set():
-        problems.append("starting")
-    folders = (daemon.spool.inbox, daemon.spool.processing, daemon.spool.done,
-               daemon.spool.failed)
-    unwritable = await asyncio.to_thread(
-        lambda: [str(f) for f in folders if not os.access(f, os.W_OK | os.X_OK)])
-    if unwritable:
-        problems.append(f"spool not writable: {', '.join(unwritable)}")
-    if not daemon.policy.gate.is_open:
-        problems.append("the API refuses the credentials")
-    elif not await daemon.api_reachable(daemon.ready_probe_ttl):
-        problems.append(f"the API does not answer: {daemon.api_problem}")
-    problems.extend(daemon.troubles.lines())
+    """Ready: see :class:`Readiness`."""
+    problems = await request.app[HOST].readiness.problems()
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     return web.json_response({"status": "ready", "checked": round(time.time())})
@@ -203,7 +130,7 @@ def signature_ok(key: str, body: bytes, header: str | None) -> bool:
 
 
 async def callback(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
+    host = request.app[HOST]
     if (request.content_length or 0) > CALLBACK_MAX_BYTES:
         return _refuse(413, "body over 1 MiB")
     try:
@@ -213,7 +140,7 @@ async def callback(request: web.Request) -> web.Response:
         return _refuse(413, "body over 1 MiB")
     except TimeoutError:
         return _refuse(408, f"body not sent within {REQUEST_SECONDS:g} s")
-    key = daemon.settings.callback.signature_key
+    key = host.signature_key
     if key and not signature_ok(key.reveal(), body, request.headers.get(SIGNATURE_HEADER)):
         return _refuse(401, f"missing or wrong {SIGNATURE_HEADER}")
     try:
@@ -221,7 +148,7 @@ async def callback(request: web.Request) -> web.Response:
         job_id = str(data["id"])
     except (ValueError, TypeError, KeyError):
         return _refuse(400, "expected a JSON object with the job's id")
-    if not daemon.tracker.wake(job_id):
+    if not host.wake(job_id):
         return _refuse(404, f"no job {job_id} is being followed here")
     log.info("callback.received", job_id=job_id, api_status=data.get("status"))
     return web.json_response({"status": "checking", "id": job_id})

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from daemon import logs
-from daemon.config import Settings, load_settings
+from daemon.config import load_settings
 from daemon.service import Daemon
+from daemon.settings import Settings
 from daemon.sim import SimConfig, SimServer, Simulator
 from tests.helpers import clean_env
 from tests.procs import DaemonProc

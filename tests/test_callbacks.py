@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import Settings
+from daemon.settings import Settings
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, free_port, result_of, wait_for
 
@@ -107,7 +107,7 @@ async def test_bad_callbacks_are_refused_and_change_nothing(
 async def test_readyz_follows_the_apis_verdict_on_our_credentials(
         make_settings, run_daemon, sim: SimServer, port: int) -> None:
     daemon = await run_daemon(make_settings(http__listen=f"127.0.0.1:{port}"))
-    daemon.ready_probe_ttl = 0
+    daemon.readiness.ttl = 0
     url = f"http://127.0.0.1:{port}/readyz"
     async with aiohttp.ClientSession() as session:
         async with session.get(url) as resp:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from daemon.client import OpenConnectorsClient
-from daemon.config import Secret
 from daemon.retry import TransientError
+from daemon.settings import Secret
 from daemon.sim import SimServer
 
 ROWS = [b"email,name\r\n"] + [b"u%d@example.com,U\r\n" % i for i in range(8)]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon import config
-from daemon.config import (
+from daemon.config import find_config_path, load_settings
+from daemon.settings import (
     ApiSettings,
     CallbackSettings,
     ConfigError,
@@ -21,8 +22,6 @@ from daemon.config import (
     Settings,
     SpoolSettings,
     WorkersSettings,
-    find_config_path,
-    load_settings,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "bulkdrop.toml"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.csvfile import CHUNK
 from daemon.sim import SimServer
 from tests.helpers import DATA, contacts_csv, drop, finished, result_of, sha256, wait_for
 
@@ -248,17 +249,17 @@ async def test_comma_utf8_file_reaches_the_api_byte_for_byte(make_settings, run_
 
 async def test_small_medium_and_large_files_reach_the_api_byte_for_byte(
         make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
-    # Under 64 KiB: sent from the bytes read for its checks; up to 1 MiB: checked in the
+    # Under 256 KiB: sent from the bytes read for its checks; up to 1 MiB: checked in the
     # same trip as the claim, then streamed; larger: checked on its own, then streamed.
     await run_daemon(make_settings())
-    sizes = {"small.csv": 300, "medium.csv": 5_000, "large.csv": 40_000}
+    sizes = {"small.csv": 300, "medium.csv": 12_000, "large.csv": 40_000}
     digests = {}
     for name, rows in sizes.items():
         dropped = drop(spool_root, f"contact/{name}", contacts_csv(rows, tag=name[0]))
         digests[name] = sha256(dropped)
     done = spool_root / "done" / "contact"
     await wait_for(lambda: len(list(done.glob("*.result.json"))) == 3, what="3 results")
-    assert (done / "small.csv").stat().st_size < 64 * 1024 < (done / "medium.csv").stat(
+    assert (done / "small.csv").stat().st_size < CHUNK < (done / "medium.csv").stat(
         ).st_size < 1024 * 1024 < (done / "large.csv").stat().st_size
     by_hash = {job.sha256: job for job in sim.sim.jobs.values()}
     for name, rows in sizes.items():

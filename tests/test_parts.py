@@ -9,7 +9,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from daemon.config import Settings, load_settings
+from daemon.config import load_settings
+from daemon.settings import Settings
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, finished, result_of, wait_for
 from tests.procs import DaemonProc, daemons, write_config

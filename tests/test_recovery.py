@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from daemon.client import OpenConnectorsClient
-from daemon.config import Secret, Settings
 from daemon.ledger import Ledger, utcnow
 from daemon.service import Daemon, StartupError
+from daemon.settings import Secret, Settings
 from daemon.sim import SimServer
 from daemon.spool import Spool
 from tests.helpers import contacts_csv, drop, result_of, sha256, wait_for

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon.client import OpenConnectorsClient
-from daemon.config import Secret
 from daemon.logs import get_logger
 from daemon.retry import RetryPolicy
+from daemon.settings import Secret
 from daemon.sim import SimConfig, SimServer, Simulator
 from daemon.tracker import Tracker
 

@@ -1,7 +1,8 @@
-"""The settings types and the converters that check one raw value against them.
+"""The settings: frozen, typed, one object every module reads; and the converters that
+check one raw value against them.
 
-``daemon.config`` builds these from the TOML file and the environment; import them from
-there.
+:mod:`daemon.config` builds them from the TOML file, the environment, ``*_FILE``
+variables and systemd credentials.
 """
 
 from __future__ import annotations
