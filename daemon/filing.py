@@ -1,342 +1,151 @@
-"""Filing a finished file: ``done/`` or ``failed/`` under a free name for the file and
-every sidecar it may get, its result beside it, nothing of anyone's ever overwritten.
+"""Filing a finished file: its result made, the destination recorded, then the file and
+its sidecars put in place (:mod:`daemon.placing`), then the file marked finished.
 
-The sidecars (the errors CSV, the result) are first written in full to
-``processing/<node>/``, which only this daemon writes, then hard-linked into place:
-``link()`` never replaces a name, so a name someone took meanwhile is found, not
-overwritten, and a sidecar appears whole or not at all. The file itself is hard-linked
-too, then its claimed name removed. Where links are refused (a filesystem without them,
-``fs.protected_hardlinks`` for a file the daemon does not own) it is check-then-rename.
-The result comes last: whoever sees it finds the file and the errors CSV there.
-
-Every step is repeatable, so a filing cut short (crash, full disk) is simply done again
-from the ledger, which holds the destination before anything moves. The destination's
-folders are opened without following links, like the claim's.
+The destination is recorded before anything moves, so a crash at any point leaves the
+ledger knowing where the file is or is going, and :meth:`Filer.refile` finishes it at
+the next start. Trouble that is not the file's (a full disk, a read-only done/, no free
+descriptors) is ridden out: each failed attempt is logged (``file.filing_retry``),
+counted and shown in ``/readyz``, and tried again with backoff until it works. A filing
+is shielded: a stop waits for it rather than leave half a result.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import hashlib
 import itertools
-import os
-import stat
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
+from daemon import csvfile
+from daemon.checks import Checks, csv_info
+from daemon.ledger import Ledger, Row, utcnow
+from daemon.metrics import Metrics
+from daemon.placing import ERRORS_SUFFIX, RESULT_SUFFIX, Placing, Sidecar
+from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import backoff_delay
-from daemon.spool import NAME_MAX, Claimed, Spool, lexists, open_dirs
+from daemon.spool import Spool
+from daemon.tasks import Tasks
+from daemon.trouble import Troubles
+from daemon.work import Work
 
-T = TypeVar("T")
-
-# Every name a filed file may get beside it; a name is free only when all are.
-SIDECARS = (".result.json", ".errors.csv", ".failed.csv", ".failed.jsonl")
-RESULT_SUFFIX, ERRORS_SUFFIX = SIDECARS[0], SIDECARS[1]
-FILED_NAME_MAX = NAME_MAX - max(len(s.encode()) for s in SIDECARS)
-# link() refused for this file or on this filesystem: fall back to check-then-rename.
-_LINK_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP)
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 RETRY_CAP = 60.0  # seconds between attempts, at most, while filing keeps failing
-
-Content = bytes | Callable[[BinaryIO], object]
-
-
-@dataclass(frozen=True)
-class Sidecar:
-    suffix: str
-    content: Content   # the bytes, or a writer that streams them into a file
-
-
-def fit(name: str) -> str:
-    """*name* if it leaves room for every sidecar within NAME_MAX; else its stem cut and
-    marked with a hash of the whole name (``long…name~1a2b3c4d.csv``), the same each
-    time. The result keeps the name as dropped."""
-    if len(name.encode()) <= FILED_NAME_MAX:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext.encode()) > 16:
-        stem, dot, ext = name, "", ""
-    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
-    room = FILED_NAME_MAX - len(f"{mark}{dot}{ext}".encode())
-    short = stem.encode()[:room].decode("utf-8", "ignore")
-    return f"{short}{mark}{dot}{ext}"
-
-
-def suffixed_names(name: str) -> Iterator[str]:
-    """``a.csv``, ``a-1.csv``, ``a-2.csv`` ...: the names tried so nothing is overwritten
-    (each fitted, so the file and its sidecars fit a file name)."""
-    yield fit(name)
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    for n in itertools.count(1):
-        yield fit(f"{stem}-{n}{'.' + ext if ext else ''}")
-
-
-def sidecar(dest: Path, suffix: str) -> Path:
-    return dest.with_name(dest.name + suffix)
-
-
-class Filing:
-    """The file-system half of filing one claimed file. Synchronous: run it in a thread."""
-
-    def __init__(self, spool: Spool, claimed: Claimed, ok: bool,
-                 sidecars: Sequence[Sidecar]) -> None:
-        self.spool = spool
-        self.claimed = claimed
-        self.base = spool.done if ok else spool.failed
-        self.sidecars = sidecars
-        self.tmps = {sc.suffix: spool.processing / f".{claimed.claim_id}{sc.suffix}.tmp"
-                     for sc in sidecars}
-        self.prepared = False
-
-    def natural(self) -> Path:
-        """The file's own name under done/ or failed/ (fitted): where it goes unless that
-        is taken. Computed without touching the disk; :meth:`place` finds out."""
-        return self.base / self.claimed.rel.parent / fit(self.claimed.rel.name)
-
-    def claimed_exists(self) -> bool:
-        return os.path.lexists(self.claimed.path)
-
-    def prepare(self) -> None:
-        """Write every sidecar in full under processing/<node>/, ready to be linked. Done
-        again after a restart, unless the file has already left processing/ (then what
-        was written before stays: it is what was, or is being, published)."""
-        if not self.claimed_exists():
-            return
-        for sc in self.sidecars:
-            tmp = self.tmps[sc.suffix]
-            if os.path.lexists(tmp):  # never rewritten in place: it may be linked already
-                tmp.unlink()
-            fd = os.open(tmp, _NEW, 0o666)
-            with open(fd, "wb") as fh:
-                if isinstance(sc.content, bytes):
-                    fh.write(sc.content)
-                else:
-                    sc.content(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-
-    def prepare_and_place(self, dest: Path, resumed: bool) -> bool:
-        """Both, in one trip to a thread (most files take their own name at once)."""
-        if not self.prepared:
-            self.prepare()
-            self.prepared = True
-        return self.place(dest, resumed)
-
-    def choose(self) -> Path | None:
-        """The first free name (a.csv, a-1.csv ...); None when the file is gone from
-        processing/ (removed by hand). A name is free when neither it nor any sidecar
-        name exists, or what is there is this very file (an earlier filing cut short)."""
-        if not self.claimed_exists():
-            return None
-        folder = open_dirs(self.base, self.claimed.rel.parent.parts, create=True, mode=0o777)
-        try:
-            for name in suffixed_names(self.claimed.rel.name):
-                if self._free(name, folder):
-                    return self.base / self.claimed.rel.parent / name
-        finally:
-            os.close(folder)
-        raise AssertionError("unreachable")
-
-    def place(self, dest: Path, resumed: bool) -> bool:
-        """Put the file at *dest* and its sidecars beside it; False if *dest* is taken.
-
-        Repeatable: True when it is all there already. A file gone from processing/ is
-        only taken to be at *dest* when *resumed*, i.e. filed there by a run cut short
-        after the move; otherwise it was removed by hand (the caller checks).
-        """
-        name = dest.name
-        folder = open_dirs(self.base, self.claimed.rel.parent.parts, create=True, mode=0o777)
-        try:
-            if len(name.encode()) > FILED_NAME_MAX:  # chosen by an older release: too long
-                self._take_back(name, folder)
-                return False
-            if self.claimed_exists():
-                if not self._free(name, folder) or self._put_data(name, folder) == "taken":
-                    return False
-            elif not (resumed and lexists(name, folder)):
-                return False  # removed by hand; else filed here by a run cut short
-            published: list[str] = []
-            for sc in self.sidecars:
-                tmp = self.tmps[sc.suffix]
-                if not tmp.exists():
-                    continue  # published and tidied by a run cut short just before the end
-                got = _publish(tmp, name + sc.suffix, folder)
-                if got == "taken":  # someone took the name since _free(): start over
-                    for done in published:
-                        os.unlink(done, dir_fd=folder)
-                    self._take_back(name, folder)
-                    return False
-                if got == "new":
-                    published.append(name + sc.suffix)
-        finally:
-            os.close(folder)
-        self.claimed.path.unlink(missing_ok=True)
-        for tmp in self.tmps.values():
-            tmp.unlink(missing_ok=True)
-        _prune_empty(self.claimed.path.parent, self.spool.processing)
-        return True
-
-    # -- steps ----------------------------------------------------------------------
-
-    def _free(self, name: str, folder: int) -> bool:
-        """Nothing at *name* or its sidecar names, but this file and what it publishes."""
-        if lexists(name, folder) and not self._is_ours(name, folder):
-            return False
-        for suffix in SIDECARS:
-            there = name + suffix
-            if lexists(there, folder):
-                tmp = self.tmps.get(suffix)
-                if tmp is None or not tmp.exists() or not _same_content(there, folder, tmp):
-                    return False
-        return True
-
-    def _is_ours(self, name: str, folder: int) -> bool:
-        try:
-            there = os.stat(name, dir_fd=folder, follow_symlinks=False)
-            here = os.lstat(self.claimed.path)
-        except FileNotFoundError:
-            return False
-        return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
-
-    def _put_data(self, name: str, folder: int) -> str:
-        """The file to *name*: 'new', 'there' (an earlier attempt put it) or 'taken'."""
-        src = self.claimed.path
-        try:
-            os.link(src, name, dst_dir_fd=folder, follow_symlinks=False)
-            return "new"
-        except FileExistsError:
-            return "there" if self._is_ours(name, folder) else "taken"
-        except OSError as exc:
-            if exc.errno not in _LINK_REFUSED:
-                raise  # ENOENT too: our folder or the file vanished meanwhile; try again
-        if lexists(name, folder):
-            return "there" if self._is_ours(name, folder) else "taken"
-        os.rename(src, name, dst_dir_fd=folder)
-        return "new"
-
-    def _take_back(self, name: str, folder: int) -> None:
-        """Undo putting the file at *name*: drop the extra link, or move it back."""
-        if not self._is_ours(name, folder) and (
-                self.claimed_exists() or not lexists(name, folder)):
-            return  # not ours; else moved there (no links) by us: the ledger says so
-        if self.claimed_exists():
-            os.unlink(name, dir_fd=folder)
-        else:
-            os.rename(name, self.claimed.path, src_dir_fd=folder)
-
-
-def _publish(tmp: Path, name: str, folder: int) -> str:
-    """Link a written sidecar into place: 'new', 'same' (an identical one is there: ours,
-    from an attempt cut short), or 'taken'."""
-    try:
-        os.link(tmp, name, dst_dir_fd=folder)
-        return "new"
-    except FileExistsError:
-        return "same" if _same_content(name, folder, tmp) else "taken"
-    except OSError as exc:
-        if exc.errno not in _LINK_REFUSED:
-            raise
-    if lexists(name, folder):
-        return "same" if _same_content(name, folder, tmp) else "taken"
-    os.rename(tmp, name, dst_dir_fd=folder)
-    return "new"
-
-
-def _same_content(name: str, folder: int, tmp: Path) -> bool:
-    """Is the regular file *name* (never followed if a link) byte for byte *tmp*?"""
-    try:
-        fd = os.open(name, _READ, dir_fd=folder)
-    except OSError:
-        return False
-    with open(fd, "rb") as there, open(tmp, "rb") as ours:
-        st, mine = os.fstat(there.fileno()), os.fstat(ours.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size != mine.st_size:
-            return False
-        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-            return True
-        while block := ours.read(1 << 16):
-            if there.read(len(block)) != block:
-                return False
-    return True
-
-
-def _prune_empty(folder: Path, stop: Path) -> None:
-    while folder != stop and stop in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
 
 
 class Filer:
-    """Files claimed files, riding out trouble that is not theirs: a full disk, a
-    read-only done/, no free descriptors. Each attempt that fails is logged
-    (``file.filing_retry``), counted and shown in ``/readyz``; it is tried again with
-    backoff until it succeeds, and nothing is lost when the trouble ends."""
-
-    def __init__(self, spool: Spool, record_dest: Callable[[str, str], Awaitable[None]],
-                 quick: Callable[..., Awaitable[Any]],
-                 on_trouble: Callable[[str, str | None], None]) -> None:
+    def __init__(self, spool: Spool, ledger: Ledger, quick: Callable[..., Awaitable[Any]],
+                 checks: Checks, tasks: Tasks, troubles: Troubles, metrics: Metrics) -> None:
         self.spool = spool
-        self.record_dest = record_dest
+        self.ledger = ledger
         self.quick = quick
-        self.on_trouble = on_trouble  # (the file, what is wrong; None: over)
+        self.checks = checks
+        self.tasks = tasks
+        self.troubles = troubles
+        self.metrics = metrics
+        self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
 
-    def natural(self, claimed: Claimed, ok: bool) -> Path:
-        return Filing(self.spool, claimed, ok, ()).natural()
+    async def finish(self, work: Work, outcome: Outcome) -> None:
+        """Make the file's result, record it with the destination, and file it."""
+        result = build_result(
+            outcome, rel=work.rel, obj=work.obj, hub=work.hub, job_id=work.job_id,
+            sha256=work.sha256, size=work.size, attempts=work.attempts,
+            csv_info=csv_info(work.inspection, self.checks.columns(work.obj)),
+            received_at=work.received_at, submitted_at=work.submitted_at,
+            finished_at=utcnow(),
+            possible_duplicate=work.possible_duplicate or outcome.possible_duplicate)
+        errors = list(outcome.errors)
+        record = {**result, "errors_all": errors}
+        stored = (json.dumps(record) if len(errors) < 1000
+                  else await asyncio.to_thread(json.dumps, record))
+        # Its own name, most often free; filing finds out and chooses another if not.
+        dest = Placing(self.spool, work.claimed, outcome.ok, ()).natural()
+        await asyncio.shield(self.ledger.mark_finishing(
+            work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
+            self.spool.to_stored(dest)))
+        await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False))
 
-    async def file(self, claimed: Claimed, ok: bool, sidecars: Sequence[Sidecar],
-                   dest: Path | None, resumed: bool, log: Any) -> Path | None:
-        """Where the file now is; None when it vanished from processing/ (removed by
-        hand). *dest* is where the ledger says it goes (None: choose and record one)."""
-        filing = Filing(self.spool, claimed, ok, sidecars)
+    async def refile(self, work: Work, row: Row) -> None:
+        """Finish the filing of a file a run cut short (its row is FINISHING)."""
+        assert row.result_json is not None
+        stored = await asyncio.to_thread(json.loads, row.result_json)
+        errors = stored.pop("errors_all", [])
+        dest = self.spool.filed_from_stored(row.dest_path) if row.dest_path else None
+        work.obj = stored.get("object")
+        await self.tasks.shield(
+            self._file(work, stored, errors, row.outcome == COMPLETE, dest, True))
+
+    async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
+                    dest: Path | None, resumed: bool) -> None:
+        claimed = work.claimed
+        placed = await self._place(work, Placing(self.spool, claimed, ok,
+                                                 self._sidecars(work, result, errors)),
+                                   dest, resumed)
+        await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
+        if placed is None:
+            work.log.error("file.vanished", path=str(claimed.path))
+            return
+        self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
+        obj = work.obj or ""
+        self.metrics.files_finished.labels(result["status"], obj).inc()
+        if result["records"] and result["records"]["failed"]:
+            self.metrics.records_failed.labels(obj).inc(result["records"]["failed"])
+        work.log.info("file.finished", status=result["status"], api_status=result["api_status"],
+                      reason=result["reason"], dest=self.spool.to_stored(placed))
+
+    async def _place(self, work: Work, placing: Placing, dest: Path | None,
+                     resumed: bool) -> Path | None:
+        """Where the file now is, trying again through trouble; None when it vanished
+        from processing/ (removed by hand)."""
+        key = work.rel
         for attempt in itertools.count(1):
             try:
-                placed = await self._once(filing, dest, resumed)
+                placed = await self._place_once(placing, dest, resumed)
             except OSError as exc:
                 delay = backoff_delay(attempt, cap=RETRY_CAP) + 0.1
-                problem = f"{exc.strerror or exc} ({exc.filename or claimed.path})"
-                log.warning("file.filing_retry", error=problem, attempt=attempt,
-                            retry_in=round(delay, 2))
-                self.on_trouble(str(claimed.rel), problem)
+                problem = f"{exc.strerror or exc} ({exc.filename or work.claimed.path})"
+                work.log.warning("file.filing_retry", error=problem, attempt=attempt,
+                                 retry_in=round(delay, 2))
+                self.troubles.set("filing", key, problem)
+                self.metrics.io_retries.labels("filing").inc()
                 await asyncio.sleep(delay)
                 resumed = True  # a later attempt repeats what this one may have done
                 continue
             if attempt > 1:
-                self.on_trouble(str(claimed.rel), None)
-                log.info("file.filing_recovered", attempts=attempt)
+                self.troubles.clear("filing", key)
+                work.log.info("file.filing_recovered", attempts=attempt)
             return placed
         raise AssertionError("unreachable")
 
-    async def _once(self, filing: Filing, dest: Path | None, resumed: bool) -> Path | None:
-        if dest is None:
-            dest = filing.natural()
-        while not await self.quick(filing.prepare_and_place, dest, resumed):
-            if not await self.quick(filing.claimed_exists):
+    async def _place_once(self, placing: Placing, dest: Path | None,
+                          resumed: bool) -> Path | None:
+        dest = dest or placing.natural()
+        while not await self.quick(placing.prepare_and_place, dest, resumed):
+            if not await self.quick(placing.claimed_exists):
                 return None  # removed by hand (a resumed filing found it done instead)
-            chosen = await self.quick(filing.choose)
+            chosen = await self.quick(placing.choose)
             if chosen is None:
                 return None
             dest = chosen
             # Recorded before the move: a crash leaves the ledger knowing where it goes.
-            await self.record_dest(filing.claimed.claim_id, self.spool.to_stored(dest))
+            await self.ledger.record_dest(placing.claimed.claim_id, self.spool.to_stored(dest))
         return dest
 
+    def _sidecars(self, work: Work, result: dict[str, Any],
+                  errors: list[Any]) -> Sequence[Sidecar]:
+        """The errors CSV (when there are errors) and the result, written in the filing
+        thread. A file's own problems are all in its errors CSV, however many: when more
+        were found than were kept, the file is checked again as the CSV is written."""
+        out = []
+        if result["errors_total"] > len(errors):
+            ref, columns = work.claimed.ref, self.checks.columns(result["object"])
+            out.append(Sidecar(ERRORS_SUFFIX,
+                               lambda fh: csvfile.write_problems(ref, columns, fh)))
+        elif errors:
+            out.append(Sidecar(ERRORS_SUFFIX, lambda fh: fh.write(errors_csv(errors))))
+        out.append(Sidecar(RESULT_SUFFIX, lambda fh: _write_json(result, fh)))
+        return out
 
-def stale_temporaries(spool: Spool, keep: set[str]) -> list[Path]:
-    """Sidecars left in processing/<node>/ by a crash, for claims no longer unfinished."""
-    found = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(spool.processing) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") \
-                    and entry.name[1:21] not in keep:
-                found.append(Path(entry.path))
-    return found
+
+def _write_json(result: dict[str, Any], fh: BinaryIO) -> None:
+    fh.write((json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())

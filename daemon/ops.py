@@ -21,10 +21,10 @@ from typing import Any
 from daemon import csvfile, exits
 from daemon.client import OpenConnectorsClient
 from daemon.fileref import FileRef
-from daemon.filing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
 from daemon.normalise import upload_body
+from daemon.placing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
 from daemon.settings import Secret, Settings

@@ -23,8 +23,9 @@ class Outcome:
     errors: Sequence[Any] = field(default_factory=list)
     errors_total: int | None = None    # when more were found than are listed
     jobs: Sequence[Any] | None = None  # a file sent in parts: one entry per job
-    possible_duplicate: bool = False   # a part's job creation was retried after an
-                                       # attempt that may have reached the API
+    possible_duplicate: bool = False   # a job creation was retried after an attempt
+                                       # that may have reached the API
+    job_id: str | None = None          # the job it is the end of (a part's, in a plan)
 
     @property
     def ok(self) -> bool:

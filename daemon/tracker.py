@@ -45,6 +45,7 @@ class Tracker:
         self.poll_max_interval = poll_max_interval
         self.job_timeout = job_timeout
         self._wake: dict[str, asyncio.Event] = {}
+        self._following: set[asyncio.Task[object]] = set()  # the tasks following a job
 
     def wake(self, job_id: str) -> bool:
         """Check *job_id* now (a callback said it changed); False if we do not follow it."""
@@ -53,8 +54,22 @@ class Tracker:
             event.set()
         return event is not None
 
+    def cancel_all(self) -> None:
+        """A stop: every job being followed is followed again from the ledger next time."""
+        for task in self._following:
+            task.cancel()
+
     async def follow(self, hub: str, job_id: str, submitted_at: str, log: Any) -> JobEnd:
         """Poll until the job ends or its time is up; poll errors never end it early."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._following.add(task)
+        try:
+            return await self._follow(hub, job_id, submitted_at, log)
+        finally:
+            self._following.discard(task)
+
+    async def _follow(self, hub: str, job_id: str, submitted_at: str, log: Any) -> JobEnd:
         started = datetime.fromisoformat(submitted_at).timestamp()
         event = self._wake.setdefault(job_id, asyncio.Event())
         delay = self.poll_interval

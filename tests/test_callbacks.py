@@ -76,8 +76,8 @@ async def test_bad_callbacks_are_refused_and_change_nothing(
     sim.sim.config.job_outcome = "NEVER"    # the job stays followed
     daemon = await run_daemon(callback_settings)
     drop(spool_root, "contact/waiting.csv", contacts_csv(2))
-    await wait_for(lambda: daemon.pipeline.active_jobs, what="a job being followed")
-    (job_id,) = daemon.pipeline.active_jobs
+    await wait_for(lambda: daemon.jobs.active, what="a job being followed")
+    (job_id,) = daemon.jobs.active
     before = _snapshot(spool_root)
     polls = sim.sim.requests[("GET", "bulk_status")]
     good = json.dumps({"id": job_id, "status": "COMPLETED"}).encode()
@@ -138,7 +138,7 @@ async def test_metrics_parse_and_move_as_files_flow(make_settings, run_daemon, s
         done = spool_root / "done" / "contact" / "m1.csv.result.json"
         rejected = spool_root / "failed" / "contact" / "m2.xlsx.result.json"
         await wait_for(lambda: done.exists() and rejected.exists()
-                       and sum(daemon.pipeline.counts.values()) == 2, what="both filed")
+                       and sum(daemon.filer.counts.values()) == 2, what="both filed")
         async with session.get(url) as resp:
             after = _samples(await resp.text())
     complete = ("bulkdrop_files_finished_total", (("object", "contact"), ("outcome", "COMPLETE")))

@@ -22,7 +22,7 @@ async def test_status_reads_the_ledger_and_the_inbox(spawn, make_settings, run_d
     daemon = await run_daemon(make_settings())
     drop(spool_root, "contact/s1.csv", contacts_csv(2))
     drop(spool_root, "contact/s2.xlsx", b"no")
-    await wait_for(lambda: sum(daemon.pipeline.counts.values()) == 2, what="two filed")
+    await wait_for(lambda: sum(daemon.filer.counts.values()) == 2, what="two filed")
     daemon.request_stop()
     waiting = drop(spool_root, "contact/later.csv", contacts_csv(1))
     code, out, err = await finish(await spawn(

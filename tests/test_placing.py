@@ -1,4 +1,4 @@
-"""Filing on real files: a free name for the file and every sidecar, nothing of anyone's
+"""Placing on real files: a free name for the file and every sidecar, nothing of anyone's
 overwritten, every step repeatable after a crash."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.filing import (
+from daemon.placing import (
     ERRORS_SUFFIX,
     FILED_NAME_MAX,
     RESULT_SUFFIX,
     SIDECARS,
-    Filing,
+    Placing,
     Sidecar,
     fit,
 )
@@ -24,13 +24,13 @@ from tests.helpers import claimed_file, new_spool
 
 
 def _filing(spool: Spool, claimed: Claimed, ok: bool, result: dict[str, object],
-            errors: bytes | None = None) -> Filing:
+            errors: bytes | None = None) -> Placing:
     sidecars = ([Sidecar(ERRORS_SUFFIX, errors)] if errors is not None else []) + [
         Sidecar(RESULT_SUFFIX, json.dumps(result).encode())]
-    return Filing(spool, claimed, ok, sidecars)
+    return Placing(spool, claimed, ok, sidecars)
 
 
-def _file(filing: Filing, resumed: bool = False) -> Path:
+def _file(filing: Placing, resumed: bool = False) -> Path:
     """What the daemon does: its own name first, then the next free one."""
     filing.prepare()
     dest = filing.natural()

@@ -1,0 +1,141 @@
+"""Checks of one claimed file: route it, read it (never anything but the regular file
+claimed), validate it. An :class:`~daemon.results.Outcome` when it must not become a
+job, None when it may.
+
+Reading a file can fail for a reason that is not the file's own (no free descriptors,
+I/O trouble): then the read waits and is tried again, shown in ``/readyz``, and never
+becomes the file's verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+from pathlib import PurePosixPath
+from typing import Any
+
+from daemon import csvfile
+from daemon.admission import Ticket
+from daemon.fileref import NotAFile
+from daemon.metrics import Metrics
+from daemon.results import REJECTED, Outcome
+from daemon.retry import backoff_delay
+from daemon.settings import Settings
+from daemon.spool import has_accepted_suffix
+from daemon.trouble import Troubles
+from daemon.work import Work
+
+# A file that cannot be read for one of these is at fault itself; any other error (no
+# free descriptors, no memory, I/O trouble) passes, and the read is tried again.
+FILES_FAULT = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR})
+READ_RETRY_CAP = 60.0
+
+
+class Checks:
+    def __init__(self, settings: Settings, troubles: Troubles, metrics: Metrics) -> None:
+        self.settings = settings
+        self.troubles = troubles
+        self.metrics = metrics
+
+    def route(self, rel: PurePosixPath) -> str | None:
+        """The object a file is for: its folder below inbox/, else the default object."""
+        if len(rel.parts) > 1:
+            return rel.parts[0]
+        return self.settings.spool.default_object or None
+
+    def columns(self, obj: str | None) -> csvfile.Columns:
+        if obj is None:
+            return csvfile.Columns()
+        return csvfile.Columns.of(self.settings.object_settings(obj))
+
+    def examine(self, work: Work) -> None:
+        """Hash the claimed file and, for a CSV, detect and validate it; never anything
+        but the regular file claimed (see :class:`daemon.fileref.FileRef`).
+
+        Blocking: it runs in a thread, for a new claim in the same trip as the claim.
+        """
+        if work.problem is not None:
+            return  # a link, a FIFO, a bad name ...: never read
+        rel = work.claimed.rel
+        ref = work.claimed.ref
+        try:
+            if has_accepted_suffix(rel.name):
+                found = csvfile.inspect(ref, self.columns(self.route(rel)))
+                work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
+            else:
+                work.sha256, work.size = csvfile.digest(ref)
+        except NotAFile as exc:
+            work.problem = exc.strerror
+        except OSError as exc:
+            work.unreadable = exc
+
+    async def check(self, work: Work, ticket: Ticket) -> Outcome | None:
+        """Route, read and validate the file; an Outcome when it must not become a job."""
+        ticket.check()
+        await self._examined(work, ticket)
+        ticket.check()
+        if work.problem is not None:
+            return Outcome(REJECTED, work.problem)
+        if work.unreadable is not None:
+            exc = work.unreadable
+            return Outcome(REJECTED, f"cannot read the file: {exc.strerror or exc}; "
+                           "check its permissions and drop it again")
+        rel = work.claimed.rel
+        obj = self.route(rel)
+        if obj is None:
+            return Outcome(REJECTED, "files directly in inbox/ need an object: drop it into "
+                           "inbox/<object>/ (e.g. inbox/contact/) or set [spool] default_object")
+        work.obj, work.hub = obj, self.settings.hub_for(obj)
+        if work.inspection is None:
+            return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
+                           "export it as CSV and drop it again")
+        if work.inspection.problem:
+            return Outcome(REJECTED, work.inspection.problem,
+                           errors=[p.as_dict() for p in work.inspection.problems],
+                           errors_total=work.inspection.problems_total)
+        return None
+
+    async def describe(self, work: Work) -> None:
+        """Hash and describe a file whose job already exists (resumed after a restart):
+        for its result only, never a verdict. A file sent in parts has its route from
+        its path (its ledger row holds the first part's only when sent whole)."""
+        if work.obj is None:
+            work.obj = self.route(work.claimed.rel)
+            work.hub = self.settings.hub_for(work.obj) if work.obj else None
+        try:
+            found = await asyncio.to_thread(csvfile.inspect, work.claimed.ref,
+                                            self.columns(work.obj))
+        except OSError:
+            return
+        work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
+
+    async def _examined(self, work: Work, ticket: Ticket) -> None:
+        """Examine the file; when it cannot be read for a reason that is not its own,
+        wait and try again, never judging the file by it."""
+        for attempt in itertools.count(1):
+            if not work.examined:
+                await asyncio.to_thread(self.examine, work)
+            exc = work.unreadable
+            if exc is None or exc.errno in FILES_FAULT:
+                if attempt > 1:
+                    self.troubles.clear("reading", work.rel)
+                return
+            ticket.check()
+            delay = backoff_delay(attempt, cap=READ_RETRY_CAP) + 0.1
+            problem = exc.strerror or str(exc)
+            work.log.warning("file.read_retry", error=problem, attempt=attempt,
+                             retry_in=round(delay, 2))
+            self.troubles.set("reading", work.rel, problem)
+            self.metrics.io_retries.labels("reading").inc()
+            work.unreadable = None
+            await asyncio.sleep(delay)
+
+
+def csv_info(found: csvfile.Inspection | None,
+             columns: csvfile.Columns) -> dict[str, Any] | None:
+    """What the file turned out to be: dialect, encoding, rows, converted or sent as is."""
+    if found is None or found.dialect is None:
+        return None
+    return {**found.dialect.describe(), "rows": found.rows,
+            "converted": not found.passes_through(columns)}

@@ -1,0 +1,266 @@
+"""A file's jobs: a plan of one or more parts; each part's job created, its id recorded,
+the job followed. One path, whatever the plan.
+
+A file with more data rows than ``objects.<name>.max_rows_per_job`` is cut into parts,
+each the header plus up to that many rows, one job each; any other file is a one-part
+plan: the whole file as dropped, recorded in its own ledger row as before. The cut is
+recorded before the first part is sent, each job id the moment it exists (before
+anything else), and each part's end once known, so a restart goes on with what is not
+done and never creates a recorded job again. Parts go one after another; a part that
+fails stops the rest; the file is done when every part is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.admission import Ticket
+from daemon.checks import Checks
+from daemon.client import OpenConnectorsClient
+from daemon.ledger import Ledger, Part, utcnow
+from daemon.metrics import Metrics
+from daemon.normalise import UploadBody, upload_body
+from daemon.results import COMPLETE, FAILED, REJECTED, Outcome
+from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
+from daemon.settings import Settings
+from daemon.tracker import Tracker
+from daemon.work import Work
+
+NOT_SENT = "NOT_SENT"
+
+
+@dataclass(frozen=True)
+class Plan:
+    whole: bool          # one job for the file as dropped, recorded in its own row
+    parts: list[Part]
+
+
+class Jobs:
+    def __init__(self, settings: Settings, ledger: Ledger, client: OpenConnectorsClient,
+                 policy: RetryPolicy, tracker: Tracker, checks: Checks,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.client = client
+        self.policy = policy
+        self.tracker = tracker
+        self.checks = checks
+        self.metrics = metrics
+        # Uploads whose body has gone out: the API may be acting on it, so a stop waits
+        # for the answer instead of cutting them (a cut one would be sent again).
+        self.answering: set[asyncio.Task[Any]] = set()
+        self.active: set[str] = set()   # jobs being followed now
+        self.uploads_now = 0
+
+    async def started(self, work: Work, resumed: bool) -> bool:
+        """Has a job of the file been recorded (a file resumed after a restart)?"""
+        return resumed and (work.job_id is not None or any(
+            p.job_id for p in await self.ledger.parts(work.claimed.claim_id)))
+
+    async def run(self, work: Work, ticket: Ticket, resumed: bool) -> Outcome:
+        """Every part's job created (unless recorded) and followed to its end."""
+        plan = await self._plan(work, resumed)
+        await ticket.job()
+        ended: dict[int, Outcome] = {}
+        for part in plan.parts:
+            if part.result_json:  # ended before a restart
+                ended[part.part] = _outcome(await asyncio.to_thread(json.loads,
+                                                                    part.result_json))
+            else:
+                ticket.check()
+                ended[part.part] = await self._run_part(work, ticket, plan, part)
+                if not plan.whole:
+                    summary = _summary(part, ended[part.part])
+                    await self.ledger.finish_part(work.claimed.claim_id, part.part,
+                                                  await asyncio.to_thread(json.dumps, summary))
+            if ended[part.part].status != COMPLETE:
+                break
+        ticket.job_done()
+        return ended[1] if plan.whole else combine(plan.parts, ended)
+
+    async def _plan(self, work: Work, resumed: bool) -> Plan:
+        claim_id = work.claimed.claim_id
+        parts = await self.ledger.parts(claim_id) if resumed else []
+        limit = self.settings.object_settings(work.obj).max_rows_per_job if work.obj else 0
+        if not parts and limit and limit < (work.rows or 0):
+            total = work.rows or 0
+            await self.ledger.plan_parts(
+                claim_id, [(first, min(limit, total - first)) for first in range(0, total, limit)])
+            parts = await self.ledger.parts(claim_id)
+        if parts:
+            return Plan(False, parts)
+        return Plan(True, [Part(1, 0, work.rows or 0, work.job_id, work.submitted_at, None,
+                                work.possible_duplicate)])
+
+    async def _run_part(self, work: Work, ticket: Ticket, plan: Plan, part: Part) -> Outcome:
+        job_id, submitted_at, duplicate = part.job_id, part.submitted_at, part.possible_duplicate
+        if job_id is None:
+            work.possible_duplicate, work.retry_reason = False, None
+            rows = None if plan.whole else range(part.first_row, part.first_row + part.rows)
+            created = await self._send(work, ticket, rows)
+            duplicate = work.possible_duplicate
+            if isinstance(created, Outcome):
+                return dataclasses.replace(created, possible_duplicate=duplicate)
+            job_id, submitted_at = created, utcnow()
+            await self._record(work, plan, part, job_id, submitted_at, duplicate)
+        if work.job_id is None or plan.whole:
+            work.job_id, work.submitted_at = job_id, submitted_at
+        ticket.check()  # its job id is recorded: followed again at the next start
+        outcome = await self.follow(work, job_id, submitted_at or utcnow())
+        return dataclasses.replace(outcome, possible_duplicate=duplicate, job_id=job_id)
+
+    async def _record(self, work: Work, plan: Plan, part: Part, job_id: str,
+                      submitted_at: str, duplicate: bool) -> None:
+        """Record the new job's id before anything else, not cancellable half-way."""
+        claim_id = work.claimed.claim_id
+        if plan.whole:
+            await asyncio.shield(self.ledger.record_job(
+                claim_id, job_id, submitted_at, work.obj or "", work.hub or "", work.attempts,
+                duplicate))
+            work.log = work.log.bind(job_id=job_id)
+            work.log.info("job.created", object=work.obj, hub=work.hub,
+                          attempts=work.attempts, possible_duplicate=duplicate)
+        else:
+            await asyncio.shield(self.ledger.record_part_job(claim_id, part.part, job_id,
+                                                             submitted_at, duplicate))
+            work.log.info("job.created", job_id=job_id, part=part.part,
+                          parts=len(plan.parts), object=work.obj, hub=work.hub,
+                          attempts=work.attempts, possible_duplicate=duplicate)
+
+    async def _send(self, work: Work, ticket: Ticket, rows: range | None) -> str | Outcome:
+        """Create one job for the file (or for *rows* of it): its id, or why not. Each
+        attempt holds an upload slot; waits between attempts hold none."""
+        assert work.inspection is not None
+        body = upload_body(work.claimed.ref, work.inspection, self.checks.columns(work.obj),
+                           rows)
+        try:
+            return await self.policy.call("create_job", lambda: self._create(work, body),
+                                          around=ticket.upload, file=work.rel)
+        except RejectedError as exc:
+            return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
+        except TransientError as exc:
+            return Outcome(FAILED, f"gave up uploading after {exc.elapsed:.0f} s and "
+                           f"{exc.attempts} attempt{'s' if exc.attempts > 1 else ''}: "
+                           f"{exc.message}")
+        except ApiError as exc:  # an answer we cannot use; the job may exist
+            return Outcome(FAILED, f"upload answer unusable, not retried: {exc.message}")
+        finally:
+            if work.inspection.content is not None and rows is None:
+                # Not kept while the job runs (32 jobs may run for hours).
+                work.inspection = dataclasses.replace(work.inspection, content=None)
+
+    async def _create(self, work: Work, body: UploadBody) -> str:
+        assert work.obj is not None and work.hub is not None
+        work.attempts += 1  # recorded with the job id (a crash here means: upload again)
+        if work.retry_reason is not None:
+            # The last attempt may have made a job: this one may make a second.
+            work.possible_duplicate = True
+            self.metrics.create_retries.labels(work.retry_reason).inc()
+            work.retry_reason = None
+        meta = self.settings.object_settings(work.obj).metadata
+        callback_url = self.settings.callback.public_url
+        if callback_url:  # echoed in the callback: which file the job belongs to
+            meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
+        task = asyncio.current_task()
+        assert task is not None
+        self.metrics.uploads_in_flight.inc()
+        self.uploads_now += 1
+        started = time.monotonic()
+        try:
+            job = await self.client.create_job(
+                work.hub, work.obj, work.claimed.rel.name, self._counted(body), metadata=meta,
+                callback_url=callback_url, on_sent=lambda: self.answering.add(task))
+        except TransientError as exc:
+            if exc.maybe_done:
+                work.retry_reason = exc.kind
+            raise
+        finally:
+            self.answering.discard(task)
+            self.metrics.uploads_in_flight.dec()
+            self.uploads_now -= 1
+        self.metrics.upload_seconds.observe(time.monotonic() - started)
+        return job.id
+
+    def _counted(self, body: UploadBody) -> UploadBody:
+        sent = self.metrics.uploaded_bytes
+        if isinstance(body, bytes):
+            sent.inc(len(body))
+            return body
+
+        async def counting() -> AsyncIterator[bytes]:
+            async for chunk in body():
+                sent.inc(len(chunk))
+                yield chunk
+
+        return counting
+
+    async def follow(self, work: Work, job_id: str, submitted_at: str) -> Outcome:
+        """Follow one job to its end (cancelled at shutdown: it resumes from the ledger)."""
+        assert work.hub is not None
+        self.active.add(job_id)
+        try:
+            end = await self.tracker.follow(work.hub, job_id, submitted_at, work.log)
+            self.metrics.job_seconds.observe(
+                time.time() - datetime.fromisoformat(submitted_at).timestamp())
+            return await self.tracker.conclude(work.hub, job_id, end)
+        finally:
+            self.active.discard(job_id)
+
+
+def _rows(part: Part) -> list[int]:
+    return [part.first_row + 1, part.first_row + part.rows]
+
+
+def _summary(part: Part, outcome: Outcome) -> dict[str, Any]:
+    """A part's end as the ledger keeps it and the result lists it."""
+    return {"part": part.part, "rows": _rows(part), "job_id": outcome.job_id,
+            "status": outcome.status, "api_status": outcome.api_status,
+            "records": {"total": outcome.records_total, "failed": outcome.records_failed},
+            "reason": outcome.reason, "possible_duplicate": outcome.possible_duplicate,
+            "errors": list(outcome.errors)}
+
+
+def _outcome(summary: dict[str, Any]) -> Outcome:
+    records = summary["records"]
+    return Outcome(summary["status"], summary["reason"], summary["api_status"],
+                   records["total"], records["failed"], summary["errors"],
+                   possible_duplicate=bool(summary.get("possible_duplicate")),
+                   job_id=summary["job_id"])
+
+
+def combine(parts: list[Part], ended: dict[int, Outcome]) -> Outcome:
+    """One outcome for the file from its parts' outcomes."""
+    summaries = {n: _summary(next(p for p in parts if p.part == n), o) for n, o in ended.items()}
+    jobs = [({k: v for k, v in summaries[p.part].items() if k != "errors"}
+             if p.part in summaries else
+             {"part": p.part, "rows": _rows(p), "job_id": None, "status": NOT_SENT})
+            for p in parts]
+    errors = [{"part": s["part"], **e} if isinstance(e, dict) else {"part": s["part"], "error": e}
+              for s in summaries.values() for e in s["errors"]]
+    totals = [o.records_total for o in ended.values()]
+    total = sum(t for t in totals if t is not None) if None not in totals else None
+    failed = sum(o.records_failed or 0 for o in ended.values())
+    duplicate = any(o.possible_duplicate for o in ended.values())
+    bad = next((n for n, o in ended.items() if o.status != COMPLETE), None)
+    if bad is None and len(ended) == len(parts):
+        reason = (f"{len(parts)} jobs completed: {total if total is not None else '?'} records"
+                  + (f", {failed} failed" if failed else ""))
+        last = ended[parts[-1].part]
+        return Outcome(COMPLETE, reason, last.api_status, total, failed, errors, jobs=jobs,
+                       possible_duplicate=duplicate)
+    assert bad is not None
+    first, last_row = summaries[bad]["rows"]
+    reason = (f"part {bad} of {len(parts)} (rows {first}-{last_row}): "
+              f"{ended[bad].reason}")
+    unsent = [j["part"] for j in jobs if j["status"] == NOT_SENT]
+    if unsent:
+        reason += f"; part{'s' if len(unsent) > 1 else ''} {', '.join(map(str, unsent))} not sent"
+    return Outcome(FAILED, reason, ended[bad].api_status, total, failed, errors, jobs=jobs,
+                   possible_duplicate=duplicate)
