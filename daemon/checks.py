@@ -15,7 +15,7 @@ import itertools
 from pathlib import PurePosixPath
 from typing import Any
 
-from daemon import csvfile
+from daemon import csvfile, rawfile
 from daemon.admission import Ticket
 from daemon.fileref import NotAFile
 from daemon.metrics import Metrics
@@ -64,7 +64,7 @@ class Checks:
                 found = csvfile.inspect(ref, self.columns(self.route(rel)))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
-                work.sha256, work.size = csvfile.digest(ref)
+                work.sha256, work.size = rawfile.digest(ref)
         except NotAFile as exc:
             work.problem = exc.strerror
         except OSError as exc:

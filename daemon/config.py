@@ -9,11 +9,10 @@ shows a secret.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 
 from daemon.settings import (
     CONVERTERS,
+    OBJECT_CONVERTERS,
     ApiSettings,
     BadValue,
     CallbackSettings,
@@ -33,10 +33,9 @@ from daemon.settings import (
     SpoolSettings,
     WorkersSettings,
     describe,
+    name_problem,
     split_listen,
     suggest,
-    to_int,
-    to_str,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/bulkdrop/bulkdrop.toml")
@@ -234,15 +233,6 @@ _LIMITS: dict[str, tuple[int, bool]] = {
 }
 
 
-def _name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a single folder name (or URL path segment), if it cannot."""
-    if not name:
-        return "must not be empty"
-    if "/" in name or "\0" in name or name in (".", ".."):
-        return f"must be a single name (no '/', not '.' or '..'), got {describe(name)}"
-    return None
-
-
 def _check_url(layers: _Layers, dotted: str, *, required: bool) -> None:
     url = layers.values[dotted]
     if not url:
@@ -276,7 +266,7 @@ def _validate(layers: _Layers, require_base_url: bool) -> None:
             raise layers.error(most, f"must be >= {first} ({low!r}), got {high!r}")
         raise layers.error(first, f"must be <= {most} ({high!r}), got {low!r}")
     for dotted in ("api.hub", "spool.node_id", "spool.default_object"):
-        problem = _name_problem(values[dotted])
+        problem = name_problem(values[dotted])
         if problem and not (dotted == "spool.default_object" and values[dotted] == ""):
             raise layers.error(dotted, problem)
     listen = values["http.listen"]
@@ -289,53 +279,9 @@ def _validate(layers: _Layers, require_base_url: bool) -> None:
 
 # --- objects (file only) ------------------------------------------------------------
 
-def _obj_metadata(value: object) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise BadValue("expected a table")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        raise BadValue("must hold only JSON values (no dates, times, inf or nan)") from None
-    return value
-
-
-def _obj_hub(value: object) -> str:
-    hub = to_str(value, False)
-    problem = _name_problem(hub)
-    if problem:
-        raise BadValue(problem)
-    return hub
-
-
-def _obj_renames(value: object) -> Mapping[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
-        raise BadValue("expected a table of column names to non-empty strings")
-    return dict(value)
-
-
-def _obj_columns(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise BadValue("expected an array of non-empty strings")
-    return tuple(value)
-
-
-def _obj_rows(value: object) -> int:
-    rows = to_int(value, False)
-    if rows < 0:
-        raise BadValue("must be >= 0 (0: never split)")
-    return rows
-
-
-_OBJECT_KEYS: dict[str, Callable[[object], object]] = {
-    "metadata": _obj_metadata, "hub": _obj_hub, "rename_columns": _obj_renames,
-    "drop_columns": _obj_columns, "require_columns": _obj_columns,
-    "max_rows_per_job": _obj_rows,
-}
-
-
 def _object(name: str, table: object, source: Path | None) -> ObjectSettings:
     here = _in_file(f"objects.{name}", source)
-    problem = _name_problem(name)
+    problem = name_problem(name)
     if problem:
         raise here.error(f"object name {problem}")
     if not isinstance(table, dict):
@@ -343,10 +289,10 @@ def _object(name: str, table: object, source: Path | None) -> ObjectSettings:
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         origin = _in_file(f"objects.{name}.{key}", source)
-        if key not in _OBJECT_KEYS:
-            raise origin.error(f"unknown key{suggest(key, _OBJECT_KEYS)}")
+        if key not in OBJECT_CONVERTERS:
+            raise origin.error(f"unknown key{suggest(key, OBJECT_CONVERTERS)}")
         try:
-            kwargs[key] = _OBJECT_KEYS[key](value)
+            kwargs[key] = OBJECT_CONVERTERS[key](value)
         except BadValue as bad:
             raise origin.error(f"{bad}, got {describe(value)}") from None
     return ObjectSettings(**kwargs)

@@ -1,17 +1,16 @@
-"""Dropped files as CSV: dialect and encoding detection, validation, streaming normaliser.
+"""Dropped files as CSV: dialect and encoding detection, validation, counting.
 
-``inspect`` reads the file once, in chunks (call it in a thread): its sha256 and size,
-the dialect found, the rows, and every problem that means it must never become a job,
-with 1-based physical line numbers (:mod:`daemon.normalise` then makes the upload from
-what it found). Memory stays flat: no
-line, and no record (a quoted field may span lines), longer than :data:`LINE_LIMIT`
-characters is ever held; a file with one is rejected, naming its line.
+``inspect`` reads the file once, in chunks (call it in a thread): its sha256 and size
+(see :mod:`daemon.rawfile`), the dialect found, the rows, and every problem that means
+it must never become a job, with 1-based physical line numbers (:mod:`daemon.normalise`
+then makes the upload from what it found). Memory stays flat: no line, and no record (a
+quoted field may span lines), longer than :data:`LINE_LIMIT` characters is ever held; a
+file with one is rejected, naming its line.
 """
 
 from __future__ import annotations
 
 import builtins
-import codecs
 import csv
 import hashlib
 import io
@@ -21,16 +20,22 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from daemon.fileref import FileRef, as_ref
+from daemon.rawfile import (
+    CHUNK,
+    RawBytes,
+    bad_byte_line,
+    bom_encoding,
+    codec_of,
+    line_endings,
+    open_text,
+    prescan,
+)
 from daemon.settings import ObjectSettings
 
-CHUNK = 256 * 1024
-OUT_BLOCK = 64 * 1024
 MAX_PROBLEMS = 100
 DEFAULT_LINE_LIMIT = 1 << 20
 DELIMITERS = ("\t", ";", "|", ",")  # ties go to the earlier: commas fill free text
 DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
-BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
-        (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
 
@@ -130,72 +135,6 @@ def header_names(row: Sequence[str]) -> list[str]:
     return names
 
 
-@dataclass
-class _Bytes:
-    """The pre-pass over the raw bytes: hash, size, and whether they are UTF-8."""
-    sha256: str
-    size: int
-    utf8: bool              # every byte decodes as UTF-8
-    error_line: int | None  # the line of the first byte that does not
-    non_ascii_before: bool  # something non-ASCII decoded as UTF-8 before that byte
-    has_nul: bool
-
-
-def _chunks(ref: FileRef, whole: bytes | None) -> Iterator[bytes]:
-    if whole is not None:
-        yield whole
-        return
-    with ref.open_binary() as fh:
-        while chunk := fh.read(CHUNK):
-            yield chunk
-
-
-def _prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> _Bytes:
-    """Hash the file and test it as UTF-8 at C speed, chunk by chunk (*whole*: in hand)."""
-    digest = hashlib.sha256()
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    size = newlines = 0
-    utf8, error_line, non_ascii, has_nul = check_utf8, None, False, False
-    for chunk in _chunks(ref, whole):
-        digest.update(chunk)
-        size += len(chunk)
-        has_nul = has_nul or b"\0" in chunk
-        if utf8:
-            try:
-                non_ascii = not decoder.decode(chunk).isascii() or non_ascii
-            except UnicodeDecodeError as exc:
-                good = chunk[:exc.start]
-                non_ascii = non_ascii or not good.decode("utf-8", "replace").isascii()
-                utf8, error_line = False, newlines + good.count(b"\n") + 1
-        newlines += chunk.count(b"\n")
-    if utf8:
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            utf8, error_line = False, newlines + 1
-    return _Bytes(digest.hexdigest(), size, utf8, error_line, non_ascii, has_nul)
-
-
-def codec_of(encoding: str) -> str:
-    """The codec that reads a file of *encoding*: UTF-16 with a BOM reads its own BOM."""
-    return "utf-16" if encoding.startswith("utf-16") else encoding
-
-
-def open_text(source: Path | FileRef, encoding: str) -> io.TextIOWrapper:
-    """The file as text for the csv module: C-level decoding, universal newlines kept."""
-    text: io.TextIOWrapper = as_ref(source).open(
-        "r", encoding=codec_of(encoding), errors="strict", newline="")
-    return text
-
-
-def bounded_lines(text: TextIO, limit: int) -> Iterator[str]:
-    """The lines of *text*, none longer than *limit* characters: a longer one is cut
-    there (the csv module then sees garbage, never an unbounded line). For reading a
-    file that passed its checks; :func:`inspect` reports such lines instead."""
-    readline = text.readline
-    return iter(lambda: readline(limit), "")
-
-
 ProblemSink = Callable[[Problem], None]
 
 
@@ -230,28 +169,6 @@ class _Scan:
             yield line
 
 
-def _bom_encoding(head: bytes, whole: bool) -> str | None:
-    """The encoding a byte order mark at the start declares, if the bytes bear it out: a
-    Windows-1252 file may begin with "þÿ" (FE FF), which is no UTF-16 file of odd length
-    or with a half character in it."""
-    for bom, name in BOMS:
-        if head.startswith(bom):
-            if name.startswith("utf-16"):
-                try:
-                    codecs.getincrementaldecoder(name)().decode(head, final=whole)
-                except UnicodeDecodeError:
-                    return None
-            return name
-    return None
-
-
-def _line_endings(text: str) -> str:
-    """CRLF, LF, CR or none, from a sample of the text."""
-    if "\n" in text:
-        return "CRLF" if "\r\n" in text else "LF"
-    return "CR" if "\r" in text else "none"
-
-
 def sniff_delimiter(sample: str) -> str:
     """The candidate that splits the sample's first rows into the most consistent columns."""
     lines = sample.splitlines(keepends=True)[:50]
@@ -272,17 +189,6 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
-def digest(source: Path | FileRef) -> tuple[str, int]:
-    """sha256 and size of any file, read in chunks."""
-    hashed = hashlib.sha256()
-    size = 0
-    with as_ref(source).open_binary() as fh:
-        while chunk := fh.read(CHUNK):
-            hashed.update(chunk)
-            size += len(chunk)
-    return hashed.hexdigest(), size
-
-
 def inspect(source: Path | FileRef, columns: Columns | None = None,
             sink: ProblemSink | None = None) -> Inspection:
     """Detect, validate and count; never raises for bad content, only for I/O errors.
@@ -298,8 +204,8 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
     whole = head if len(head) < CHUNK else None  # a small file is read once, here
-    declared = _bom_encoding(head, whole is not None)
-    raw = _prescan(ref, check_utf8=declared is None, whole=whole)
+    declared = bom_encoding(head, whole is not None)
+    raw = prescan(ref, check_utf8=declared is None, whole=whole)
     if declared:
         encoding = declared
     elif raw.utf8:
@@ -310,7 +216,7 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
     else:
         encoding = "cp1252"
     sample = head.decode(codec_of(encoding), "replace").lstrip("\ufeff")
-    endings = _line_endings(sample)
+    endings = line_endings(sample)
     dialect = Dialect(encoding, sniff_delimiter(sample), endings)
     scan = _Scan(columns, check_nul=raw.has_nul, sink=sink)
     text = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
@@ -321,10 +227,10 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
                       tuple(scan.problems), scan.total, content=whole)
 
 
-def _undecodable(raw: _Bytes, encoding: str, head: bytes, line: int | None,
+def _undecodable(raw: RawBytes, encoding: str, head: bytes, line: int | None,
                  sink: ProblemSink | None) -> Inspection:
     sample = head.decode(encoding, "replace")
-    endings = _line_endings(sample)
+    endings = line_endings(sample)
     problem = Problem(line, f"bytes that are not valid {encoding} text; "
                             "save the file as UTF-8 and drop it again")
     if sink is not None:
@@ -352,7 +258,7 @@ def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, ref: FileRe
             if isinstance(exc, LineTooLong):
                 scan.add(line, _too_long(limit, spans=reader.line_num > line))
             else:
-                scan.add(_bad_byte_line(ref, text.encoding),
+                scan.add(bad_byte_line(ref, text.encoding),
                          f"bytes that are not valid {text.encoding} text; "
                          "save the file as UTF-8 and drop it again")
             break
@@ -381,20 +287,6 @@ def _too_long(limit: int, spans: bool) -> str:
     where = " (a record from here on spans lines: is a quote never closed?)" if spans else ""
     return (f"a line longer than {limit:,} characters{where}; no CSV line is this long: "
             "check the file, or raise [spool] max_line_length")
-
-
-def _bad_byte_line(ref: FileRef, codec: str) -> int | None:
-    """The line of the first byte *codec* cannot decode (the text layer reads ahead)."""
-    decoder = codecs.getincrementaldecoder(codec)("strict")
-    newlines = 0
-    with ref.open_binary() as fh:
-        while chunk := fh.read(CHUNK):
-            try:
-                newlines += decoder.decode(chunk).count("\n")
-            except UnicodeDecodeError as exc:
-                good = chunk[:exc.start].decode(codec, "replace")
-                return newlines + good.count("\n") + 1
-    return None
 
 
 def _stops(scan: _Scan, line: int, exc: csv.Error) -> bool:

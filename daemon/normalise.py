@@ -18,10 +18,12 @@ from pathlib import Path
 import aiofiles
 
 from daemon import csvfile
-from daemon.csvfile import CHUNK, OUT_BLOCK, Columns, Dialect, Inspection, header_names, open_text
+from daemon.csvfile import Columns, Dialect, Inspection, header_names
 from daemon.fileref import FileRef, as_ref
+from daemon.rawfile import CHUNK, bounded_lines, open_text
 
 BATCH_ROWS = 2000
+OUT_BLOCK = 64 * 1024  # bytes of converted CSV per chunk of the upload
 
 
 # What an upload sends: a small file's bytes, or a factory of fresh streams of chunks
@@ -88,7 +90,7 @@ def normalised_blocks(source: Path | FileRef, dialect: Dialect, columns: Columns
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     with open_text(source, dialect.encoding) as text:
-        lines = csvfile.bounded_lines(text, csvfile.LINE_LIMIT + 1)
+        lines = bounded_lines(text, csvfile.LINE_LIMIT + 1)
         records = filter(None, csv.reader(lines, delimiter=dialect.delimiter, strict=True))
         header = next(records, None)
         if header is None:

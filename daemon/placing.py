@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.spool import NAME_MAX, Claimed, Spool, lexists, open_dirs
+from daemon.folders import lexists, open_dirs
+from daemon.spool import NAME_MAX, Claimed, Spool
 
 # Every name a filed file may get beside it; a name is free only when all are.
 SIDECARS = (".result.json", ".errors.csv", ".failed.csv", ".failed.jsonl")

@@ -26,7 +26,7 @@ from daemon.filing import Filer
 from daemon.http_server import HttpServer, raise_descriptor_limit
 from daemon.http_server import serve as serve_http
 from daemon.jobs import Jobs
-from daemon.ledger import Ledger, LedgerError
+from daemon.ledger import Ledger
 from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
@@ -34,6 +34,7 @@ from daemon.recovery import recover
 from daemon.retry import RetryPolicy
 from daemon.settings import Settings
 from daemon.spool import Spool, SpoolError
+from daemon.store import StoreError
 from daemon.systemd import Notifier
 from daemon.tasks import Tasks
 from daemon.tracker import Tracker
@@ -193,7 +194,7 @@ class Daemon:
                            "write access (droppers need umask 002)")
         try:
             await self.ledger.open()
-        except (LedgerError, OSError) as exc:
+        except (StoreError, OSError) as exc:
             raise StartupError(str(exc)) from exc
 
     async def _serve_http(self) -> HttpServer | None:

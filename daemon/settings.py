@@ -8,6 +8,7 @@ variables and systemd credentials.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import socket
@@ -248,4 +249,59 @@ def to_secret(value: object, text: bool) -> Secret:
 CONVERTERS: dict[Any, Callable[[object, bool], object]] = {
     bool: to_bool, int: to_int, float: to_float, str: to_str, Path: to_path,
     Secret: to_secret,
+}
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a single folder name (or URL path segment), if it cannot."""
+    if not name:
+        return "must not be empty"
+    if "/" in name or "\0" in name or name in (".", ".."):
+        return f"must be a single name (no '/', not '.' or '..'), got {describe(name)}"
+    return None
+
+
+# --- an [objects.<name>] table's keys: value -> typed value, or BadValue ----------------
+
+def _obj_metadata(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BadValue("expected a table")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadValue("must hold only JSON values (no dates, times, inf or nan)") from None
+    return value
+
+
+def _obj_hub(value: object) -> str:
+    hub = to_str(value, False)
+    problem = name_problem(hub)
+    if problem:
+        raise BadValue(problem)
+    return hub
+
+
+def _obj_renames(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise BadValue("expected a table of column names to non-empty strings")
+    return dict(value)
+
+
+def _obj_columns(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BadValue("expected an array of non-empty strings")
+    return tuple(value)
+
+
+def _obj_rows(value: object) -> int:
+    rows = to_int(value, False)
+    if rows < 0:
+        raise BadValue("must be >= 0 (0: never split)")
+    return rows
+
+
+OBJECT_CONVERTERS: dict[str, Callable[[object], object]] = {
+    "metadata": _obj_metadata, "hub": _obj_hub, "rename_columns": _obj_renames,
+    "drop_columns": _obj_columns, "require_columns": _obj_columns,
+    "max_rows_per_job": _obj_rows,
 }

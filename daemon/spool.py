@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from daemon.fileref import FileRef, kind_problem, links_problem
+from daemon.folders import give_back, keep_private, lexists, make_like, open_dirs, rename_at
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 ACCEPTED_SUFFIXES = (".csv", ".tsv", ".txt")
 CLAIM_SEP = "__"
 NAME_MAX = 255
 _CLAIM_NAME = re.compile(r"^[0-9a-f]{20}__.")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PRIVATE_DIR = 0o755  # processing/<node>/ and below: only this daemon writes there
 
 
 class SpoolError(Exception):
@@ -144,7 +143,10 @@ class Spool:
             raise SpoolError(f"cannot create {self.root}: {exc.strerror}") from exc
         for folder in (self.inbox, self.processing.parent, self.processing, self.done,
                        self.failed):
-            _make_like(folder, root)  # the spool's group and mode, as people made the root
+            try:  # the spool's group and mode, as people made the root
+                make_like(folder, root)
+            except OSError as exc:
+                raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
             if folder.is_symlink():
                 raise SpoolError(f"{folder} is a symbolic link: bulkdrop follows no links "
                                  "below the spool root; make it a folder (or link the root)")
@@ -158,7 +160,10 @@ class Spool:
         locked = []
         for name in objects:
             folder = self.inbox / name
-            _make_like(folder, inbox)
+            try:
+                make_like(folder, inbox)
+            except OSError as exc:
+                raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
             if not os.access(folder, os.W_OK | os.X_OK):
                 locked.append(folder)
         return locked
@@ -230,7 +235,7 @@ class Spool:
         for _ in range(5):
             dst = open_dirs(self.processing, safe.parent.parts, create=True)
             try:
-                if _rename(name, target, src, dst):
+                if rename_at(name, target, src, dst):
                     return self._identify(claim_id, safe, target, dst, problem, src, name,
                                           expect)
                 if not lexists(name, src):
@@ -260,7 +265,7 @@ class Spool:
             os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             return Claimed(claim_id, rel, path, None, problem or kind_problem(st.st_mode))
-        if expect is not None and _signature(st) != expect and _give_back(name, dst, old, src):
+        if expect is not None and _signature(st) != expect and give_back(name, dst, old, src):
             raise FileChanged(old)  # it changed between the check and the rename
         return Claimed(claim_id, rel, path, (st.st_dev, st.st_ino),
                        problem or self._links(st))
@@ -336,102 +341,3 @@ class Spool:
 
 def _signature(st: os.stat_result) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
-
-
-def open_dirs(base: Path, parts: Iterable[str], create: bool = False,
-              mode: int = _PRIVATE_DIR) -> int:
-    """A descriptor on ``base/parts...``, neither *base* nor a component below it a link
-    (folders missing are made with *mode* when *create*)."""
-    fd = os.open(base, _DIR_FLAGS)
-    try:
-        for part in parts:
-            try:
-                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                with contextlib.suppress(FileExistsError):  # made by another meanwhile
-                    os.mkdir(part, mode, dir_fd=fd)
-                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def lexists(name: str, dir_fd: int) -> bool:
-    """Is there anything (a link too) called *name* in the folder *dir_fd*?"""
-    return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
-
-
-def _rename(name: str, target: str, src: int, dst: int) -> bool:
-    """True when *name* is now *target*; False when it is not there to move (another node
-    won), or the target folder vanished (pruned) meanwhile."""
-    try:
-        os.rename(name, target, src_dir_fd=src, dst_dir_fd=dst)
-    except FileNotFoundError:
-        # (An NFS rename that was retransmitted reports ENOENT although it was done.)
-        return lexists(target, dst)
-    return True
-
-
-def _give_back(name: str, dst: int, old: str, src: int) -> bool:
-    """Put a file that changed after its checks back in inbox/ under its name, unless
-    that name was taken meanwhile (then it stays claimed). True when given back."""
-    try:
-        os.link(name, old, src_dir_fd=dst, dst_dir_fd=src, follow_symlinks=False)
-    except OSError:
-        if lexists(old, src):
-            return False
-        try:
-            os.rename(name, old, src_dir_fd=dst, dst_dir_fd=src)
-        except OSError:
-            return False
-        return True
-    os.unlink(name, dir_fd=dst)
-    return True
-
-
-def keep_private(folder: Path) -> None:
-    """A folder of ours that no dropper may write to (processing/<node>/, where a dropper
-    could swap a claimed file; the ledger's folder), readable by all."""
-    with contextlib.suppress(OSError):  # not ours to change (another user made it)
-        mode = stat.S_IMODE(os.stat(folder).st_mode)
-        if mode & 0o022:
-            _chmod(folder, mode & ~0o022)
-
-
-def _make_like(folder: Path, model: os.stat_result) -> None:
-    """Make *folder* unless it is there, then give it the group and mode of *model*."""
-    try:
-        folder.mkdir()
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
-    _like(folder, model)
-
-
-def _like(folder: Path, model: os.stat_result) -> None:
-    """Give a folder we just made the group and mode of *model*, as far as we may (made
-    in a setgid folder with the unit's umask, it has them already)."""
-    with contextlib.suppress(OSError):  # not in that group: the group stays ours
-        if os.stat(folder).st_gid != model.st_gid:
-            os.chown(folder, -1, model.st_gid)
-    mode = stat.S_IMODE(os.stat(folder).st_mode)
-    want = stat.S_IMODE(model.st_mode) & 0o777
-    if mode & 0o777 != want:
-        _chmod(folder, (mode & ~0o777) | want)
-
-
-def _chmod(folder: Path, mode: int) -> None:
-    """chmod, keeping the setgid bit where allowed: systemd's ``RestrictSUIDSGID=``
-    refuses any mode with it, even one the folder has already (then it goes)."""
-    try:
-        os.chmod(folder, mode)
-    except PermissionError:
-        if not mode & (stat.S_ISUID | stat.S_ISGID):
-            raise
-        os.chmod(folder, mode & ~(stat.S_ISUID | stat.S_ISGID))

@@ -1,0 +1,238 @@
+"""The ledger's database: one SQLite file in WAL mode, owned by one thread.
+
+Every call runs on that thread, so the event loop never waits on disk and SQLite never
+sees two threads. ``synchronous=FULL`` makes each commit durable before the call
+returns. Writes that arrive while a commit is under way are committed together in the
+next transaction (group commit): one fsync for many files, each caller still waiting for
+its own write to be on disk.
+
+A write that fails for a reason that passes (a full disk, an I/O error, a lock) is tried
+again with backoff until it succeeds. At open, the whole database is checked and read
+end to end; one that cannot be is set aside and a new one started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from daemon.folders import keep_private
+from daemon.logs import get_logger
+
+T = TypeVar("T")
+log = get_logger()
+
+# SQLite's primary result codes for trouble that passes: busy, locked, out of memory,
+# read-only (a remount), I/O error, full, cannot open, protocol (a WAL lock race).
+TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+RETRY_CAP = 30.0
+
+Statement = tuple[str, tuple[Any, ...]]
+_Pending = tuple[Sequence[Statement], "asyncio.Future[None]"]
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message names the path and the cause."""
+
+
+class Database:
+    """Subclasses say what the database holds (:meth:`prepare`) and what they write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._flushing = False
+        self.created = False          # no database was there: a first start, or it was lost
+        self.existed = False          # ... and a file was there (empty, or not a database)
+        self.set_aside: Path | None = None  # where an unreadable one was moved
+        # Told what is wrong while writes fail and are retried (None once they work).
+        self.on_trouble: Callable[[str | None], None] = lambda problem: None
+        # Told when the database turns out damaged while running: nothing can go on.
+        self.on_broken: Callable[[str], None] = lambda problem: None
+        self._closing = False
+
+    def prepare(self, conn: sqlite3.Connection) -> bool:
+        """Make the tables (once checked and read through); True when they were new."""
+        raise NotImplementedError
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, for code running on the database's thread."""
+        assert self._conn is not None, f"{self.path} is not open"
+        return self._conn
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._open)
+
+    async def close(self) -> None:
+        self._closing = True  # a write being retried gives up: the daemon is leaving
+        if self._conn is not None:
+            await self.run(self._conn.close)
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run *fn* on the database's thread, tried again while trouble passes."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._durably, loop, fn, *args)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of *sql*; on the database's thread (through :meth:`run`)."""
+        return self.conn.execute(sql, params).fetchall()
+
+    def submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
+        """Queue *statements*, to be committed in one transaction; the future is done
+        once they are durable. Queued at once, in call order, so a later write never
+        overtakes an earlier one; every write must be repeatable (it may be retried)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._pending.append((statements, done))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            loop.run_in_executor(self._pool, self._flush, loop)
+        return done
+
+    def _durably(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any) -> T:
+        """Run *fn*; while SQLite fails for a reason that passes, wait and run it again,
+        holding the thread (so every later write waits behind it, in order). A damaged
+        database is reported."""
+        for n in itertools.count(1):
+            try:
+                result = fn(*args)
+            except sqlite3.Error as exc:
+                if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
+                    loop.call_soon_threadsafe(self.on_broken,
+                                              f"the ledger {self.path} is damaged: {exc}")
+                if not _is_transient(exc) or self._closing:
+                    raise
+                delay = min(RETRY_CAP, 0.1 * 2 ** n)
+                log.warning("ledger.write_retry", error=str(exc), attempt=n,
+                            retry_in=round(delay, 2), path=str(self.path))
+                loop.call_soon_threadsafe(self.on_trouble, str(exc))
+                time.sleep(delay)  # on the database's own thread, never the event loop
+                continue
+            if n > 1:
+                log.info("ledger.write_recovered", attempts=n)
+                loop.call_soon_threadsafe(self.on_trouble, None)
+            return result
+        raise AssertionError("unreachable")
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+            try:
+                self._durably(loop, self._write_all, batch)
+                outcomes: list[BaseException | None] = [None] * len(batch)
+            except sqlite3.Error:
+                outcomes = [self._write_one(item) for item in batch]  # find the bad one
+            # One wake-up of the event loop for the whole batch.
+            loop.call_soon_threadsafe(_settle, [(done, error) for (_, done), error
+                                                in zip(batch, outcomes, strict=True)])
+
+    def _write_all(self, batch: list[_Pending]) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for statements, _ in batch:
+                for sql, params in statements:
+                    self.conn.execute(sql, params)
+
+    def _write_one(self, item: _Pending) -> BaseException | None:
+        try:
+            self._write_all([item])
+        except sqlite3.Error as exc:
+            return exc
+        return None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Under the spool by default, droppers' ground: our own folder at least is ours.
+        # (The ledger never points the daemon outside processing/, whoever wrote it.)
+        keep_private(self.path.parent)
+        self.existed = self.path.exists()
+        try:
+            self._conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                # Permissions, a full disk, I/O errors: not the ledger's fault, and
+                # starting afresh would upload recorded jobs again. Stop instead.
+                raise StoreError(f"cannot open the ledger {self.path}: {exc}") from exc
+            # Corrupt: keep it for a person to look at, start a new one. The files in
+            # processing/ are claimed afresh by the caller, so none is lost.
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.rename(f"{self.set_aside}{suffix}")
+            self.existed = False
+            self._conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            _read_through(conn)
+            self.created = self.prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    pass
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _is_transient(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in TRANSIENT_CODES
+
+
+def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for done, error in settled:
+        if done.done():  # the caller was cancelled; the write stands regardless
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+
+def _read_through(conn: sqlite3.Connection) -> None:
+    """Check the whole database and read every row of every table as the daemon would:
+    ``quick_check`` misses damage inside records (text that is not UTF-8) and indexes."""
+    if conn.execute("PRAGMA integrity_check(1)").fetchone()[0] != "ok":
+        raise _Corrupt("integrity_check found damage")
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    try:
+        for table in tables:
+            cursor = conn.execute(f'SELECT * FROM "{table}"')
+            while cursor.fetchmany(1000):
+                pass
+    except sqlite3.OperationalError as exc:  # "Could not decode to UTF-8 column ..."
+        raise _Corrupt(str(exc)) from exc
