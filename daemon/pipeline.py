@@ -48,6 +48,8 @@ class Pipeline:
                                             work.received_at, work.claimed.problem)
         try:
             try:
+                if not new_claim:
+                    await ticket.job()  # a file found at start: recovery keeps the limit
                 outcome = await self._outcome(work, ticket, resumed=not new_claim)
             finally:
                 ticket.close()
@@ -85,13 +87,4 @@ class Pipeline:
             log.error("file.vanished", path=str(path), state=row.state)
             await self.ledger.mark_finished(row.claim_id, utcnow())
         else:
-            await self.reclaim(work, ticket)
-
-    async def reclaim(self, work: Work, ticket: Ticket) -> None:
-        """A file found at start: its job slot first (recovery keeps to the limit too)."""
-        try:
-            await ticket.job()
-        except Stopping:
-            ticket.close()
-            return
-        await self.process(work, ticket)
+            await self.process(work, ticket)

@@ -35,7 +35,7 @@ async def recover(spool: Spool, ledger: Ledger, pipeline: Pipeline, admission: A
             continue
         await ledger.add_claim(claimed.claim_id, str(claimed.rel), spool.to_stored(path),
                                utcnow(), claimed.problem)
-        spawn(pipeline.reclaim(Work(claimed, utcnow()), admission.resume_ticket()),
+        spawn(pipeline.process(Work(claimed, utcnow()), admission.resume_ticket()),
               str(claimed.rel))
     report_ledger(ledger, len(strays))
     if rows or strays:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,43 @@ async def spawn() -> AsyncIterator[Callable[..., Any]]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+SlowWriter = Callable[[Path, bytes, int, float], threading.Thread]
+
+
+@pytest.fixture
+def slow_writer() -> Iterator[SlowWriter]:
+    """Write a file slowly, in place, like a slow export: ``slow_writer(path, data, chunks,
+    seconds)`` starts a thread that writes *data* to *path* in *chunks* pieces over about
+    *seconds*. At the end of the test every writer is stopped (cut short if still
+    writing) and joined, so a failing test never leaves one running."""
+    stop = threading.Event()
+    writers: list[threading.Thread] = []
+
+    def start(path: Path, data: bytes, chunks: int, seconds: float) -> threading.Thread:
+        size = len(data) // chunks + 1
+        pieces = [data[i:i + size] for i in range(0, len(data), size)]
+
+        def write() -> None:
+            with open(path, "wb") as fh:
+                for piece in pieces:
+                    if stop.is_set():
+                        return
+                    fh.write(piece)
+                    fh.flush()
+                    stop.wait(seconds / len(pieces))
+
+        writer = threading.Thread(target=write, name=f"slow writer of {path.name}", daemon=True)
+        writers.append(writer)
+        writer.start()
+        return writer
+
+    yield start
+    stop.set()
+    for writer in writers:
+        writer.join(timeout=10)
+    assert not [w.name for w in writers if w.is_alive()], "a slow writer did not stop"
 
 
 @dataclass

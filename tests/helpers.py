@@ -1,4 +1,5 @@
-"""Shared test helpers: waiting with a deadline, reading results, a slow writer."""
+"""Shared test helpers: waiting with a deadline, dropping and claiming files, reading
+results, asking a running daemon (HTTP, ``bulkdrop status``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from daemon.settings import Settings
 from daemon.spool import Claimed, Spool
 
 DATA = Path(__file__).parent / "data"
@@ -49,6 +55,15 @@ def _awaiting(task: asyncio.Task[Any]) -> list[str]:
 def result_of(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.with_name(path.name + ".result.json").read_text())
     return data
+
+
+async def result_when_filed(root: Path, where: str, rel: str,
+                            timeout: float = 20) -> dict[str, Any]:
+    """The result of *rel* once it is filed under *where* (done or failed)."""
+    path = root / where / rel
+    await wait_for(lambda: path.with_name(path.name + ".result.json").exists(), timeout,
+                   what=f"{where}/{rel}")
+    return result_of(path)
 
 
 def sha256(path: Path) -> str:
@@ -125,3 +140,26 @@ def claimed_file(spool: Spool, rel: str, data: bytes = b"a,b\n1,2\n") -> Claimed
     claimed = spool.claim(path)
     assert claimed is not None
     return claimed
+
+
+def left_in_processing(settings: Settings, rel: str, data: str) -> tuple[Spool, Path]:
+    """A file left in processing/<node>/ by an earlier run."""
+    spool = Spool(settings.spool.root, settings.spool.node_id)
+    spool.ensure_layout()
+    dropped = drop(settings.spool.root, rel, data)
+    claimed = spool.claim(dropped)
+    assert claimed is not None
+    return spool, claimed.path
+
+
+async def http_get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    """GET *url*: (status, body as text)."""
+    async with http.get(url) as answer:
+        return answer.status, await answer.text()
+
+
+def bulkdrop_status(config: Path) -> str:
+    """``bulkdrop status`` as an operator runs it (as root, beside the daemon)."""
+    run = subprocess.run([sys.executable, "-m", "daemon", "status", "--config", str(config)],
+                         capture_output=True, text=True, timeout=30, env=clean_env())
+    return run.stdout + run.stderr

@@ -6,13 +6,10 @@ import asyncio
 import contextlib
 import csv
 import io
-import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from daemon.csvfile import CHUNK
+from daemon.rawfile import CHUNK
 from daemon.service import Daemon
 from daemon.sim import SimServer
 from tests.helpers import DATA, contacts_csv, drop, finished, result_of, sha256, wait_for
@@ -87,38 +84,6 @@ async def test_failed_records_are_listed_and_written_as_csv(make_settings, run_d
     assert result["errors"][0]["record"]["email"] == "user0"
 
 
-async def test_file_written_slowly_is_uploaded_whole_once(make_settings, run_daemon,
-                                                          sim: SimServer,
-                                                          spool_root: Path) -> None:
-    await run_daemon(make_settings(spool__settle_seconds=0.6))
-    target = spool_root / "inbox" / "contact" / "slow.csv"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    content = contacts_csv(400).encode()
-    chunks = [content[i:i + len(content) // 20 + 1] for i in range(0, len(content),
-                                                                   len(content) // 20 + 1)]
-
-    def write_slowly() -> None:  # 20 chunks over about 2 s, in place, like a slow export
-        with open(target, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-                fh.flush()
-                time.sleep(2.0 / len(chunks))
-
-    writer = threading.Thread(target=write_slowly)
-    writer.start()
-    try:
-        done = spool_root / "done" / "contact" / "slow.csv"
-        await wait_for(lambda: done.with_name("slow.csv.result.json").exists(), timeout=30,
-                       what="slow file result")
-    finally:
-        writer.join()
-    assert len(sim.sim.jobs) == 1
-    job = next(iter(sim.sim.jobs.values()))
-    assert job.bytes == len(content)
-    assert job.body == content
-    assert result_of(done)["records"] == {"total": 400, "failed": 0}
-
-
 async def test_fifty_files_at_once_make_fifty_jobs(make_settings, run_daemon, sim: SimServer,
                                                    spool_root: Path) -> None:
     await run_daemon(make_settings())
@@ -133,29 +98,6 @@ async def test_fifty_files_at_once_make_fifty_jobs(make_settings, run_daemon, si
     assert set(sim.sim.jobs_by_sha256) == hashes
     assert all(len(ids) == 1 for ids in sim.sim.jobs_by_sha256.values())
     assert sim.sim.max_concurrent_uploads <= 4
-
-
-@pytest.mark.parametrize(("uploads", "jobs", "waiting"), [(1, 3, 2), (4, 2, 2)])
-async def test_claimed_files_waiting_are_bounded(make_settings, run_daemon, sim: SimServer,
-                                                 spool_root: Path, uploads: int, jobs: int,
-                                                 waiting: int) -> None:
-    """With every job slot busy, a daemon holds min(2 x uploads, max_active_jobs) claimed
-    files beyond its jobs: the rest stay in inbox/ for another daemon sharing the spool."""
-    sim.sim.config.job_seconds = 60
-    daemon = await run_daemon(make_settings(workers__max_active_jobs=jobs,
-                                            workers__uploads=uploads))
-    for i in range(10):
-        drop(spool_root, f"contact/wait-{i}.csv", contacts_csv(2, tag=str(i)))
-    processing = spool_root / "processing"
-
-    def claimed() -> int:
-        return sum(1 for p in processing.rglob("*.csv") if p.is_file())
-
-    await wait_for(lambda: sim.sim.unfinished_jobs == jobs and daemon.admission.intake.locked()
-                   and claimed() == jobs + waiting,
-                   what=f"{jobs} jobs running and {waiting} files waiting")
-    assert len(list((spool_root / "inbox" / "contact").glob("*.csv"))) == 10 - jobs - waiting
-    assert sim.sim.creates_attempted == jobs
 
 
 async def test_same_name_twice_keeps_both(make_settings, run_daemon, spool_root: Path) -> None:
@@ -226,19 +168,6 @@ async def test_stop_while_idle_is_quick(make_settings) -> None:
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-
-
-async def test_folder_moved_into_inbox_is_picked_up_by_its_event(make_settings, run_daemon,
-                                                                 spool_root: Path,
-                                                                 tmp_path: Path) -> None:
-    await run_daemon(make_settings(spool__rescan_seconds=600))  # no rescan will help
-    staging = tmp_path / "staging" / "account"
-    staging.mkdir(parents=True)
-    for i in range(3):
-        (staging / f"acc{i}.csv").write_text(contacts_csv(2, tag=str(i)))
-    staging.rename(spool_root / "inbox" / "account")
-    done = spool_root / "done" / "account"
-    await wait_for(lambda: len(list(done.glob("*.result.json"))) == 3, what="3 results")
 
 
 async def test_comma_utf8_file_reaches_the_api_byte_for_byte(make_settings, run_daemon,

@@ -1,20 +1,32 @@
-"""The ledger across releases: a spool left unfinished by an earlier release opens, and
-each of its files goes on from where that release left it."""
+"""The ledger: its timestamps; a ledger that is corrupt, damaged in every page, empty or
+not a file at all, met at start; a write that fails for want of space, tried again until
+it succeeds; and a spool left unfinished by an earlier release, which opens, each of its
+files going on from where that release left it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
+import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from daemon.client import OpenConnectorsClient
+from daemon.ledger import utcnow
+from daemon.service import Daemon, StartupError
 from daemon.settings import Secret
 from daemon.sim import SimServer
-from tests.helpers import finished, result_of, wait_for
-from tests.procs import DaemonProc, daemons, write_config
+from tests.helpers import contacts_csv, drop, finished, left_in_processing, result_of, wait_for
+from tests.procs import DaemonProc, daemons, recorded_job_ids, write_config
 
 RELEASE_1 = Path(__file__).parent / "data" / "ledger_v1"  # made by its make.py
 
@@ -59,3 +71,159 @@ async def test_a_spool_left_by_the_last_release_resumes(sim: SimServer, tmp_path
         assert conn.execute("SELECT DISTINCT state FROM files").fetchall() == [("FINISHED",)]
     finally:
         conn.close()
+
+
+def test_ledger_timestamps_are_utc_iso_with_milliseconds() -> None:
+    for _ in range(3):
+        before = datetime.now(UTC)
+        stamp = utcnow()
+        after = datetime.now(UTC)
+        parsed = datetime.fromisoformat(stamp)
+        assert stamp.endswith("+00:00") and len(stamp) == len("2026-01-02T03:04:05.678+00:00")
+        # Truncated to the millisecond, never outside the moments around the call.
+        assert before - timedelta(milliseconds=1) <= parsed <= after
+
+
+async def test_corrupt_ledger_is_set_aside_and_files_still_finish(make_settings, run_daemon,
+                                                                  sim: SimServer) -> None:
+    settings = make_settings()
+    left_in_processing(settings, "contact/after-corruption.csv", contacts_csv(2))
+    db = settings.spool.state_dir / "bulkdrop.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"this is not a SQLite database" * 100)
+    await run_daemon(settings)
+    done = settings.spool.root / "done" / "contact" / "after-corruption.csv"
+    await wait_for(lambda: done.with_name(done.name + ".result.json").exists(), what="result")
+    kept = list(db.parent.glob("bulkdrop.db.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not")
+
+
+async def test_unopenable_ledger_stops_start_up_instead_of_starting_afresh(
+        make_settings, sim: SimServer) -> None:
+    settings = make_settings()
+    (settings.spool.state_dir / "bulkdrop.db").mkdir(parents=True)  # not a file at all
+    with pytest.raises(StartupError, match="bulkdrop.db"):
+        await Daemon(settings).serve()
+    assert not list(settings.spool.state_dir.glob("*.corrupt-*"))
+
+
+def _kill_with_jobs(root: Path) -> Path:
+    """The ledger of a daemon killed while 20 jobs ran: checkpointed into one file."""
+    db = root / ".state" / "n1" / "bulkdrop.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return db
+
+
+async def _start_jobs(sim: SimServer, config: Path, log: Path, root: Path, n: int,
+                      started: list[DaemonProc]) -> None:
+    sim.sim.config.job_outcome = "NEVER"
+    for i in range(n):
+        drop(root, f"contact/j{i:02}.csv", contacts_csv(2, tag=str(i)))
+    daemon = await DaemonProc(config, log).start()
+    started.append(daemon)
+    db = root / ".state" / "n1" / "bulkdrop.db"
+    await wait_for(lambda: db.exists() and len(recorded_job_ids(db)) == n,
+                   what=f"{n} job ids recorded")
+    await daemon.kill()
+    sim.sim.config.job_outcome = None
+
+
+async def test_a_ledger_damaged_in_every_page_is_set_aside_and_rebuilt(
+        sim: SimServer, tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    config = write_config(tmp_path / "c.toml", sim.base_url, root,
+                          workers={"max_active_jobs": 32})
+    log = tmp_path / "d.log"
+    async with daemons() as started:
+        await _start_jobs(sim, config, log, root, 20, started)
+        db = _kill_with_jobs(root)
+        data = bytearray(db.read_bytes())
+        for page_end in range(2 * 4096, len(data) + 1, 4096):  # one byte of every page but
+            data[page_end - 40] ^= 0xFF                          # the first, in its records
+        db.write_bytes(bytes(data))
+        daemon = await DaemonProc(config, log).start()
+        started.append(daemon)
+        await wait_for(lambda: len(finished(root)) == 20, what="all 20 filed")
+        assert daemon.seen("ledger.rebuilt") == 1
+        rebuilt = next(e for e in daemon.events() if e.get("event") == "ledger.rebuilt")
+        assert rebuilt["reclaimed"] == 20
+        assert list(db.parent.glob("bulkdrop.db.corrupt-*")), "the damaged ledger is kept"
+    assert {result_of(p)["status"] for p in finished(root)} == {"COMPLETE"}
+
+
+async def test_an_empty_ledger_with_files_in_processing_is_reported(
+        sim: SimServer, tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    config = write_config(tmp_path / "c.toml", sim.base_url, root)
+    log = tmp_path / "d.log"
+    async with daemons() as started:
+        await _start_jobs(sim, config, log, root, 5, started)
+        db = _kill_with_jobs(root)
+        db.write_bytes(b"")
+        daemon = await DaemonProc(config, log).start()
+        started.append(daemon)
+        await wait_for(lambda: len(finished(root)) == 5, what="all 5 filed")
+    empty = [e for e in daemon.events() if e.get("event") == "ledger.empty"]
+    assert len(empty) == 1 and empty[0]["reclaimed"] == 5 and empty[0]["level"] == "error"
+
+
+@contextlib.contextmanager
+def _small_disk(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs here: {exc}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill the disk to the last byte; the file to remove to give the space back."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for size in (1 << 16, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+        with pytest.raises(OSError) as full:
+            os.write(fd, b"\0")
+        assert full.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.timeout(150)
+async def test_a_full_disk_keeps_the_job_id_and_the_file_until_space_comes_back(
+        sim: SimServer, tmp_path: Path) -> None:
+    """The disk fills while the API makes the job: recording its id fails, and is tried
+    again until there is space. No second job is ever made for the file."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    sim.sim.config.create_delay_seconds = 1.5
+    with _small_disk(tmp_path / "disk", "8m") as disk:
+        root = disk / "spool"
+        config = write_config(tmp_path / "c.toml", sim.base_url, root)
+        drop(root, "contact/full.csv", contacts_csv(20))
+        async with daemons() as started:
+            daemon = await DaemonProc(config, tmp_path / "d.log").start()
+            started.append(daemon)
+            await wait_for(lambda: len(sim.sim.jobs) == 1, what="the job made, its answer due")
+            filler = _fill(disk)
+            await wait_for(lambda: daemon.seen("ledger.write_retry") >= 1
+                           or daemon.seen("file.filing_retry") >= 1, what="a write retried")
+            assert not finished(root) and daemon.running
+            filler.unlink()
+            # Within the backoff now due: the ledger retries at most 30 s apart, filing 60 s.
+            await wait_for(lambda: len(finished(root)) == 1, timeout=70, what="the file filed")
+            assert daemon.running
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+    assert sim.sim.creates_attempted == 1 and len(sim.sim.jobs) == 1

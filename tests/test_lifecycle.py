@@ -221,23 +221,39 @@ async def test_a_line_of_256_mib_is_rejected_in_flat_memory(sim: SimServer,
     assert sim.sim.creates_attempted == 0
 
 
-async def test_the_inbox_gauges_match_the_inbox_within_one_rescan(
-        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
-    """A backlog while uploads are paused (credentials refused): the claimer is full,
-    the watcher waits, and the gauges still say what is there, and since when."""
-    sim.sim.config.auth_broken = True
-    daemon = await run_daemon(make_settings(spool__rescan_seconds=0.5))
-    registry = daemon.metrics.registry
-    drop(spool_root, "contact/first.csv", contacts_csv(2))
-    await wait_for(lambda: not daemon.policy.gate.is_open, what="uploads paused")
-    oldest = time.time()
-    for i in range(300):
-        drop(spool_root, f"contact/b{i:03}.csv", contacts_csv(2, tag=str(i)))
-    inbox = spool_root / "inbox" / "contact"
-    scans = daemon.watcher.scans
-    await wait_for(lambda: daemon.watcher.scans >= scans + 2, what="two rescans")
-    waiting = len(list(inbox.iterdir()))
-    assert waiting > 250, "most of the backlog waits in inbox/"
-    assert registry.get_sample_value("bulkdrop_inbox_files") == waiting
-    age = registry.get_sample_value("bulkdrop_inbox_oldest_file_age_seconds")
-    assert age is not None and 0 < age <= time.time() - oldest + 2
+async def test_a_cancelled_serve_still_drains_before_the_ledger_closes(
+        make_settings, sim: SimServer, spool_root: Path) -> None:
+    """The phased shutdown runs whatever ends serve(): here a cancel, with jobs being
+    followed. Nothing is left running, the ledger closes last, and the next start follows
+    the recorded jobs instead of sending the files again."""
+    sim.sim.config.job_seconds = 600
+    settings = make_settings()
+    daemon = Daemon(settings)
+    serving = asyncio.create_task(daemon.serve())
+    try:
+        await wait_for(daemon.ready.is_set, what="ready")
+        for i in range(2):
+            drop(spool_root, f"contact/c{i}.csv", contacts_csv(2, tag=str(i)))
+        await wait_for(lambda: len(daemon.jobs.active) == 2, what="2 jobs followed")
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(serving, 15)
+        assert daemon.tasks.running == [] and not daemon.jobs.active
+        assert daemon.ledger._conn is None, "the ledger is closed, after everything else"
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+    sim.sim.config.job_seconds = 0.2
+    for job in sim.sim.jobs.values():
+        job.job_seconds = 0.2
+    again = Daemon(settings)
+    serving = asyncio.create_task(again.serve())
+    try:
+        await wait_for(lambda: len(finished(spool_root)) == 2, timeout=30, what="2 filed")
+    finally:
+        again.request_stop()
+        await asyncio.wait_for(serving, 15)
+    assert len(sim.sim.jobs) == 2, "followed by their recorded ids, not sent again"
+    assert {result_of(spool_root / "done" / "contact" / f"c{i}.csv")["status"]
+            for i in range(2)} == {"COMPLETE"}

@@ -1,4 +1,8 @@
-"""Files sent as several jobs (objects.<name>.max_rows_per_job)."""
+"""A file's jobs: each created through API trouble (the retry deadline kept to, a retry
+after a request that may have made a job named as a possible duplicate); a file over
+``objects.<name>.max_rows_per_job`` sent as several parts, one job each; each job
+followed to its end, or cancelled at the job timeout. In-process daemon or real daemon
+subprocesses, the simulator's scripted faults over HTTP."""
 
 from __future__ import annotations
 
@@ -7,13 +11,62 @@ import csv
 import io
 import signal
 import sqlite3
+import time
 from pathlib import Path
+
+import pytest
 
 from daemon.config import load_settings
 from daemon.settings import Settings
 from daemon.sim import SimServer
-from tests.helpers import contacts_csv, drop, finished, result_of, wait_for
+from tests.helpers import contacts_csv, drop, finished, result_of, result_when_filed, wait_for
 from tests.procs import DaemonProc, daemons, write_config
+
+# -- creating a job -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "reason", "duplicate"), [
+    ("lost", "connection", True),    # the job made, the connection cut before the answer
+    ("504", "5xx", True),            # the job made, a gateway gave up waiting
+    ("drop", "connection", True),    # cut while sending: the API might have it all
+    ("503", None, False),            # "not now": nothing was made
+])
+async def test_a_retry_after_a_request_that_may_have_made_a_job_is_named(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path, fault: str,
+        reason: str | None, duplicate: bool) -> None:
+    sim.sim.config.create_faults = [fault]
+    sim.sim.config.retry_after_seconds = 0
+    daemon = await run_daemon(make_settings())
+    drop(spool_root, "contact/twice.csv", contacts_csv(3))
+    result = await result_when_filed(spool_root, "done", "contact/twice.csv")
+    assert result["status"] == "COMPLETE" and result["attempts"] == 2
+    assert result["possible_duplicate"] is duplicate
+    made = 2 if fault in ("lost", "504") else 1
+    assert len(sim.sim.jobs) == made and result["job_id"] == max(sim.sim.jobs)
+    registry = daemon.metrics.registry
+    counted = registry.get_sample_value("bulkdrop_create_retries_total",
+                                        {"reason": reason or "5xx"})
+    assert (counted or 0) == (1 if duplicate else 0)
+
+
+async def test_the_retry_deadline_means_the_deadline(make_settings, run_daemon,
+                                                     sim: SimServer, spool_root: Path) -> None:
+    sim.sim.config.error_rate = 1.0
+    sim.sim.config.retry_after_rate = 0
+    await run_daemon(make_settings(api__retry_deadline_seconds=4))
+    dropped = time.monotonic()
+    drop(spool_root, "contact/never.csv", contacts_csv(2))
+    result = await result_when_filed(spool_root, "failed", "contact/never.csv")
+    took = time.monotonic() - dropped
+    assert result["status"] == "FAILED"
+    assert took >= 4, f"gave up after {took:.1f} s, before the deadline"
+    said = result["reason"].removeprefix("gave up uploading after ").split()
+    assert 4 <= int(said[0]) <= took + 1 and said[1:3] == ["s", "and"], result["reason"]
+    attempts = int(said[3])
+    assert attempts == sum(n for code, n in sim.sim.responses.items() if code >= 500) >= 3
+
+
+# -- a file in parts ----------------------------------------------------------------------
 
 
 def _split_settings(sim: SimServer, root: Path, tmp_path: Path, max_rows: int = 4) -> Settings:
@@ -103,3 +156,21 @@ async def test_kill_between_parts_continues_with_the_rest(sim: SimServer,
     assert result["status"] == "COMPLETE" and result["records"]["total"] == 9
     assert len(sim.sim.jobs) == 3, "part 1 was followed by its id, not sent again"
     assert sorted(j["job_id"] for j in result["jobs"]) == sorted(sim.sim.jobs)
+
+
+# -- following a job ----------------------------------------------------------------------
+
+
+async def test_job_that_never_finishes_fails_at_the_timeout(make_settings, run_daemon,
+                                                            sim: SimServer) -> None:
+    sim.sim.config.job_outcome = "NEVER"
+    settings = make_settings(workers__job_timeout_seconds=1.0)
+    await run_daemon(settings)
+    drop(settings.spool.root, "contact/stuck.csv", contacts_csv(2))
+    failed = settings.spool.root / "failed" / "contact" / "stuck.csv"
+    await wait_for(lambda: failed.with_name("stuck.csv.result.json").exists(), what="result")
+    result = result_of(failed)
+    assert result["status"] == "FAILED"
+    assert result["job_id"] and f"job {result['job_id']} not finished after 1 s" in result["reason"]
+    assert "last status RUNNING" in result["reason"]
+    assert sim.sim.jobs[result["job_id"]].status == "CANCELLED", "the API was asked to cancel it"

@@ -1,0 +1,121 @@
+"""Steering and running the simulator: its /_sim control routes, its app served without
+SimServer, its command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from daemon.sim import SimServer, Simulator, create_app
+from daemon.sim import cli as sim_cli
+from tests.sim.helpers import get_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- control routes -----------------------------------------------------------------------
+
+
+async def test_control_state_and_patch(
+    sim: Simulator, server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.user_secret = "top-secret-value"
+    url = f"{server.root_url}/_sim"
+    async with http.patch(f"{url}/config", json={"error_rate": 0.25, "job_seconds": 2}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["error_rate"] == 0.25
+    assert sim.config.error_rate == 0.25 and sim.config.job_seconds == 2.0
+    for patch, word in (
+        ({"bogus": 1}, "bogus"),
+        ({"drop_rate": "x"}, "drop_rate"),
+        ({"drop_rate": 2.0}, "drop_rate"),
+        ({"create_faults": ["boom"]}, "create_faults"),
+        ({"create_delay_seconds": -1}, "create_delay_seconds"),
+        ([1], "object"),
+    ):
+        async with http.patch(f"{url}/config", json=patch) as resp:
+            assert resp.status == 400
+            assert word in (await resp.json())["message"]
+    assert sim.config.drop_rate == 0.0
+    async with http.get(f"{url}/state") as resp:
+        text = await resp.text()
+    state = json.loads(text)
+    assert "top-secret-value" not in text
+    assert state["config"]["user_secret_set"] is True
+    assert state["config"]["error_rate"] == 0.25
+    assert "requests" in state and "max_concurrent_uploads" in state
+
+
+async def test_create_app_serves_without_simserver(http: aiohttp.ClientSession) -> None:
+    runner = web.AppRunner(create_app(Simulator()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/elements/api-v2/hubs/crm/objects"
+        status, _, _ = await get_json(http, url)
+        assert status == 200
+    finally:
+        await runner.cleanup()
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def test_cli_arguments_build_config() -> None:
+    parser = argparse.ArgumentParser()
+    sim_cli.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--job-seconds",
+            "0.5",
+            "--error-rate",
+            "0.1",
+            "--seed",
+            "3",
+            "--complete-word",
+            "COMPLETE",
+            "--objects",
+            "contact, lead",
+        ]
+    )
+    assert (args.host, args.port) == ("127.0.0.1", 8471)
+    config = sim_cli.config_from_args(args)
+    assert config.job_seconds == 0.5 and config.error_rate == 0.1 and config.seed == 3
+    assert config.complete_word == "COMPLETE" and config.objects == ["contact", "lead"]
+
+
+async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
+    code = (
+        "import argparse, sys; from daemon.sim import cli; p = argparse.ArgumentParser(); "
+        "cli.add_arguments(p); sys.exit(cli.run(p.parse_args(sys.argv[1:])))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=20)).decode()
+        assert line.startswith("Open Connectors simulator at http://127.0.0.1:")
+        base_url = line.split(" at ", 1)[1].strip()
+        status, _, _ = await get_json(http, f"{base_url}/hubs/marketing/objects")
+        assert status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,66 @@
+"""Finding complete files in inbox/ (the watcher): a file is handed on only once it has
+settled, so one written slowly goes up whole and once; a folder renamed into inbox/ is
+found by its event alone; each rescan keeps the inbox gauges true. In-process daemon,
+the simulator over HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from daemon.sim import SimServer
+from tests.conftest import SlowWriter
+from tests.helpers import contacts_csv, drop, result_of, wait_for
+
+
+async def test_file_written_slowly_is_uploaded_whole_once(make_settings, run_daemon,
+                                                          sim: SimServer, spool_root: Path,
+                                                          slow_writer: SlowWriter) -> None:
+    await run_daemon(make_settings(spool__settle_seconds=0.6))
+    target = spool_root / "inbox" / "contact" / "slow.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    content = contacts_csv(400).encode()
+    slow_writer(target, content, 20, 2.0)  # 20 chunks over about 2 s, like a slow export
+    done = spool_root / "done" / "contact" / "slow.csv"
+    await wait_for(lambda: done.with_name("slow.csv.result.json").exists(), timeout=30,
+                   what="slow file result")
+    assert len(sim.sim.jobs) == 1
+    job = next(iter(sim.sim.jobs.values()))
+    assert job.bytes == len(content)
+    assert job.body == content
+    assert result_of(done)["records"] == {"total": 400, "failed": 0}
+
+
+async def test_folder_moved_into_inbox_is_picked_up_by_its_event(make_settings, run_daemon,
+                                                                 spool_root: Path,
+                                                                 tmp_path: Path) -> None:
+    await run_daemon(make_settings(spool__rescan_seconds=600))  # no rescan will help
+    staging = tmp_path / "staging" / "account"
+    staging.mkdir(parents=True)
+    for i in range(3):
+        (staging / f"acc{i}.csv").write_text(contacts_csv(2, tag=str(i)))
+    staging.rename(spool_root / "inbox" / "account")
+    done = spool_root / "done" / "account"
+    await wait_for(lambda: len(list(done.glob("*.result.json"))) == 3, what="3 results")
+
+
+async def test_the_inbox_gauges_match_the_inbox_within_one_rescan(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    """A backlog while uploads are paused (credentials refused): the claimer is full,
+    the watcher waits, and the gauges still say what is there, and since when."""
+    sim.sim.config.auth_broken = True
+    daemon = await run_daemon(make_settings(spool__rescan_seconds=0.5))
+    registry = daemon.metrics.registry
+    drop(spool_root, "contact/first.csv", contacts_csv(2))
+    await wait_for(lambda: not daemon.policy.gate.is_open, what="uploads paused")
+    oldest = time.time()
+    for i in range(300):
+        drop(spool_root, f"contact/b{i:03}.csv", contacts_csv(2, tag=str(i)))
+    inbox = spool_root / "inbox" / "contact"
+    scans = daemon.watcher.scans
+    await wait_for(lambda: daemon.watcher.scans >= scans + 2, what="two rescans")
+    waiting = len(list(inbox.iterdir()))
+    assert waiting > 250, "most of the backlog waits in inbox/"
+    assert registry.get_sample_value("bulkdrop_inbox_files") == waiting
+    age = registry.get_sample_value("bulkdrop_inbox_oldest_file_age_seconds")
+    assert age is not None and 0 < age <= time.time() - oldest + 2
