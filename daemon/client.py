@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -16,9 +17,17 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp import hdrs
 from aiohttp.payload import AsyncIterablePayload, BytesPayload, Payload
 
-from daemon.retry import ApiError, AuthError, RejectedError, TransientError, parse_retry_after
+from daemon.retry import (
+    ApiError,
+    AuthError,
+    RejectedError,
+    TooLargeError,
+    TransientError,
+    parse_retry_after,
+)
 from daemon.settings import ApiSettings, Secret
 
 T = TypeVar("T")
@@ -99,12 +108,17 @@ def api_message(status: int, body: bytes) -> str:
 
 # Answers that say the request was not acted on: "slow down", "not now".
 NOT_ACTED_ON = frozenset({429, 503})
+# A 429 saying one of these is about the upload's size or duration, not the rate.
+TOO_LARGE = re.compile(r"too (large|big|long)|size|exceeds? the max|maximum (upload|file)"
+                       r"|6 ?GB|3,?600 ?s", re.IGNORECASE)
 
 
 def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
     message = api_message(status, body)
     if status in (401, 403):
         return AuthError(message, status)
+    if status == 429 and TOO_LARGE.search(message):
+        return TooLargeError(message, status)
     if status == 429 or status >= 500:
         return TransientError(message, status, parse_retry_after(headers.get("Retry-After")),
                               maybe_done=status not in NOT_ACTED_ON)
@@ -207,11 +221,11 @@ class OpenConnectorsClient:
 
             payload = AsyncIterablePayload(watched(progress), content_type="text/csv")
         with aiohttp.MultipartWriter("form-data") as form:
-            part = form.append_payload(payload)
-            part.set_content_disposition("form-data", name="file", filename=name)
+            form.append_payload(_form_field(payload, "file", filename=name))
             if metadata is not None:
-                meta = form.append(json.dumps(dict(metadata)), {"Content-Type": "application/json"})
-                meta.set_content_disposition("form-data", name="metaData")
+                # A plain form field, as `curl -F 'metaData={...}'` sends it: no type.
+                form.append_payload(_form_field(
+                    BytesPayload(json.dumps(dict(metadata)).encode()), "metaData"))
         headers = {"Elements-Async-Callback-Url": callback_url} if callback_url else {}
         path = f"/hubs/{quote(hub, safe='')}/bulk/{quote(obj, safe='')}"
         if progress is None:
@@ -273,6 +287,18 @@ class OpenConnectorsClient:
     async def cancel_job(self, hub: str, job_id: str) -> None:
         await self._request(
             "cancel", "PUT", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/cancel")
+
+
+def _form_field(payload: Payload, name: str, filename: str | None = None) -> Payload:
+    """*payload* as a form field with the part headers curl writes, in its order:
+    ``Content-Disposition``, then ``Content-Type`` only for a file."""
+    content_type = payload.headers.pop(hdrs.CONTENT_TYPE)
+    if filename is None:
+        payload.set_content_disposition("form-data", name=name)
+    else:
+        payload.set_content_disposition("form-data", name=name, filename=filename)
+        payload.headers[hdrs.CONTENT_TYPE] = content_type
+    return payload
 
 
 def _created(data: Any) -> CreatedJob:

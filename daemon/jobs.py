@@ -26,14 +26,18 @@ from daemon.checks import Checks
 from daemon.client import OpenConnectorsClient
 from daemon.ledger import Ledger, Part, utcnow
 from daemon.metrics import Metrics
-from daemon.normalise import UploadBody, upload_body
+from daemon.normalise import UploadBody, part_spans, upload_body
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome
-from daemon.retry import ApiError, RejectedError, RetryPolicy, TransientError
+from daemon.retry import ApiError, RejectedError, RetryPolicy, TooLargeError, TransientError
 from daemon.settings import Settings
 from daemon.tracker import Tracker
 from daemon.work import Work
 
 NOT_SENT = "NOT_SENT"
+# How much bigger a file's upload can be than the file (Windows-1252 to UTF-8 triples a
+# character; CRLF line ends and quotes add a little): a file this much under
+# max_bytes_per_job needs no measuring.
+BYTES_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -83,21 +87,44 @@ class Jobs:
             if ended[part.part].status != COMPLETE:
                 break
         ticket.job_done()
-        return ended[1] if plan.whole else combine(plan.parts, ended)
+        return self._partial(work, ended[1] if plan.whole else combine(plan.parts, ended))
+
+    def _partial(self, work: Work, outcome: Outcome) -> Outcome:
+        """A file with some records failed goes where ``[objects.<name>] partial`` says."""
+        partial = self.settings.object_settings(work.obj or "").partial
+        if not (outcome.ok and outcome.records_failed) or partial == "done":
+            return outcome
+        return dataclasses.replace(outcome, status=FAILED, reason=(
+            f"{outcome.reason} ([objects.{work.obj}] partial = \"failed\")"))
 
     async def _plan(self, work: Work, resumed: bool) -> Plan:
         claim_id = work.claimed.claim_id
         parts = await self.ledger.parts(claim_id) if resumed else []
-        limit = self.settings.object_settings(work.obj).max_rows_per_job if work.obj else 0
-        if not parts and limit and limit < (work.rows or 0):
-            total = work.rows or 0
-            await self.ledger.plan_parts(
-                claim_id, [(first, min(limit, total - first)) for first in range(0, total, limit)])
-            parts = await self.ledger.parts(claim_id)
+        if not parts:
+            spans = await self._cut(work)
+            if spans:
+                await self.ledger.plan_parts(claim_id, spans)
+                parts = await self.ledger.parts(claim_id)
         if parts:
             return Plan(False, parts)
         return Plan(True, [Part(1, 0, work.rows or 0, work.job_id, work.submitted_at, None,
                                 work.possible_duplicate)])
+
+    async def _cut(self, work: Work) -> list[tuple[int, int]]:
+        """Where to cut the file into parts (none: one job takes it whole): at most
+        ``max_rows_per_job`` rows and ``max_bytes_per_job`` bytes of upload each."""
+        conf = self.settings.object_settings(work.obj or "")
+        total, size, found = work.rows or 0, work.size or 0, work.inspection
+        max_rows = conf.max_rows_per_job if conf.max_rows_per_job < total else 0
+        columns = self.checks.columns(work.obj)
+        if found is None or found.dialect is None or size <= conf.max_bytes_per_job and (
+                max_rows == 0 and found.passes_through(columns)):
+            return []  # sent as dropped, and small enough
+        if size * BYTES_GROWTH <= conf.max_bytes_per_job:  # however it is rendered
+            return [(first, min(max_rows, total - first))
+                    for first in range(0, total, max_rows)] if max_rows else []
+        return await asyncio.to_thread(part_spans, work.claimed.ref, found.dialect, columns,
+                                       max_rows, conf.max_bytes_per_job)
 
     async def _run_part(self, work: Work, ticket: Ticket, plan: Plan, part: Part) -> Outcome:
         job_id, submitted_at, duplicate = part.job_id, part.submitted_at, part.possible_duplicate
@@ -143,6 +170,11 @@ class Jobs:
         try:
             return await self.policy.call("create_job", lambda: self._create(work, body),
                                           around=ticket.upload, file=work.rel)
+        except TooLargeError as exc:
+            limit = self.settings.object_settings(work.obj or "").max_bytes_per_job
+            return Outcome(FAILED, f"the API refused the upload as over its size or time "
+                           f"limit ({exc.status}): {exc.message}; lower [objects.{work.obj}] "
+                           f"max_bytes_per_job (now {limit}) to send it in smaller parts")
         except RejectedError as exc:
             return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
         except TransientError as exc:

@@ -92,15 +92,11 @@ def normalised_blocks(source: Path | FileRef, dialect: Dialect, columns: Columns
     with open_text(source, dialect.encoding) as text:
         lines = bounded_lines(text, csvfile.LINE_LIMIT + 1)
         records = filter(None, csv.reader(lines, delimiter=dialect.delimiter, strict=True))
-        header = next(records, None)
-        if header is None:
+        found = _header(records, columns)
+        if found is None:
             return
-        names = header_names(header)
-        keep = [i for i, name in enumerate(names) if name not in columns.drop]
-        header = [columns.rename.get(names[i], header[i].lstrip("\ufeff"))
-                  for i in range(len(header))]
-        pick = None if len(keep) == len(header) else _picker(keep)
-        writer.writerow(header if pick is None else pick(header))
+        header, pick = found
+        writer.writerow(header)
         wanted: Iterator[list[str]] = records
         if rows is not None:
             for _ in itertools.islice(records, rows.start):
@@ -116,8 +112,71 @@ def normalised_blocks(source: Path | FileRef, dialect: Dialect, columns: Columns
         yield buf.getvalue().encode("utf-8")
 
 
-def _picker(keep: list[int]) -> Callable[[list[str]], Sequence[str]]:
+Picker = Callable[[list[str]], Sequence[str]]
+
+
+def _header(records: Iterator[list[str]], columns: Columns
+            ) -> tuple[Sequence[str], Picker | None] | None:
+    """The header as uploaded (renamed, dropped columns gone), and what picks the kept
+    fields of a row (None: all of them); None for a file without one."""
+    header = next(records, None)
+    if header is None:
+        return None
+    names = header_names(header)
+    keep = [i for i, name in enumerate(names) if name not in columns.drop]
+    header = [columns.rename.get(names[i], header[i].lstrip("\ufeff"))
+              for i in range(len(header))]
+    pick = None if len(keep) == len(header) else _picker(keep)
+    return (header if pick is None else pick(header)), pick
+
+
+def _picker(keep: list[int]) -> Picker:
     if len(keep) == 1:
         only = keep[0]
         return lambda row: (row[only],)
     return operator.itemgetter(*keep)
+
+
+def part_spans(source: Path | FileRef, dialect: Dialect, columns: Columns, max_rows: int,
+               max_bytes: int) -> list[tuple[int, int]]:
+    """Where to cut the file into jobs: (first data row, rows) for each part, each at most
+    *max_rows* rows (0: no limit) and its upload (the header and its rows, rendered as
+    :func:`normalised_blocks` renders them) at most *max_bytes*; a row larger than that
+    goes alone. One read, in batches, measuring row by row only where a cut falls."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+
+    def measured() -> int:
+        size = len(buf.getvalue().encode("utf-8"))
+        buf.seek(0)
+        buf.truncate()
+        return size
+
+    spans: list[tuple[int, int]] = []
+    first = rows = size = 0
+    with open_text(source, dialect.encoding) as text:
+        lines = bounded_lines(text, csvfile.LINE_LIMIT + 1)
+        records = filter(None, csv.reader(lines, delimiter=dialect.delimiter, strict=True))
+        found = _header(records, columns)
+        if found is None:
+            return []
+        header, pick = found
+        writer.writerow(header)
+        room = max_bytes - measured()  # the header goes with every part
+        while batch := list(itertools.islice(records, BATCH_ROWS)):
+            picked = batch if pick is None else [pick(row) for row in batch]
+            writer.writerows(picked)
+            whole = measured()
+            if size + whole <= room and (not max_rows or rows + len(batch) <= max_rows):
+                rows, size = rows + len(batch), size + whole
+                continue
+            for row in picked:  # a cut falls in this batch: find it
+                writer.writerow(row)
+                one = measured()
+                if rows and (size + one > room or (max_rows and rows >= max_rows)):
+                    spans.append((first, rows))
+                    first, rows, size = first + rows, 0, 0
+                rows, size = rows + 1, size + one
+    if rows:
+        spans.append((first, rows))
+    return spans if len(spans) > 1 else []

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.answers import Records, described
+
 COMPLETE, FAILED, REJECTED = "COMPLETE", "FAILED", "REJECTED"
 ERRORS_IN_RESULT = 100  # the rest are in the errors CSV, uncapped
 
@@ -36,9 +38,12 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
                  job_id: str | None, sha256: str | None, size: int | None, attempts: int,
                  csv_info: dict[str, Any] | None, received_at: str, submitted_at: str | None,
                  finished_at: str, possible_duplicate: bool = False) -> dict[str, Any]:
-    records = None
-    if outcome.records_total is not None or outcome.records_failed is not None:
-        records = {"total": outcome.records_total, "failed": outcome.records_failed}
+    counted = Records(outcome.records_total, outcome.records_failed)
+    records = {"total": counted.total, "failed": counted.failed,
+               "succeeded": counted.succeeded}
+    listed = outcome.errors[:ERRORS_IN_RESULT]
+    # The API's error records, each with its message found; a file's own problems as found.
+    errors = list(listed) if outcome.status == REJECTED else [described(e) for e in listed]
     result = {
         "file": rel,
         "object": obj or None,
@@ -47,7 +52,9 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
         "api_status": outcome.api_status,
         "job_id": job_id,
         "records": records,
-        "errors": list(outcome.errors[:ERRORS_IN_RESULT]),
+        # Some records failed, not all: the file is where [objects] partial says.
+        "partial": counted.some_failed,
+        "errors": errors,
         "errors_total": (outcome.errors_total if outcome.errors_total is not None
                          else len(outcome.errors)),
         "reason": outcome.reason,

@@ -69,6 +69,11 @@ class RejectedError(ApiError):
     """Any other 4xx: the API will not take this request as it is."""
 
 
+class TooLargeError(RejectedError):
+    """A 429 that is no rate limit: the upload was over the API's size or time limit
+    (6 GB, 3,600 s). The same upload would get the same answer."""
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date."""
     if not value:

@@ -90,6 +90,11 @@ class WorkersSettings:
     shutdown_grace_seconds: float = 20.0
 
 
+# Below the API's limit of 6 GB and 3,600 s per upload (past either it answers 429).
+DEFAULT_MAX_BYTES_PER_JOB = 1 << 30
+MIN_MAX_BYTES_PER_JOB = 1 << 10
+
+
 @dataclass(frozen=True)
 class ObjectSettings:
     metadata: Mapping[str, Any] | None = None
@@ -98,6 +103,8 @@ class ObjectSettings:
     drop_columns: tuple[str, ...] = ()
     require_columns: tuple[str, ...] = ()
     max_rows_per_job: int = 0
+    max_bytes_per_job: int = DEFAULT_MAX_BYTES_PER_JOB
+    partial: Literal["done", "failed"] = "done"  # where a file with some failed records goes
 
 
 @dataclass(frozen=True)
@@ -300,8 +307,23 @@ def _obj_rows(value: object) -> int:
     return rows
 
 
+def _obj_bytes(value: object) -> int:
+    limit = to_int(value, False)
+    if limit < MIN_MAX_BYTES_PER_JOB:
+        raise BadValue(f"must be >= {MIN_MAX_BYTES_PER_JOB} (bytes of one job's upload)")
+    return limit
+
+
+def _obj_partial(value: object) -> str:
+    if value not in ("done", "failed"):
+        raise BadValue("expected 'done' or 'failed' (where a file with some failed "
+                       "records goes)")
+    return str(value)
+
+
 OBJECT_CONVERTERS: dict[str, Callable[[object], object]] = {
     "metadata": _obj_metadata, "hub": _obj_hub, "rename_columns": _obj_renames,
     "drop_columns": _obj_columns, "require_columns": _obj_columns,
-    "max_rows_per_job": _obj_rows,
+    "max_rows_per_job": _obj_rows, "max_bytes_per_job": _obj_bytes,
+    "partial": _obj_partial,
 }

@@ -10,27 +10,15 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from daemon.answers import ERRORS_LIKELY, read_status, records
 from daemon.client import MAX_ERROR_PAGES, OpenConnectorsClient
 from daemon.results import COMPLETE, FAILED, Outcome
 from daemon.retry import ApiError, AuthError, RejectedError, RetryPolicy
 
-GOOD = frozenset({"COMPLETED", "COMPLETE"})
-BAD = frozenset({"FAILED", "ERROR", "ABORTED", "CANCELLED", "CANCELED"})
-
-
-def verdict(word: str | None) -> bool | None:
-    """True for a job that ended well, False for one that ended badly, None while running."""
-    upper = (word or "").strip().upper()
-    if upper in GOOD:
-        return True
-    if upper in BAD:
-        return False
-    return None
-
 
 @dataclass(frozen=True)
 class JobEnd:
-    status: str | None        # the API's last word, verbatim
+    status: str | None        # the API's last status word, verbatim
     ok: bool
     body: dict[str, Any]      # the last status response
     reason: str | None = None  # why it ended badly, when the API did not say
@@ -74,6 +62,7 @@ class Tracker:
         event = self._wake.setdefault(job_id, asyncio.Event())
         delay = self.poll_interval
         last: dict[str, Any] = {}
+        unknown: set[str | None] = set()
         # The first poll is due poll_interval after the job was created, not after its
         # id was recorded; a job resumed after a restart is checked at once.
         first_due: float | None = started + delay
@@ -109,16 +98,20 @@ class Tracker:
                     continue
                 self.policy.gate.ok()
                 last = body
-                word = body.get("status")
-                ok = verdict(None if word is None else str(word))
-                log.debug("job.status", api_status=word)
-                if ok is not None:
-                    return JobEnd(str(word), ok, body)
+                status = read_status(body)
+                log.debug("job.status", api_status=status.word)
+                if status.ended:
+                    return JobEnd(status.word, status.ended_well, body)
+                if not status.known and status.word not in unknown:
+                    unknown.add(status.word)  # once per word and job
+                    log.warning("job.unknown_status", api_status=status.word,
+                                note="not a word on record: taken as still running, "
+                                     "followed until job_timeout_seconds")
         finally:
             self._wake.pop(job_id, None)
 
     async def _timed_out(self, hub: str, job_id: str, last: dict[str, Any], log: Any) -> JobEnd:
-        word = last.get("status")
+        word = read_status(last).word
         reason = (f"job {job_id} not finished after {self.job_timeout:g} s "
                   f"(last status {word or 'unknown'})")
         try:
@@ -126,7 +119,7 @@ class Tracker:
             reason += "; asked the API to cancel it"
         except ApiError as exc:
             log.warning("job.cancel_failed", error=exc.message)
-        return JobEnd(None if word is None else str(word), False, last, reason)
+        return JobEnd(word, False, last, reason)
 
     async def errors(self, hub: str, job_id: str) -> list[Any]:
         """Every error record of the job, following the paging token."""
@@ -141,27 +134,31 @@ class Tracker:
         return records
 
     async def conclude(self, hub: str, job_id: str, end: JobEnd) -> Outcome:
-        """What the job's end means for its file; reads the error records when some failed."""
-        total = _count(end.body.get("recordsCount"))
-        failed = _count(end.body.get("recordsFailedCount"))
-        if not end.ok:
-            api_says = end.body.get("message") or end.body.get("error")
-            reason = end.reason or f"job {job_id} ended {end.status}" + (
-                f": {api_says}" if api_says else "")
-            return Outcome(FAILED, reason, end.status, total, failed)
+        """What the job's end means for its file. Its error records are read whenever
+        there may be some: records failed, an ERROR or ABORTED end, or no failed count."""
+        status = read_status(end.body)
         errors: list[Any] = []
-        reason = f"job {job_id} completed: {total if total is not None else '?'} records"
-        if failed:
+        read, note = None, ""
+        if end.reason is None and (status.upper in ERRORS_LIKELY or status.failed is None
+                                   or status.failed > 0):
             try:
                 errors = await self.errors(hub, job_id)
+                read = len(errors)
             except ApiError as exc:
-                reason += f"; its error records could not be read: {exc.message}"
-            reason += f", {failed} failed"
-        return Outcome(COMPLETE, reason, end.status, total, failed, errors)
-
-
-def _count(value: Any) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
+                note = f"; its error records could not be read: {exc.message}"
+        counted = records(status.count, status.failed, read)
+        total = "?" if counted.total is None else counted.total
+        if not end.ok:
+            reason = end.reason or f"job {job_id} ended {end.status}" + (
+                f": {status.message}" if status.message else "")
+            if counted.failed:
+                reason += f" ({counted.failed} of {total} records failed)"
+            return Outcome(FAILED, reason + note, end.status, counted.total, counted.failed,
+                           errors)
+        if counted.all_failed:
+            return Outcome(FAILED, f"job {job_id} completed, but all {total} records failed"
+                           + note, end.status, counted.total, counted.failed, errors)
+        reason = f"job {job_id} completed: {total} records" + (
+            f", {counted.failed} failed" if counted.failed else "")
+        return Outcome(COMPLETE, reason + note, end.status, counted.total, counted.failed,
+                       errors)

@@ -26,7 +26,7 @@ async def test_sample_contacts_end_up_done_with_job_id(make_settings, run_daemon
     result = result_of(done)
     assert result["status"] == "COMPLETE"
     assert result["api_status"] == "COMPLETED"
-    assert result["records"] == {"total": 10, "failed": 0}
+    assert result["records"] == {"total": 10, "failed": 0, "succeeded": 10}
     assert result["errors"] == []
     assert result["file"] == "contact/sample.csv"
     assert (result["object"], result["hub"]) == ("contact", "marketing")
@@ -74,14 +74,15 @@ async def test_failed_records_are_listed_and_written_as_csv(make_settings, run_d
     await wait_for(lambda: done.with_name("mixed.csv.result.json").exists(), what="result")
     result = result_of(done)
     assert result["status"] == "COMPLETE"
-    assert result["records"] == {"total": 900, "failed": 300}
+    assert result["records"] == {"total": 900, "failed": 300, "succeeded": 600}
     assert len(result["errors"]) == 100  # capped in the JSON ...
     lines = done.with_name("mixed.csv.errors.csv").read_text().splitlines()
     assert len(lines) == 1 + 300          # ... all of them in the CSV
     assert lines[0].startswith("recordNumber,message,record.email")
     assert "300 failed" in result["reason"]
     assert sim.sim.requests[("GET", "bulk_errors")] == 2
-    assert result["errors"][0]["record"]["email"] == "user0"
+    assert result["errors"][0]["raw"]["record"]["email"] == "user0"
+    assert result["errors"][0]["message"] == "Invalid email address 'user0'"
 
 
 async def test_fifty_files_at_once_make_fifty_jobs(make_settings, run_daemon, sim: SimServer,

@@ -18,8 +18,9 @@ TIERS: list[tuple[str, set[str]]] = [
     ("rooms", {"admission", "checks", "jobs", "filing", "tracker", "watcher", "web"}),
     ("what they work on", {"work", "placing", "ledger", "client", "normalise", "csvfile",
                            "spool"}),
-    ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "retry",
-                               "metrics", "trouble", "tasks", "http_server", "systemd"}),
+    ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "answers",
+                               "retry", "metrics", "trouble", "tasks", "http_server",
+                               "systemd"}),
     ("foundations", {"settings", "config", "logs", "exits", "__init__"}),
 ]
 

@@ -96,8 +96,8 @@ async def test_a_file_over_the_limit_goes_as_several_jobs(run_daemon, sim: SimSe
     assert result["status"] == "COMPLETE"
     assert [j["rows"] for j in result["jobs"]] == [[1, 4], [5, 8], [9, 10]]
     assert [j["status"] for j in result["jobs"]] == ["COMPLETE"] * 3
-    assert result["records"] == {"total": 10, "failed": 3}
-    assert [e["part"] for e in result["errors"]] == [1, 2, 3]
+    assert result["records"] == {"total": 10, "failed": 3, "succeeded": 7}
+    assert [e["raw"]["part"] for e in result["errors"]] == [1, 2, 3]
     assert result["job_id"] == result["jobs"][0]["job_id"]
     # Every part carries the header; together they are the file, row for row.
     sent = [_rows(sim.sim.jobs[j["job_id"]].body) for j in result["jobs"]]

@@ -28,7 +28,7 @@ async def test_file_written_slowly_is_uploaded_whole_once(make_settings, run_dae
     job = next(iter(sim.sim.jobs.values()))
     assert job.bytes == len(content)
     assert job.body == content
-    assert result_of(done)["records"] == {"total": 400, "failed": 0}
+    assert result_of(done)["records"] == {"total": 400, "failed": 0, "succeeded": 400}
 
 
 async def test_folder_moved_into_inbox_is_picked_up_by_its_event(make_settings, run_daemon,

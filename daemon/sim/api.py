@@ -55,6 +55,13 @@ async def bulk_create(request: web.Request) -> web.Response:
         upload = await read_upload(request, sim.config.fail_invalid_emails, sim.config.keep_bodies)
     except UploadError as exc:
         return error_response(exc.status, exc.message)
+    if sim.config.max_upload_bytes and upload.bytes > sim.config.max_upload_bytes:
+        # Not a rate limit: the same upload would get the same answer. No job is made.
+        sim.faults["upload too large"] += 1
+        return error_response(
+            429, f"The upload is too large: {upload.bytes} bytes, the limit is "
+                 f"{sim.config.max_upload_bytes} bytes (uploads over 6 GB or 3600 seconds "
+                 "are refused)")
     job = sim.add_job(
         upload,
         hub=request.match_info["hub"],
@@ -112,7 +119,7 @@ async def bulk_errors(request: web.Request) -> web.Response:
         start = _decode_token(request.query.get("nextPage"), job.id)
     except ValueError as exc:
         return error_response(400, str(exc))
-    page = job.failed_records[start : start + size]
+    page = [_sim(request).error_record(r) for r in job.failed_records[start : start + size]]
     headers = {"Elements-Returned-Count": str(len(page))}
     if start + size < len(job.failed_records):
         headers["Elements-Next-Page-Token"] = _encode_token(job.id, start + size)

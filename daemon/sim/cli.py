@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import get_args
 
-from daemon.sim.config import JobOutcome, SimConfig
+from daemon.sim.config import ErrorShape, JobOutcome, SimConfig, StatusShape
 from daemon.sim.server import SimServer
 from daemon.sim.state import Simulator
 
@@ -42,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(no job), lost, 504 (the job is made, the answer lost or a gateway 504)")
     add("--create-delay", type=float, default=0.0,
         help="seconds a job creation waits, the job made, before it answers")
+    add("--status-shape", choices=get_args(StatusShape), default=d.status_shape,
+        help="status bodies as classic (status, recordsCount ...) or v3 (jobStatus, "
+             "recordCount ...) (default: %(default)s)")
+    add("--error-shape", choices=get_args(ErrorShape), default=d.error_shape,
+        help="error records numbered (recordNumber, message, record) or plain (the "
+             "record's fields, the message in status) (default: %(default)s)")
+    add("--max-upload-bytes", type=int, default=0,
+        help="answer 429 to an upload over this many bytes, as the API does past 6 GB")
     add("--user-secret", help="accept only this User secret (default: any non-empty)")
     add("--element-token", help="accept only this Element token (default: any non-empty)")
     add("--signature-key", help="sign completion callbacks with this key")
@@ -63,6 +71,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         create_faults=[f.strip() for f in args.create_faults.split(",") if f.strip()],
         create_delay_seconds=args.create_delay,
+        status_shape=args.status_shape,
+        error_shape=args.error_shape,
+        max_upload_bytes=args.max_upload_bytes,
         user_secret=args.user_secret,
         element_token=args.element_token,
         signature_key=args.signature_key,

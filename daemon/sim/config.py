@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 JobOutcome = Literal["ERROR", "ABORTED", "CANCELLED", "NEVER"]
+# How status bodies and error records look: both shapes are on record (api-notes.md).
+StatusShape = Literal["classic", "v3"]
+ErrorShape = Literal["numbered", "plain"]
 # Scripted faults for the next job creations, in order: "503" and "429" answer at once,
 # "drop" cuts the connection while the body arrives (no job either way); "lost" makes
 # the job and then cuts the connection, "504" makes the job and answers 504 (a gateway
@@ -20,7 +23,7 @@ DEFAULT_OBJECTS = ("activities", "contact", "campaign", "list", "account")
 SECRET_FIELDS = frozenset({"user_secret", "element_token", "signature_key"})
 _RATE_FIELDS = frozenset({"error_rate", "rate_limit_rate", "retry_after_rate", "drop_rate"})
 _NON_NEGATIVE_FIELDS = frozenset({"job_seconds", "latency_seconds", "retry_after_seconds",
-                                  "create_delay_seconds"})
+                                  "create_delay_seconds", "max_upload_bytes"})
 
 
 @dataclass
@@ -50,6 +53,14 @@ class SimConfig:
     create_faults: list[str] = field(default_factory=list)
     # Seconds a job creation waits, once the job is made, before it answers.
     create_delay_seconds: float = 0.0
+    # classic: status, recordsCount, recordsFailedCount, message/error; v3: jobStatus,
+    # recordCount, errorCount, statusMessage, createdDate (epoch ms), CANCELED.
+    status_shape: StatusShape = "classic"
+    # numbered: {recordNumber, message, record}; plain: the record's fields and its
+    # message in "status" ("74234: ..."), no row number.
+    error_shape: ErrorShape = "numbered"
+    # Uploads over this many bytes are answered 429, as the API answers past 6 GB (0: none).
+    max_upload_bytes: int = 0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

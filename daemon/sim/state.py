@@ -28,11 +28,16 @@ BAD_ENDINGS = {
     "sim-cancelled": "CANCELLED",
     "sim-never": "NEVER",
 }
+# A file named with this runs under a status word on no list, then ends well.
+UNKNOWN_MARKER, UNKNOWN_WORD = "sim-unknown", "VENDOR_PROCESSING"
+# What a job that ended badly says, and under which key: ABORTED gives its reason in
+# "error" only (as on record), the others in "message" too.
 _FAILURE_TEXT = {
-    "ERROR": "The vendor rejected the bulk job (simulated)",
-    "ABORTED": "The platform aborted the bulk job (simulated)",
-    "CANCELLED": "The bulk job was cancelled",
+    "ERROR": ("The vendor rejected the bulk job (simulated)", ("message", "error")),
+    "ABORTED": ("The platform aborted the bulk job (simulated)", ("error",)),
+    "CANCELLED": ("The bulk job was cancelled", ("message",)),
 }
+PLAIN_ERROR_CODE = 74234
 
 
 @dataclass
@@ -173,14 +178,14 @@ class Simulator:
         if elapsed < job.job_seconds / 3:
             return "CREATED"
         if job.outcome == "NEVER" or elapsed < job.job_seconds:
-            return "RUNNING"
+            return UNKNOWN_WORD if UNKNOWN_MARKER in f"{job.name} {job.filename}" else "RUNNING"
         end = job.created_at + timedelta(seconds=job.job_seconds)
         self._finish(job, job.outcome or self.config.complete_word, end)
         assert job.status is not None
         return job.status
 
     def is_terminal(self, job: Job) -> bool:
-        return self.status_of(job) not in ("CREATED", "RUNNING")
+        return self.status_of(job) not in ("CREATED", "RUNNING", UNKNOWN_WORD)
 
     def cancel(self, job: Job) -> None:
         if not self.is_terminal(job):
@@ -201,6 +206,9 @@ class Simulator:
             self.unfinished_jobs -= 1
 
     def status_body(self, job: Job) -> dict[str, Any]:
+        """The status body in the configured shape (``status_shape``)."""
+        if self.config.status_shape == "v3":
+            return self._v3_status(job)
         status = self.status_of(job)
         started = job.created_at + timedelta(seconds=job.job_seconds / 3)
         body: dict[str, Any] = {
@@ -214,14 +222,38 @@ class Simulator:
             body["recordsCount"] = job.records_count
             body["recordsFailedCount"] = job.failed_count
             if status in _FAILURE_TEXT:
-                body["message"] = body["error"] = _FAILURE_TEXT[status]
+                text, keys = _FAILURE_TEXT[status]
+                body.update(dict.fromkeys(keys, text))
         return body
+
+    def _v3_status(self, job: Job) -> dict[str, Any]:
+        status = self.status_of(job)
+        body: dict[str, Any] = {
+            "id": job.id,
+            "jobStatus": "CANCELED" if status == "CANCELLED" else status,
+            "objectName": job.object,
+            "jobDirection": "UPLOAD",
+            "fileFormat": "CSV",
+            "createdDate": int(job.created_at.timestamp() * 1000),
+        }
+        if job.status is not None:
+            body["recordCount"] = job.records_count
+            body["errorCount"] = job.failed_count
+            if status in _FAILURE_TEXT:
+                body["statusMessage"] = _FAILURE_TEXT[status][0]
+        return body
+
+    def error_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One failed record in the configured shape (``error_shape``)."""
+        if self.config.error_shape == "plain":
+            return {**record["record"], "status": f"{PLAIN_ERROR_CODE}: {record['message']}"}
+        return record
 
     def list_entry(self, job: Job) -> dict[str, Any]:
         body = self.status_body(job)
         body["id"] = int(job.id)
         body["job_direction"] = "UPLOAD"
-        body["job_status"] = body["status"]
+        body["job_status"] = body.get("status", body.get("jobStatus"))
         body["createdDate"] = _iso(job.created_at)
         return body
 
