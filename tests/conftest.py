@@ -53,7 +53,13 @@ def spool_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_settings(spool_root: Path, sim: SimServer) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
+    def make(toml: str = "", **overrides: Any) -> Settings:
+        """Fast test settings; *toml* is a config file's text (``[objects.*]`` tables
+        live only there), *overrides* force ``section__key`` values."""
+        source = None
+        if toml:
+            source = spool_root.parent / "settings.toml"
+            source.write_text(toml)
         values: dict[str, Any] = {
             "api.base_url": sim.base_url,
             "api.user_secret": "test-user-secret",
@@ -68,7 +74,7 @@ def make_settings(spool_root: Path, sim: SimServer) -> Callable[..., Settings]:
             "http.listen": "",
         }
         values.update({k.replace("__", "."): v for k, v in overrides.items()})
-        return load_settings(None, {}, forced=values)
+        return load_settings(source, {}, forced=values)
     return make
 
 

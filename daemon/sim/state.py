@@ -220,7 +220,8 @@ class Simulator:
         }
         if job.status is not None:
             body["recordsCount"] = job.records_count
-            body["recordsFailedCount"] = job.failed_count
+            if status != "ERROR":  # an ERROR job gives no failed count: its errors tell
+                body["recordsFailedCount"] = job.failed_count
             if status in _FAILURE_TEXT:
                 text, keys = _FAILURE_TEXT[status]
                 body.update(dict.fromkeys(keys, text))
@@ -238,7 +239,8 @@ class Simulator:
         }
         if job.status is not None:
             body["recordCount"] = job.records_count
-            body["errorCount"] = job.failed_count
+            if status != "ERROR":
+                body["errorCount"] = job.failed_count
             if status in _FAILURE_TEXT:
                 body["statusMessage"] = _FAILURE_TEXT[status][0]
         return body
