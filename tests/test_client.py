@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from daemon.client import OpenConnectorsClient
+from daemon.fileref import FileRef
+from daemon.normalise import stream_raw
 from daemon.retry import TransientError
 from daemon.settings import Secret
 from daemon.sim import SimServer
+from tests.helpers import contacts_csv
 
 ROWS = [b"email,name\r\n"] + [b"u%d@example.com,U\r\n" % i for i in range(8)]
 
@@ -50,3 +56,63 @@ async def test_an_upload_that_stalls_fails_as_transient(sim: SimServer) -> None:
     finally:
         await client.close()
     assert sim.sim.jobs == {}
+
+
+@pytest.fixture
+async def capture() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A bare HTTP server on 127.0.0.1 that keeps every POST's Content-Type and raw body
+    (the simulator parses an upload as it arrives and keeps none) and answers a job id."""
+    seen: list[tuple[str, bytes]] = []
+
+    async def keep(request: web.Request) -> web.Response:
+        seen.append((request.headers["Content-Type"], await request.read()))
+        return web.json_response({"id": str(len(seen)), "status": "CREATED"})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", keep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/elements/api-v2", seen
+    finally:
+        await runner.cleanup()
+
+
+def _unbounded(content_type: str, body: bytes) -> bytes:
+    boundary = content_type.partition("boundary=")[2].strip('"')
+    assert boundary and content_type.startswith("multipart/form-data")
+    return body.replace(boundary.encode(), b"BOUNDARY")
+
+
+async def test_an_upload_is_byte_for_byte_what_curl_sends(
+        capture: tuple[str, list[tuple[str, bytes]]], tmp_path: Path) -> None:
+    """The file and a metaData form field, as `curl -F file=@people.csv;type=text/csv -F
+    'metaData={...}'` sends them (the API's own example, and its test suite's form
+    fields: metaData a plain field, no Content-Type): small and streamed alike."""
+    base, seen = capture
+    path = tmp_path / "people.csv"
+    path.write_text(contacts_csv(3))
+    meta = {"identifierFieldName": "email", "action": "upsert"}
+    client = OpenConnectorsClient(base, user_secret=Secret("u"),
+                                  organization_secret=Secret(""), element_token=Secret("e"))
+    try:
+        await client.create_job("marketing", "contact", "people.csv", path.read_bytes(),
+                                metadata=meta)
+        await client.create_job("marketing", "contact", "people.csv",
+                                lambda: stream_raw(FileRef(path)), metadata=meta)
+    finally:
+        await client.close()
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-H", "Expect:", "-F", f"file=@{path};type=text/csv",
+        "-F", f"metaData={json.dumps(meta)}",
+        f"{base}/hubs/marketing/bulk/contact?path=/people.csv",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    small, streamed, curl = (_unbounded(ctype, body) for ctype, body in seen)
+    assert b'name="metaData"\r\n\r\n{"identifierFieldName"' in curl
+    assert small == curl
+    assert streamed == curl
