@@ -147,8 +147,10 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                       f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"
                       f" files directly in {inbox}/ go to '{settings.spool.default_object}')\n"
                       f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
-                      f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops",
-                      flush=True)
+                      f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops\n"
+                      f"  the API's other answer shapes: curl -X PATCH {server.root_url}"
+                      "/_sim/config -d '{\"status_shape\": \"v3\", \"error_shape\": "
+                      "\"plain\"}'", flush=True)
             ready.cancel()
             return await serving
 

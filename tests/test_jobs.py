@@ -1,6 +1,7 @@
 """A file's jobs: each created through API trouble (the retry deadline kept to, a retry
 after a request that may have made a job named as a possible duplicate); a file over
-``objects.<name>.max_rows_per_job`` sent as several parts, one job each; each job
+``objects.<name>.max_rows_per_job`` rows or ``max_bytes_per_job`` bytes sent as several
+parts, one job each, and a 429 about size failing the file at once; each job
 followed to its end, or cancelled at the job timeout. In-process daemon or real daemon
 subprocesses, the simulator's scripted faults over HTTP."""
 
@@ -9,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import signal
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from daemon.config import load_settings
+from daemon.csvfile import Columns, inspect
+from daemon.normalise import normalised_blocks, part_spans
 from daemon.settings import Settings
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, finished, result_of, result_when_filed, wait_for
@@ -174,3 +179,83 @@ async def test_job_that_never_finishes_fails_at_the_timeout(make_settings, run_d
     assert result["job_id"] and f"job {result['job_id']} not finished after 1 s" in result["reason"]
     assert "last status RUNNING" in result["reason"]
     assert sim.sim.jobs[result["job_id"]].status == "CANCELLED", "the API was asked to cancel it"
+
+
+# -- a file over max_bytes_per_job ------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def _big_csv(rows: int) -> str:
+    """About 100 bytes a row, some quoted (a comma inside), so the rendering is CSV's."""
+    return "email,first_name,notes\n" + "".join(
+        f'user{i}@example.com,First{i},"note {i}, {"x" * 60}"\n' for i in range(rows))
+
+
+async def test_a_file_over_max_bytes_goes_in_parts_the_api_takes(make_settings, run_daemon,
+                                                                 sim: SimServer,
+                                                                 spool_root: Path) -> None:
+    """A 3 GB file against a 1 GiB limit, scaled down: 3 MiB against 1 MiB, the simulator
+    refusing anything larger (as the API refuses past 6 GB)."""
+    sim.sim.config.max_upload_bytes = MIB + 4096  # the file part plus the form around it
+    await run_daemon(make_settings(f"[objects.contact]\nmax_bytes_per_job = {MIB}\n"))
+    content = _big_csv(32_000)
+    assert len(content) > 3 * MIB
+    drop(spool_root, "contact/big.csv", content)
+    await wait_for(lambda: finished(spool_root), timeout=60, what="filed")
+    result = result_of(spool_root / "done" / "contact" / "big.csv")
+    assert result["status"] == "COMPLETE", result["reason"]
+    assert len(result["jobs"]) == 4 and sim.sim.creates_attempted == 4
+    bodies = [sim.sim.jobs[j["job_id"]].body or b"" for j in result["jobs"]]
+    assert all(len(body) <= MIB for body in bodies)
+    assert min(len(body) for body in bodies[:-1]) > MIB - 200  # filled up to a row
+    sent = [row for body in bodies for row in _rows(body)[1:]]
+    assert sent == list(csv.reader(io.StringIO(content)))[1:]
+    assert result["records"] == {"total": 32_000, "failed": 0, "succeeded": 32_000}
+
+
+async def test_a_429_about_size_fails_the_file_at_once(make_settings, run_daemon,
+                                                       sim: SimServer,
+                                                       spool_root: Path) -> None:
+    sim.sim.config.max_upload_bytes = 1024
+    await run_daemon(make_settings())
+    drop(spool_root, "contact/wide.csv", contacts_csv(100))
+    await wait_for(lambda: finished(spool_root), timeout=30, what="filed")
+    result = result_of(spool_root / "failed" / "contact" / "wide.csv")
+    assert result["status"] == "FAILED" and result["job_id"] is None
+    assert "The upload is too large" in result["reason"]
+    assert "max_bytes_per_job" in result["reason"]
+    assert sim.sim.creates_attempted == 1, "the same upload would get the same answer"
+
+
+def test_the_cut_is_measured_in_flat_memory(tmp_path: Path) -> None:
+    """Cutting a 7 MiB file into 512 KiB uploads holds no more than a few batches of rows;
+    each part's rendering fits, every row is in exactly one part, max_rows holds too, and
+    a row larger than the limit goes alone."""
+    path = tmp_path / "big.csv"
+    path.write_text(_big_csv(65_000))
+    found = inspect(path)
+    assert found.dialect is not None
+    tracemalloc.start()
+    try:
+        spans = part_spans(path, found.dialect, Columns(), 0, MIB // 2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MIB, f"{peak / MIB:.1f} MiB"
+    assert len(spans) > 12 and spans[0][0] == 0
+    assert [first for first, _ in spans[1:]] == list(itertools.accumulate(
+        rows for _, rows in spans[:-1]))
+    assert sum(rows for _, rows in spans) == 65_000
+    rendered = b"".join(normalised_blocks(path, found.dialect, Columns()))
+    header, *lines = rendered.splitlines(keepends=True)  # no field here spans lines
+    for first, rows in spans:
+        size = len(header) + sum(map(len, lines[first:first + rows]))
+        assert MIB // 2 - 200 < size <= MIB // 2 or (first, rows) == spans[-1]
+    assert all(rows <= 3000 for _, rows in part_spans(path, found.dialect, Columns(),
+                                                      3000, MIB // 2))
+    huge = tmp_path / "huge.csv"
+    huge.write_text("a,b\n1,2\n" + f"3,{'y' * 5000}\n" + "5,6\n")
+    found = inspect(huge)
+    assert found.dialect is not None
+    assert part_spans(huge, found.dialect, Columns(), 0, 1024) == [(0, 1), (1, 1), (2, 1)]

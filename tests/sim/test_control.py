@@ -16,7 +16,7 @@ from aiohttp import web
 
 from daemon.sim import SimServer, Simulator, create_app
 from daemon.sim import cli as sim_cli
-from tests.sim.helpers import get_json
+from tests.sim.helpers import get_json, status_until_terminal, to_csv, upload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +54,38 @@ async def test_control_state_and_patch(
     assert "requests" in state and "max_concurrent_uploads" in state
 
 
+async def test_the_answer_shapes_switch_at_run_time(
+    sim: Simulator, server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """One finished job, read in each shape as /_sim/config switches them; and the size
+    limit refusing an upload with 429, making no job."""
+    rows = [["email", "name"], ["ok@example.com", "A"], ["broken", "B"]]
+    _, created, _ = await upload(http, server, to_csv(rows), name="shapes.csv")
+    _, classic = await status_until_terminal(http, server, created["id"])
+    assert classic["recordsCount"] == 2 and classic["recordsFailedCount"] == 1
+    job_url = f"{server.base_url}/hubs/marketing/bulk/{created['id']}"
+    _, numbered, _ = await get_json(http, f"{job_url}/errors")
+    assert numbered == [{"recordNumber": 2, "message": "Invalid email address 'broken'",
+                         "record": {"email": "broken", "name": "B"}}]
+    async with http.patch(f"{server.root_url}/_sim/config",
+                          json={"status_shape": "v3", "error_shape": "plain",
+                                "max_upload_bytes": 100}) as resp:
+        assert resp.status == 200
+    _, v3, _ = await get_json(http, f"{job_url}/status")
+    assert "status" not in v3 and v3["jobStatus"] == "COMPLETED"
+    assert (v3["recordCount"], v3["errorCount"]) == (2, 1)
+    assert isinstance(v3["createdDate"], int)
+    _, plain, _ = await get_json(http, f"{job_url}/errors")
+    assert plain == [{"email": "broken", "name": "B",
+                      "status": "74234: Invalid email address 'broken'"}]
+    status, refused, _ = await upload(http, server, to_csv(rows * 20), name="wide.csv")
+    assert status == 429 and "too large" in refused["message"]
+    assert len(sim.jobs) == 1
+    async with http.patch(f"{server.root_url}/_sim/config",
+                          json={"status_shape": "v2"}) as resp:
+        assert resp.status == 400 and "status_shape" in (await resp.json())["message"]
+
+
 async def test_create_app_serves_without_simserver(http: aiohttp.ClientSession) -> None:
     runner = web.AppRunner(create_app(Simulator()))
     await runner.setup()
@@ -84,12 +116,20 @@ def test_cli_arguments_build_config() -> None:
             "COMPLETE",
             "--objects",
             "contact, lead",
+            "--status-shape",
+            "v3",
+            "--error-shape",
+            "plain",
+            "--max-upload-bytes",
+            "5000",
         ]
     )
     assert (args.host, args.port) == ("127.0.0.1", 8471)
     config = sim_cli.config_from_args(args)
     assert config.job_seconds == 0.5 and config.error_rate == 0.1 and config.seed == 3
     assert config.complete_word == "COMPLETE" and config.objects == ["contact", "lead"]
+    assert (config.status_shape, config.error_shape) == ("v3", "plain")
+    assert config.max_upload_bytes == 5000
 
 
 async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
