@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon.admission import Ticket
+from daemon.answers import Records
 from daemon.checks import Checks
 from daemon.client import OpenConnectorsClient
 from daemon.ledger import Ledger, Part, utcnow
@@ -254,7 +255,9 @@ def _summary(part: Part, outcome: Outcome) -> dict[str, Any]:
     """A part's end as the ledger keeps it and the result lists it."""
     return {"part": part.part, "rows": _rows(part), "job_id": outcome.job_id,
             "status": outcome.status, "api_status": outcome.api_status,
-            "records": {"total": outcome.records_total, "failed": outcome.records_failed},
+            "records": {"total": outcome.records_total, "failed": outcome.records_failed,
+                        "succeeded": Records(outcome.records_total,
+                                             outcome.records_failed).succeeded},
             "reason": outcome.reason, "possible_duplicate": outcome.possible_duplicate,
             "errors": list(outcome.errors)}
 
