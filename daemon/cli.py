@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     retry = command("retry", "move failed files back into inbox/ under their route")
     retry.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     retry.add_argument("--all", action="store_true", help="every file in failed/")
+    retry.add_argument("--failed-rows", type=Path, metavar="PATH",
+                       help="drop the failed rows of PATH (a file in done/ or failed/, or "
+                            "its .failed.csv) into inbox/<object>/ as <name>.retry-N.csv")
     submit = command("submit", "upload one file outside the spool")
     submit.add_argument("file", type=Path, metavar="FILE")
     submit.add_argument("--object", required=True, metavar="O")
@@ -259,8 +262,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     settings = _settings(args, require_base_url=False)
     spool = Spool(settings.spool.root, settings.spool.node_id)
+    if args.failed_rows:
+        try:
+            target = ops.retry_failed_rows(spool, args.failed_rows)
+        except (ValueError, OSError) as exc:
+            print(f"bulkdrop: cannot send the failed rows of {args.failed_rows} again: "
+                  f"{exc}", file=sys.stderr)
+            return exits.FAILURE
+        print(f"{args.failed_rows} -> {target}")
+        return exits.OK
     if bool(args.paths) == bool(args.all):
-        print("bulkdrop: give the failed files to retry, or --all", file=sys.stderr)
+        print("bulkdrop: give the failed files to retry, or --all, or --failed-rows PATH",
+              file=sys.stderr)
         return exits.USAGE
     paths = list(ops.failed_files(spool)) if args.all else args.paths
     code = exits.OK

@@ -35,6 +35,8 @@ from daemon.settings import ObjectSettings
 MAX_PROBLEMS = 100
 DEFAULT_LINE_LIMIT = 1 << 20
 DELIMITERS = ("\t", ";", "|", ",")  # ties go to the earlier: commas fill free text
+# The last two columns of a failed-rows file (<file>.failed.csv): why, and where.
+BULKDROP_COLUMNS = ("bulkdrop_error", "bulkdrop_row")
 DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 
 
@@ -62,14 +64,16 @@ class Columns:
     drop: Sequence[str] = ()
     require: Sequence[str] = ()
 
-    @property
-    def changes_data(self) -> bool:
-        return bool(self.rename or self.drop)
+    def changes(self, header: Sequence[str]) -> bool:
+        """Do they change a file with this header (a rename or drop of one of its names)?"""
+        return any(name in self.rename or name in self.drop for name in header)
 
     @classmethod
     def of(cls, conf: ObjectSettings) -> Columns:
-        """An object's column settings, as the checks and the upload apply them."""
-        return cls(conf.rename_columns, conf.drop_columns, conf.require_columns)
+        """An object's column settings, as the checks and the upload apply them; the
+        columns bulkdrop adds to a failed-rows file are dropped when a file has them."""
+        return cls(conf.rename_columns, (*conf.drop_columns, *BULKDROP_COLUMNS),
+                   conf.require_columns)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class Inspection:
 
     def passes_through(self, columns: Columns) -> bool:
         return self.dialect is not None and self.dialect.is_rfc4180_utf8 \
-            and not columns.changes_data
+            and not columns.changes(self.header)
 
 
 def header_names(row: Sequence[str]) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from daemon import csvfile
 from daemon.checks import Checks, csv_info
+from daemon.failedrows import FAILED_SUFFIX, plan_of, write_failed_rows
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.metrics import Metrics
 from daemon.placing import ERRORS_SUFFIX, RESULT_SUFFIX, Placing, Sidecar
@@ -143,8 +144,32 @@ class Filer:
                                lambda fh: csvfile.write_problems(ref, columns, fh)))
         elif errors:
             out.append(Sidecar(ERRORS_SUFFIX, lambda fh: fh.write(errors_csv(errors))))
+        if errors and result["status"] != REJECTED and (
+                failed := self._failed_rows(work, result, errors)):
+            out.append(failed)
         out.append(Sidecar(RESULT_SUFFIX, lambda fh: _write_json(result, fh)))
         return out
+
+    def _failed_rows(self, work: Work, result: dict[str, Any],
+                     errors: list[Any]) -> Sidecar | None:
+        """The failed rows as dropped; what it found goes into the result, written next.
+        None for a file whose dialect is unknown (it was never read as CSV)."""
+        dialect, spans = plan_of(result)
+        if dialect is None:
+            return None
+        obj = result["object"]
+        columns = self.checks.columns(obj)
+        metadata = self.checks.settings.object_settings(obj).metadata or {}
+        identifier = metadata.get("identifierFieldName")
+        name = work.claimed.rel.name + FAILED_SUFFIX
+
+        def write(fh: BinaryIO) -> None:
+            found = write_failed_rows(work.claimed.ref, dialect, columns,
+                                      identifier if isinstance(identifier, str) else None,
+                                      spans, errors, fh)
+            result["failed_rows"] = found.as_dict(name)
+
+        return Sidecar(FAILED_SUFFIX, write)
 
 
 def _write_json(result: dict[str, Any], fh: BinaryIO) -> None:

@@ -92,7 +92,7 @@ def normalised_blocks(source: Path | FileRef, dialect: Dialect, columns: Columns
     with open_text(source, dialect.encoding) as text:
         lines = bounded_lines(text, csvfile.LINE_LIMIT + 1)
         records = filter(None, csv.reader(lines, delimiter=dialect.delimiter, strict=True))
-        found = _header(records, columns)
+        found = upload_header(records, columns)
         if found is None:
             return
         header, pick = found
@@ -115,7 +115,7 @@ def normalised_blocks(source: Path | FileRef, dialect: Dialect, columns: Columns
 Picker = Callable[[list[str]], Sequence[str]]
 
 
-def _header(records: Iterator[list[str]], columns: Columns
+def upload_header(records: Iterator[list[str]], columns: Columns
             ) -> tuple[Sequence[str], Picker | None] | None:
     """The header as uploaded (renamed, dropped columns gone), and what picks the kept
     fields of a row (None: all of them); None for a file without one."""
@@ -157,7 +157,7 @@ def part_spans(source: Path | FileRef, dialect: Dialect, columns: Columns, max_r
     with open_text(source, dialect.encoding) as text:
         lines = bounded_lines(text, csvfile.LINE_LIMIT + 1)
         records = filter(None, csv.reader(lines, delimiter=dialect.delimiter, strict=True))
-        found = _header(records, columns)
+        found = upload_header(records, columns)
         if found is None:
             return []
         header, pick = found

@@ -6,9 +6,12 @@ Each reads or changes only what a person could by hand, and says what it did.
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
+import itertools
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -20,6 +23,8 @@ from typing import Any
 
 from daemon import csvfile, exits
 from daemon.client import OpenConnectorsClient
+from daemon.csvfile import BULKDROP_COLUMNS
+from daemon.failedrows import FAILED_SUFFIX
 from daemon.fileref import FileRef
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
@@ -135,6 +140,48 @@ def retry(spool: Spool, path: Path) -> Path:
     for suffix in SIDECARS:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     return target
+
+
+def retry_failed_rows(spool: Spool, path: Path) -> Path:
+    """Drop the failed rows of a filed file (*path*: the file in done/ or failed/, or its
+    ``.failed.csv``) into ``inbox/<object>/`` as ``<name>.retry-N.csv``, the bulkdrop
+    columns removed, N the first free in inbox/, done/ and failed/; never overwrite.
+    The filed file and its sidecars stay."""
+    path = path.parent.resolve() / path.name  # the name itself is never followed
+    if not any(base.resolve() in path.parents for base in (spool.done, spool.failed)):
+        raise ValueError(f"{path} is not below {spool.done} or {spool.failed}")
+    filed = path.with_name(path.name.removesuffix(FAILED_SUFFIX))
+    failed_csv = filed.with_name(filed.name + FAILED_SUFFIX)
+    rel = _route_of(filed.with_name(filed.name + RESULT_SUFFIX))
+    if rel is None:
+        raise ValueError(f"no readable result beside {filed}")
+    obj = rel.parts[0] if len(rel.parts) > 1 else None
+    folder = spool.inbox / obj if obj else spool.inbox
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"\.retry-\d+$", "", PurePosixPath(rel.name).stem)
+    tmp = folder / f".{stem}.retry.{os.getpid()}.tmp"  # ignored until it is whole
+    try:
+        with FileRef(failed_csv).open("r", encoding="utf-8", newline="") as src, \
+                tmp.open("x", encoding="utf-8", newline="") as out:
+            reader, writer = csv.reader(src), csv.writer(out, lineterminator="\r\n")
+            header = next(reader, [])
+            keep = [i for i, name in enumerate(header) if name not in BULKDROP_COLUMNS]
+            writer.writerow([header[i] for i in keep])
+            for row in reader:
+                writer.writerow([row[i] for i in keep if i < len(row)])
+        for n in itertools.count(1):
+            target = folder / f"{stem}.retry-{n}.csv"
+            if any(os.path.lexists(base / target.relative_to(spool.inbox))
+                   for base in (spool.done, spool.failed)):
+                continue  # an earlier retry, filed already: a name of its own
+            try:
+                os.link(tmp, target)  # fails if the name is taken: never overwrites
+            except FileExistsError:
+                continue
+            return target
+    finally:
+        tmp.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
 
 def _route_of(result: Path) -> PurePosixPath | None:

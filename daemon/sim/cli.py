@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--error-shape", choices=get_args(ErrorShape), default=d.error_shape,
         help="error records numbered (recordNumber, message, record) or plain (the "
              "record's fields, the message in status) (default: %(default)s)")
+    add("--row-base", type=int, choices=(0, 1), default=d.row_base,
+        help="recordNumber of the first data row in numbered error records "
+             "(default: %(default)s)")
     add("--max-upload-bytes", type=int, default=0,
         help="answer 429 to an upload over this many bytes, as the API does past 6 GB")
     add("--user-secret", help="accept only this User secret (default: any non-empty)")
@@ -74,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         status_shape=args.status_shape,
         error_shape=args.error_shape,
         max_upload_bytes=args.max_upload_bytes,
+        row_base=args.row_base,
         user_secret=args.user_secret,
         element_token=args.element_token,
         signature_key=args.signature_key,

@@ -59,6 +59,9 @@ class SimConfig:
     # numbered: {recordNumber, message, record}; plain: the record's fields and its
     # message in "status" ("74234: ..."), no row number.
     error_shape: ErrorShape = "numbered"
+    # The first data row's recordNumber in numbered error records: 1 or 0 (both are on
+    # record in connectors' answers).
+    row_base: int = 1
     # Uploads over this many bytes are answered 429, as the API answers past 6 GB (0: none).
     max_upload_bytes: int = 0
 
@@ -101,6 +104,8 @@ def check_field(name: str, value: Any) -> None:
         raise ValueError(f"field {name!r} must be between 0 and 1, got {value!r}")
     if name in _NON_NEGATIVE_FIELDS and value < 0:
         raise ValueError(f"field {name!r} must not be negative, got {value!r}")
+    if name == "row_base" and value not in (0, 1):
+        raise ValueError(f"field 'row_base' must be 0 or 1, got {value!r}")
     if name == "complete_word" and not value:
         raise ValueError("field 'complete_word' must not be empty")
     if name == "create_faults" and not set(value) <= set(CREATE_FAULTS):

@@ -249,7 +249,7 @@ class Simulator:
         """One failed record in the configured shape (``error_shape``)."""
         if self.config.error_shape == "plain":
             return {**record["record"], "status": f"{PLAIN_ERROR_CODE}: {record['message']}"}
-        return record
+        return {**record, "recordNumber": record["recordNumber"] - 1 + self.config.row_base}
 
     def list_entry(self, job: Job) -> dict[str, Any]:
         body = self.status_body(job)

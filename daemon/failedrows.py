@@ -1,0 +1,260 @@
+"""``<file>.failed.csv``: the rows the API failed, as the user dropped them (their own
+columns, in UTF-8 CSV as uploads are), each with why (``bulkdrop_error``) and where
+(``bulkdrop_row``, its line in the dropped file), ready to fix and drop again.
+
+An error record is matched to its row, in this order:
+
+1. its row number (``recordNumber``, ``rowNumber``, ``row``, ``lineNumber``), counted
+   from the first data row of its job; 1-based unless a record says 0, or the first
+   numbered record that carries its fields matches the row one earlier read 0-based;
+2. else the value of the object's ``identifierFieldName`` (``[objects.<name>]
+   metadata``) found in the record;
+3. else the record's fields, equal to a row's fields as sent (after renames and drops).
+
+A file sent in parts matches each part's records to that part's rows. One pass over the
+dropped file; memory holds an index built from the error records, never the file.
+Blocking: it runs in the filing thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from daemon import csvfile
+from daemon.answers import MESSAGE_KEYS, error_message
+from daemon.csvfile import BULKDROP_COLUMNS, Columns, Dialect
+from daemon.fileref import FileRef
+from daemon.normalise import Picker, upload_header
+from daemon.rawfile import bounded_lines, open_text
+
+FAILED_SUFFIX = ".failed.csv"
+ROW_KEYS = ("recordNumber", "rowNumber", "row", "lineNumber")
+NOT_FIELDS = frozenset({*MESSAGE_KEYS, *ROW_KEYS, "part", "record"})
+OUT_BLOCK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Span:
+    """The data rows one job was sent (0-based, blank lines not counted)."""
+    part: int | None   # None: the whole file, one job
+    first: int
+    rows: int
+
+
+@dataclass
+class Found:
+    """What the pass found, for the result's ``failed_rows``."""
+    rows: int = 0
+    unmatched: int = 0
+    routes: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self, name: str) -> dict[str, Any]:
+        by = self.routes.most_common(1)[0][0] if self.routes else None
+        return {"file": name, "rows": self.rows, "unmatched": self.unmatched,
+                "matched_by": by}
+
+
+def _records(ref: FileRef, dialect: Dialect) -> Generator[tuple[int, list[str]], None, None]:
+    """(first physical line, fields) of every non-blank record, the header first."""
+    with open_text(ref, dialect.encoding) as text:
+        reader = csv.reader(bounded_lines(text, csvfile.LINE_LIMIT + 1),
+                            delimiter=dialect.delimiter, strict=True)
+        line = 0
+        for fields in reader:
+            start, line = line + 1, reader.line_num
+            if fields:
+                yield start, fields
+
+
+def _number(record: Any) -> int | None:
+    for key in ROW_KEYS:
+        value = record.get(key) if isinstance(record, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+    return None
+
+
+def _fields(record: Any) -> dict[str, str]:
+    """The record's own fields: under ``record``, or beside its message."""
+    if not isinstance(record, dict):
+        return {}
+    inner = record.get("record")
+    source = inner if isinstance(inner, dict) else {
+        k: v for k, v in record.items() if k not in NOT_FIELDS}
+    return {str(k): "" if v is None else str(v) for k, v in source.items()
+            if not isinstance(v, dict | list)}
+
+
+class Index:
+    """What to look for in the pass, built from the error records."""
+
+    def __init__(self, errors: Sequence[Any], spans: Sequence[Span], sent: Sequence[str],
+                 identifier: str | None) -> None:
+        self.spans = {span.part: span for span in spans}
+        self.messages = [error_message(e) for e in errors]
+        self.sent = list(sent)
+        self.identifier = identifier if identifier in sent else None
+        self.numbered: list[tuple[int, int, int]] = []   # (error, part's first row, number)
+        self.by_id: dict[tuple[int | None, str], list[int]] = {}
+        self.by_fields: dict[tuple[str, ...], dict[tuple[int | None, tuple[str, ...]],
+                                                   list[int]]] = {}
+        self.route: dict[int, str] = {}
+        self.fields_of: dict[int, dict[str, str]] = {}
+        for i, record in enumerate(errors):
+            part = record.get("part") if isinstance(record, dict) else None
+            span = self.spans.get(part) or self.spans.get(None)
+            if span is None:
+                continue  # a part we know nothing of: unmatched
+            fields = _fields(record)
+            number = _number(record)
+            if number is not None:
+                self.numbered.append((i, span.first, number))
+                self.route[i] = "row_number"
+                if fields:
+                    self.fields_of[i] = fields
+            elif self.identifier and self.identifier in fields:
+                self.by_id.setdefault((part, fields[self.identifier]), []).append(i)
+                self.route[i] = "identifier"
+            elif (names := tuple(sorted(n for n in fields if n in sent))):
+                key = tuple(fields[n] for n in names)
+                self.by_fields.setdefault(names, {}).setdefault((part, key), []).append(i)
+                self.route[i] = "fields"
+        self.by_row: dict[int, list[int]] = {}
+
+    def number_rows(self, base: int) -> None:
+        """Place the numbered records, their numbers counted from *base*."""
+        self.by_row = {}
+        for i, first, number in self.numbered:
+            self.by_row.setdefault(first + number - base, []).append(i)
+
+    def part_of(self, row: int) -> int | None:
+        for span in self.spans.values():
+            if span.first <= row < span.first + span.rows:
+                return span.part
+        return None
+
+    def match(self, row: int, as_sent: Callable[[], dict[str, str]]) -> list[int]:
+        found = list(self.by_row.get(row, ()))
+        if self.by_id or self.by_fields:
+            sent = as_sent()
+            part = self.part_of(row) if len(self.spans) > 1 else next(iter(self.spans))
+            if self.identifier and self.by_id:
+                found += self.by_id.get((part, sent.get(self.identifier, "")), ())
+            for names, wanted in self.by_fields.items():
+                found += wanted.get((part, tuple(sent.get(n, "") for n in names)), ())
+        return found
+
+
+def _as_sent(header: Sequence[str], fields: list[str], pick: Picker | None) -> dict[str, str]:
+    return dict(zip(header, fields if pick is None else pick(fields), strict=False))
+
+
+def _base(index: Index, ref: FileRef, dialect: Dialect, columns: Columns) -> int:
+    """How the API counts rows: 0 if a record says 0; else, when a numbered record
+    carries its fields, whichever count makes them those of the row; else 1."""
+    if any(number == 0 for _, _, number in index.numbered):
+        return 0
+    checked = [(first + number, index.fields_of[i]) for i, first, number in index.numbered
+               if i in index.fields_of]
+    if not checked:
+        return 1
+    target, fields = min(checked)
+    with contextlib.closing(_records(ref, dialect)) as records:
+        found = upload_header((f for _, f in records), columns)
+        if found is None:
+            return 1
+        sent_header, pick = found
+        for row, (_, values) in enumerate(itertools.islice(records, target + 1)):
+            if row in (target - 1, target):
+                sent = _as_sent(sent_header, values, pick)
+                if all(sent.get(k) == v for k, v in fields.items() if k in sent):
+                    return 1 if row == target - 1 else 0
+    return 1
+
+
+def write_failed_rows(ref: FileRef, dialect: Dialect, columns: Columns,
+                      identifier: str | None, spans: Sequence[Span], errors: Sequence[Any],
+                      out: BinaryIO) -> Found:
+    """Write the failed rows of the dropped file to *out*; what was found."""
+    with contextlib.closing(_records(ref, dialect)) as records:
+        return _write(records, ref, dialect, columns, identifier, spans, errors, out)
+
+
+def _write(records: Iterator[tuple[int, list[str]]], ref: FileRef, dialect: Dialect,
+           columns: Columns, identifier: str | None, spans: Sequence[Span],
+           errors: Sequence[Any], out: BinaryIO) -> Found:
+    found = Found()
+    head = next(records, None)
+    header = None if head is None else upload_header(iter([head[1]]), columns)
+    if head is None or header is None:
+        found.unmatched = len(errors)
+        return found
+    dropped = csvfile.header_names(head[1])
+    keep = [i for i, name in enumerate(dropped) if name not in BULKDROP_COLUMNS]
+    sent_header, pick = header
+    index = Index(errors, spans, sent_header, identifier)
+    index.number_rows(_base(index, ref, dialect, columns) if index.numbered else 1)
+    buf = _Buffer(out)
+    names = [dropped_name.lstrip("\ufeff") if i == 0 else dropped_name
+             for i, dropped_name in enumerate(head[1])]
+    buf.writer.writerow([names[i] for i in keep] + list(BULKDROP_COLUMNS))
+    matched: set[int] = set()
+    for row, (line, values) in enumerate(records):
+        hits = index.match(row, lambda: _as_sent(sent_header, values, pick))  # noqa: B023
+        if not hits:
+            continue
+        matched.update(hits)
+        why = "; ".join(dict.fromkeys(index.messages[i] for i in hits))
+        buf.writer.writerow([values[i] if i < len(values) else "" for i in keep]
+                            + [why, str(line)])
+        buf.flush_if_full()
+        found.rows += 1
+    buf.flush()
+    found.unmatched = len(errors) - len(matched)
+    found.routes.update(index.route[i] for i in matched)
+    return found
+
+
+class _Buffer:
+    """CSV text gathered in memory a block at a time, written out as UTF-8."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.text = io.StringIO()
+        self.writer = csv.writer(self.text, lineterminator="\r\n")
+
+    def flush_if_full(self) -> None:
+        if self.text.tell() >= OUT_BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        self.out.write(self.text.getvalue().encode("utf-8"))
+        self.text.seek(0)
+        self.text.truncate()
+
+
+def plan_of(result: dict[str, Any]) -> tuple[Dialect | None, list[Span]]:
+    """The dialect and the jobs' rows of a file, from its result (so a filing resumed
+    after a restart, with nothing but the result, writes the same file)."""
+    info = result.get("csv") or {}
+    names = {name: char for char, name in csvfile.DELIMITER_NAMES.items()}
+    dialect = None
+    if info.get("encoding") and info.get("delimiter") in names:
+        dialect = Dialect(info["encoding"], names[info["delimiter"]],
+                          info.get("line_endings", ""))
+    jobs = result.get("jobs")
+    if jobs:
+        spans = [Span(j["part"], j["rows"][0] - 1, j["rows"][1] - j["rows"][0] + 1)
+                 for j in jobs]
+    else:
+        spans = [Span(None, 0, int(info.get("rows") or 0))]
+    return dialect, spans

@@ -1,0 +1,139 @@
+"""Failed rows back as a CSV to fix and drop again: ``<file>.failed.csv`` matched by row
+number (1- and 0-based), by identifier, by fields, for a file in parts and a cp1252
+semicolon file; and the round trip through ``bulkdrop retry --failed-rows``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.sim import SimServer
+from tests.helpers import clean_env, contacts_csv, drop, finish, finished, result_of, wait_for
+
+HEADER = ["email", "first_name", "last_name", "bulkdrop_error", "bulkdrop_row"]
+
+
+def _failed_csv(filed: Path) -> list[list[str]]:
+    raw = filed.with_name(filed.name + ".failed.csv").read_bytes()
+    return list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+
+
+async def _filed(spool_root: Path, rel: str, content: str | bytes) -> tuple[Path, dict[str, Any]]:
+    drop(spool_root, rel, content)
+    await wait_for(lambda: finished(spool_root), timeout=30, what="filed")
+    filed = next(p for p in finished(spool_root))
+    filed = filed.with_name(filed.name.removesuffix(".result.json"))
+    return filed, result_of(filed)
+
+
+@pytest.mark.parametrize("row_base", [1, 0])
+async def test_matched_by_row_number_counted_from_1_or_0(row_base: int, make_settings,
+                                                         run_daemon, sim: SimServer,
+                                                         spool_root: Path) -> None:
+    sim.sim.config.row_base = row_base
+    await run_daemon(make_settings())
+    # Rows 2 and 5 fail, none at row 0: the count's base shows only in the fields.
+    bad = (2, 5)
+    content = "email,first_name,last_name\n" + "".join(
+        f"user{i}{'' if i in bad else '@example.com'},First{i},Last\n" for i in range(7))
+    filed, result = await _filed(spool_root, "contact/people.csv", content)
+    assert result["failed_rows"] == {"file": "people.csv.failed.csv", "rows": 2,
+                                     "unmatched": 0, "matched_by": "row_number"}
+    assert _failed_csv(filed) == [HEADER] + [
+        [f"user{i}", f"First{i}", "Last", f"Invalid email address 'user{i}'", str(i + 2)]
+        for i in bad]
+
+
+@pytest.mark.parametrize(("metadata", "route"), [
+    ('{ identifierFieldName = "email" }', "identifier"),
+    ("{}", "fields"),
+])
+async def test_matched_without_row_numbers(metadata: str, route: str, make_settings,
+                                           run_daemon, sim: SimServer,
+                                           spool_root: Path) -> None:
+    """Plain error records (fields and a status message, no row number), as the field's
+    Pardot and Eloqua connectors give them."""
+    sim.sim.config.error_shape = "plain"
+    await run_daemon(make_settings(f"[objects.contact]\nmetadata = {metadata}\n"))
+    filed, result = await _filed(spool_root, "contact/people.csv",
+                                 contacts_csv(5, bad_every=2))   # rows 0, 2, 4
+    assert result["failed_rows"]["matched_by"] == route
+    assert result["failed_rows"]["rows"] == 3 and result["failed_rows"]["unmatched"] == 0
+    assert _failed_csv(filed) == [HEADER] + [
+        [f"user{i}", f"First{i}", "Last", f"74234: Invalid email address 'user{i}'",
+         str(i + 2)] for i in (0, 2, 4)]
+
+
+async def test_a_file_in_parts_matches_each_parts_records_to_its_rows(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    await run_daemon(make_settings("[objects.contact]\nmax_rows_per_job = 3\n"))
+    filed, result = await _filed(spool_root, "contact/parts.csv",
+                                 contacts_csv(9, bad_every=4))   # rows 0, 4, 8
+    assert len(result["jobs"]) == 3
+    assert result["failed_rows"]["rows"] == 3
+    assert [row[0] for row in _failed_csv(filed)[1:]] == ["user0", "user4", "user8"]
+    assert [row[-1] for row in _failed_csv(filed)[1:]] == ["2", "6", "10"]
+
+
+async def test_a_cp1252_semicolon_file_gets_its_own_columns_back_in_utf8(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    await run_daemon(make_settings(
+        '[objects.contact]\nrename_columns = { "E-Mail" = "email" }\n'
+        'drop_columns = ["Notiz"]\n'))
+    content = ("E-Mail;Nachname;Notiz\r\n"
+               "anna@example.com;Müller;a\r\n"
+               "\r\n"                               # a blank line: not a row, but a line
+               "jürgen-at-example.com;Größe;b\r\n").encode("cp1252")
+    filed, result = await _filed(spool_root, "contact/kunden.csv", content)
+    assert result["csv"]["encoding"] == "cp1252" and result["records"]["failed"] == 1
+    assert _failed_csv(filed) == [
+        ["E-Mail", "Nachname", "Notiz", "bulkdrop_error", "bulkdrop_row"],
+        ["jürgen-at-example.com", "Größe", "b",
+         "Invalid email address 'jürgen-at-example.com'", "4"]]
+
+
+async def test_the_round_trip_fix_and_send_again(make_settings, run_daemon, sim: SimServer,
+                                                 spool_root: Path, tmp_path: Path) -> None:
+    settings = make_settings()
+    await run_daemon(settings)
+    filed, result = await _filed(spool_root, "contact/people.csv",
+                                 contacts_csv(6, bad_every=3))
+    assert result["status"] == "COMPLETE" and result["records"]["failed"] == 2
+    failed_csv = filed.with_name("people.csv.failed.csv")
+    rows = _failed_csv(filed)
+    for row in rows[1:]:
+        row[0] += "@example.com"   # the fix a person makes
+    with failed_csv.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    config = tmp_path / "retry.toml"
+    config.write_text(f'[spool]\nroot = "{spool_root}"\nnode_id = "node-a"\n')
+    proc = await _bulkdrop("retry", "--config", str(config), "--failed-rows", str(failed_csv))
+    code, out, err = await finish(proc)
+    assert code == 0, err
+    again = spool_root / "inbox" / "contact" / "people.retry-1.csv"
+    assert str(again) in out
+    await wait_for(lambda: (spool_root / "done" / "contact" /
+                            "people.retry-1.csv.result.json").exists(), timeout=30,
+                   what="the retry filed")
+    retried = result_of(spool_root / "done" / "contact" / "people.retry-1.csv")
+    assert retried["status"] == "COMPLETE"
+    assert retried["records"] == {"total": 2, "failed": 0, "succeeded": 2}
+    sent = sim.sim.jobs[retried["job_id"]].body or b""
+    assert sent.decode().splitlines()[0] == "email,first_name,last_name"  # bulkdrop's gone
+    assert "failed_rows" not in retried
+    # A second retry of the same rows takes the next name; nothing is overwritten.
+    code, out, _ = await finish(await _bulkdrop("retry", "--config", str(config),
+                                                "--failed-rows", str(filed)))
+    assert code == 0 and "people.retry-2.csv" in out
+
+
+async def _bulkdrop(*args: str) -> Any:
+    import asyncio
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", *args, env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
