@@ -108,20 +108,19 @@ class Index:
         self.by_fields: dict[tuple[str, ...], dict[tuple[int | None, tuple[str, ...]],
                                                    list[int]]] = {}
         self.route: dict[int, str] = {}
-        self.fields_of: dict[int, dict[str, str]] = {}
+        self.errors = errors
         for i, record in enumerate(errors):
             part = record.get("part") if isinstance(record, dict) else None
             span = self.spans.get(part) or self.spans.get(None)
             if span is None:
                 continue  # a part we know nothing of: unmatched
-            fields = _fields(record)
             number = _number(record)
             if number is not None:
                 self.numbered.append((i, span.first, number))
                 self.route[i] = "row_number"
-                if fields:
-                    self.fields_of[i] = fields
-            elif self.identifier and self.identifier in fields:
+                continue
+            fields = _fields(record)
+            if self.identifier and self.identifier in fields:
                 self.by_id.setdefault((part, fields[self.identifier]), []).append(i)
                 self.route[i] = "identifier"
             elif (names := tuple(sorted(n for n in fields if n in sent))):
@@ -163,11 +162,11 @@ def _base(index: Index, ref: FileRef, dialect: Dialect, columns: Columns) -> int
     carries its fields, whichever count makes them those of the row; else 1."""
     if any(number == 0 for _, _, number in index.numbered):
         return 0
-    checked = [(first + number, index.fields_of[i]) for i, first, number in index.numbered
-               if i in index.fields_of]
-    if not checked:
+    target, first_carrying = min(((first + number, i) for i, first, number in index.numbered
+                                  if _fields(index.errors[i])), default=(0, -1))
+    if first_carrying < 0:
         return 1
-    target, fields = min(checked)
+    fields = _fields(index.errors[first_carrying])
     with contextlib.closing(_records(ref, dialect)) as records:
         found = upload_header((f for _, f in records), columns)
         if found is None:

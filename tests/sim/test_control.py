@@ -122,6 +122,8 @@ def test_cli_arguments_build_config() -> None:
             "plain",
             "--max-upload-bytes",
             "5000",
+            "--row-base",
+            "0",
         ]
     )
     assert (args.host, args.port) == ("127.0.0.1", 8471)
@@ -129,7 +131,7 @@ def test_cli_arguments_build_config() -> None:
     assert config.job_seconds == 0.5 and config.error_rate == 0.1 and config.seed == 3
     assert config.complete_word == "COMPLETE" and config.objects == ["contact", "lead"]
     assert (config.status_shape, config.error_shape) == ("v3", "plain")
-    assert config.max_upload_bytes == 5000
+    assert config.max_upload_bytes == 5000 and config.row_base == 0
 
 
 async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
