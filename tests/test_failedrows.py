@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from daemon.csvfile import Columns, inspect
+from daemon.failedrows import Span, write_failed_rows
+from daemon.fileref import FileRef
 from daemon.sim import SimServer
 from tests.helpers import clean_env, contacts_csv, drop, finish, finished, result_of, wait_for
 
@@ -76,8 +79,9 @@ async def test_a_file_in_parts_matches_each_parts_records_to_its_rows(
                                  contacts_csv(9, bad_every=4))   # rows 0, 4, 8
     assert len(result["jobs"]) == 3
     assert result["failed_rows"]["rows"] == 3
-    assert [row[0] for row in _failed_csv(filed)[1:]] == ["user0", "user4", "user8"]
-    assert [row[-1] for row in _failed_csv(filed)[1:]] == ["2", "6", "10"]
+    assert _failed_csv(filed) == [HEADER] + [
+        [f"user{i}", f"First{i}", "Last", f"Invalid email address 'user{i}'", str(i + 2)]
+        for i in (0, 4, 8)]
 
 
 async def test_a_cp1252_semicolon_file_gets_its_own_columns_back_in_utf8(
@@ -137,3 +141,41 @@ async def _bulkdrop(*args: str) -> Any:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon", *args, env=clean_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def test_a_failed_csv_moved_by_hand_into_inbox_is_sent_without_bulkdrops_columns(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    drop(spool_root, "contact/fixed.csv",
+         "email,first_name,last_name,bulkdrop_error,bulkdrop_row\r\n"
+         "ann@example.com,Ann,A,Invalid email address 'ann',2\r\n")
+    await wait_for(lambda: finished(spool_root), timeout=30, what="filed")
+    result = result_of(spool_root / "done" / "contact" / "fixed.csv")
+    assert result["status"] == "COMPLETE" and result["csv"]["converted"] is True
+    assert sim.sim.jobs[result["job_id"]].body == (
+        b"email,first_name,last_name\r\nann@example.com,Ann,A\r\n")
+
+
+def test_several_records_naming_one_row_and_records_naming_none(tmp_path: Path) -> None:
+    """Messages of records naming the same row are joined (each once); a record naming
+    no row is counted unmatched; the rows come back with every field as dropped, a
+    quoted field spanning lines too, and the line it starts on."""
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'email,note\nann@x,"two\nlines"\n\nbob,b\n')
+    found = inspect(path)
+    assert found.dialect is not None
+    errors = [{"recordNumber": 2, "message": "Invalid email"},
+              {"recordNumber": 2, "message": "Duplicate"},
+              {"recordNumber": 2, "message": "Invalid email"},
+              {"recordNumber": 1, "error": {"message": "Too long"}},
+              {"recordNumber": 9, "message": "No such row"},
+              {"status": "no fields, no number"}]
+    out = io.BytesIO()
+    result = write_failed_rows(FileRef(path), found.dialect, Columns(), None,
+                               [Span(None, 0, found.rows)], errors, out)
+    assert (result.rows, result.unmatched) == (2, 2)
+    assert result.as_dict("a.csv.failed.csv")["matched_by"] == "row_number"
+    assert list(csv.reader(io.StringIO(out.getvalue().decode()))) == [
+        ["email", "note", "bulkdrop_error", "bulkdrop_row"],
+        ["ann@x", "two\nlines", "Too long", "2"],
+        ["bob", "b", "Invalid email; Duplicate", "5"]]
