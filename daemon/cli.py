@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -37,30 +38,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bulkdrop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, sandbox: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", metavar="PATH",
                          help="TOML config (default: $BULKDROP_CONFIG, "
                               "else /etc/bulkdrop/bulkdrop.toml if present)")
+        if sandbox:
+            sub.add_argument("--sandbox", action="store_true",
+                             help="the sandbox's spool (./spool) and, while `bulkdrop run "
+                                  "--sandbox` runs in this folder, its simulator")
         return sub
 
     run = command("run", "run the daemon in the foreground")
     run.add_argument("--sandbox", action="store_true",
                      help="start the embedded Open Connectors simulator and use ./spool")
-    command("objects", "list the objects of the configured hub")
+    command("objects", "list the objects of the configured hub", sandbox=True)
     validate = command("validate", "check a file as the daemon would, without uploading")
     validate.add_argument("file", type=Path, metavar="FILE")
     validate.add_argument("--object", metavar="O",
                           help="apply this object's column settings from the config")
-    status = command("status", "counts by state, the latest files, the oldest waiting file")
+    status = command("status", "counts by state, the latest files, the oldest waiting file",
+                     sandbox=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    retry = command("retry", "move failed files back into inbox/ under their route")
+    retry = command("retry", "move failed files back into inbox/ under their route",
+                    sandbox=True)
     retry.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     retry.add_argument("--all", action="store_true", help="every file in failed/")
     retry.add_argument("--failed-rows", type=Path, metavar="PATH",
                        help="drop the failed rows of PATH (a file in done/ or failed/, or "
                             "its .failed.csv) into inbox/<object>/ as <name>.retry-N.csv")
-    submit = command("submit", "upload one file outside the spool")
+    submit = command("submit", "upload one file outside the spool", sandbox=True)
     submit.add_argument("file", type=Path, metavar="FILE")
     submit.add_argument("--object", required=True, metavar="O")
     submit.add_argument("--wait", action="store_true",
@@ -95,9 +102,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _settings(args: argparse.Namespace, **kwargs: object) -> Settings:
+def _settings(args: argparse.Namespace, **kwargs: Any) -> Settings:
+    """The settings; with ``--sandbox`` (besides ``run``), the sandbox's: its spool, and
+    the simulator of the ``run --sandbox`` serving that spool."""
     path = find_config_path(args.config, os.environ)
-    return load_settings(path, os.environ, **kwargs)  # type: ignore[arg-type]
+    if getattr(args, "sandbox", False) and args.command != "run":
+        kwargs.setdefault("defaults", SANDBOX_DEFAULTS)
+        spool = load_settings(path, os.environ, defaults=SANDBOX_DEFAULTS,
+                              require_base_url=False).spool.root
+        url = _sandbox_url(spool)
+        if url:
+            kwargs["forced"] = {**kwargs.get("forced", {}), "api.base_url": url}
+        elif kwargs.get("require_base_url", True):
+            raise ConfigError("api.base_url", f"no sandbox serves {spool}: start `bulkdrop "
+                              "run --sandbox` in this folder first")
+    return load_settings(path, os.environ, **kwargs)
+
+
+def _sandbox_state(spool: Path) -> Path:
+    """Where a running sandbox says where its simulator is, for the other commands."""
+    return spool / ".state" / "sandbox.json"
+
+
+def _sandbox_url(spool: Path) -> str | None:
+    try:
+        with _sandbox_state(spool).open(encoding="utf-8") as fh:
+            url = json.load(fh)["base_url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if isinstance(url, str) else None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -142,9 +175,13 @@ def _run_sandbox(args: argparse.Namespace) -> int:
             logs.configure(settings.log.format, settings.log.level)
             daemon = Daemon(settings)
             serving = asyncio.create_task(daemon.serve_until_signalled())
+            state = _sandbox_state(settings.spool.root)
+            serving.add_done_callback(lambda _: state.unlink(missing_ok=True))
             ready = asyncio.create_task(daemon.ready.wait())
             await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
             if daemon.ready.is_set():  # inbox/<default object>/ is there now
+                await asyncio.to_thread(state.write_text,
+                                        json.dumps({"base_url": server.base_url}))
                 inbox = daemon.spool.inbox
                 print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
                       f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"

@@ -112,10 +112,20 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
                    what="sandbox result")
     assert result_of(done)["status"] == "COMPLETE"
     assert result_of(done)["object"] == "contact"
+    # The other commands find the sandbox's spool and simulator from its folder.
+    code, shown, _ = await finish(await spawn("status", "--sandbox", env=clean_env(),
+                                              cwd=tmp_path))
+    assert code == 0 and "COMPLETE 1" in shown and str(tmp_path / "spool") in shown
+    code, listed, _ = await finish(await spawn("objects", "--sandbox", env=clean_env(),
+                                               cwd=tmp_path))
+    assert code == 0 and "contact" in listed.split()
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     await asyncio.gather(out.task, err.task)
     assert '"event": "daemon.stopped"' in err.text()
+    code, _, said = await finish(await spawn("objects", "--sandbox", env=clean_env(),
+                                             cwd=tmp_path))
+    assert code == 2 and "start `bulkdrop run --sandbox`" in said
 
 
 async def test_daemon_logs_json_lines_with_context_and_no_secrets(spawn, sim: SimServer,
