@@ -103,19 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace, **kwargs: Any) -> Settings:
-    """The settings; with ``--sandbox`` (besides ``run``), the sandbox's: its spool, and
-    the simulator of the ``run --sandbox`` serving that spool."""
+    """The settings; with ``--sandbox`` (besides ``run``), the sandbox's: its spool and
+    made-up credentials, whatever a config file or the environment says (so real
+    secrets never go to it), and the simulator of the ``run --sandbox`` serving it."""
     path = find_config_path(args.config, os.environ)
     if getattr(args, "sandbox", False) and args.command != "run":
-        kwargs.setdefault("defaults", SANDBOX_DEFAULTS)
-        spool = load_settings(path, os.environ, defaults=SANDBOX_DEFAULTS,
-                              require_base_url=False).spool.root
-        url = _sandbox_url(spool)
+        forced: dict[str, object] = {**SANDBOX_DEFAULTS, **kwargs.get("forced", {})}
+        url = _sandbox_url(Path(str(SANDBOX_DEFAULTS["spool.root"])))
         if url:
-            kwargs["forced"] = {**kwargs.get("forced", {}), "api.base_url": url}
+            forced["api.base_url"] = url
         elif kwargs.get("require_base_url", True):
-            raise ConfigError("api.base_url", f"no sandbox serves {spool}: start `bulkdrop "
+            raise ConfigError("api.base_url", "no sandbox serves ./spool: start `bulkdrop "
                               "run --sandbox` in this folder first")
+        kwargs["forced"] = forced
     return load_settings(path, os.environ, **kwargs)
 
 
@@ -125,12 +125,31 @@ def _sandbox_state(spool: Path) -> Path:
 
 
 def _sandbox_url(spool: Path) -> str | None:
+    """The URL a running sandbox left, if it is one on this machine (read without
+    following a link: the spool may be droppers' ground)."""
+    from urllib.parse import urlsplit
+
+    from daemon.fileref import FileRef
+
     try:
-        with _sandbox_state(spool).open(encoding="utf-8") as fh:
+        with FileRef(_sandbox_state(spool)).open("r", encoding="utf-8") as fh:
             url = json.load(fh)["base_url"]
-    except (OSError, ValueError, KeyError, TypeError):
+        host = urlsplit(url).hostname
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return url if isinstance(url, str) else None
+    return url if host in ("127.0.0.1", "::1", "localhost") else None
+
+
+def _note_sandbox(state: Path, url: str) -> None:
+    tmp = state.with_name(f".{state.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"base_url": url}))
+    os.replace(tmp, state)  # whole or not at all; a link there is replaced, not followed
+
+
+def _forget_sandbox(state: Path, url: str) -> None:
+    """Remove the note, unless another sandbox has written its own since."""
+    if _sandbox_url(state.parents[1]) == url:
+        state.unlink(missing_ok=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -176,12 +195,11 @@ def _run_sandbox(args: argparse.Namespace) -> int:
             daemon = Daemon(settings)
             serving = asyncio.create_task(daemon.serve_until_signalled())
             state = _sandbox_state(settings.spool.root)
-            serving.add_done_callback(lambda _: state.unlink(missing_ok=True))
+            serving.add_done_callback(lambda _: _forget_sandbox(state, server.base_url))
             ready = asyncio.create_task(daemon.ready.wait())
             await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
             if daemon.ready.is_set():  # inbox/<default object>/ is there now
-                await asyncio.to_thread(state.write_text,
-                                        json.dumps({"base_url": server.base_url}))
+                await asyncio.to_thread(_note_sandbox, state, server.base_url)
                 inbox = daemon.spool.inbox
                 print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
                       f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"

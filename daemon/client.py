@@ -108,16 +108,21 @@ def api_message(status: int, body: bytes) -> str:
 
 # Answers that say the request was not acted on: "slow down", "not now".
 NOT_ACTED_ON = frozenset({429, 503})
-# A 429 saying one of these is about the upload's size or duration, not the rate.
-TOO_LARGE = re.compile(r"too (large|big|long)|size|exceeds? the max|maximum (upload|file)"
-                       r"|6 ?GB|3,?600 ?s", re.IGNORECASE)
+# A 429 to an upload, with no Retry-After, saying this is about the upload's size or
+# duration (over 6 GB or 3,600 s), not the rate: resending it cannot help.
+TOO_LARGE = re.compile(r"\b(upload|file|request|payload|body)\b.{0,40}\btoo (large|big)\b"
+                       r"|took too long|\b6 ?GB\b|\b3,?600 ?s(econds)?\b", re.IGNORECASE)
+ABOUT_RATE = re.compile(r"\brate\b|requests? per|\bquota\b|throttl|per (second|minute|hour)",
+                        re.IGNORECASE)
 
 
-def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ApiError:
+def classify(status: int, body: bytes, headers: Mapping[str, str],
+             endpoint: str = "") -> ApiError:
     message = api_message(status, body)
     if status in (401, 403):
         return AuthError(message, status)
-    if status == 429 and TOO_LARGE.search(message):
+    if (status == 429 and endpoint == "create_job" and not headers.get("Retry-After")
+            and TOO_LARGE.search(message) and not ABOUT_RATE.search(message)):
         return TooLargeError(message, status)
     if status == 429 or status >= 500:
         return TransientError(message, status, parse_retry_after(headers.get("Retry-After")),
@@ -173,7 +178,7 @@ class OpenConnectorsClient:
                 body = await resp.read()
                 self.on_answer(endpoint, resp.status)
                 if resp.status >= 400:
-                    raise classify(resp.status, body, resp.headers)
+                    raise classify(resp.status, body, resp.headers, endpoint)
                 try:
                     return (json.loads(body) if body else None), resp.headers
                 except ValueError:
@@ -268,8 +273,9 @@ class OpenConnectorsClient:
         data, headers = await self._request(
             "errors", "GET", f"/hubs/{quote(hub, safe='')}/bulk/{quote(job_id, safe='')}/errors",
             params=params)
-        records = data if isinstance(data, list) else []
-        return records, headers.get("Elements-Next-Page-Token") or None
+        if not isinstance(data, list):  # not a count of nothing: say it could not be read
+            raise ApiError(f"the error records are not a JSON array ({type(data).__name__})")
+        return data, headers.get("Elements-Next-Page-Token") or None
 
     async def objects(self, hub: str) -> list[str]:
         data, _ = await self._request("objects", "GET", f"/hubs/{quote(hub, safe='')}/objects")

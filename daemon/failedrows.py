@@ -18,6 +18,7 @@ Blocking: it runs in the filing thread.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import io
@@ -46,6 +47,7 @@ class Span:
     part: int | None   # None: the whole file, one job
     first: int
     rows: int
+    sent: bool = True  # False: a part never sent (an earlier one failed)
 
 
 @dataclass
@@ -53,12 +55,13 @@ class Found:
     """What the pass found, for the result's ``failed_rows``."""
     rows: int = 0
     unmatched: int = 0
+    not_sent: int = 0  # rows of parts never sent, in the file too
     routes: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self, name: str) -> dict[str, Any]:
         by = self.routes.most_common(1)[0][0] if self.routes else None
         return {"file": name, "rows": self.rows, "unmatched": self.unmatched,
-                "matched_by": by}
+                "matched_by": by, "not_sent": self.not_sent}
 
 
 def _records(ref: FileRef, dialect: Dialect) -> Generator[tuple[int, list[str]], None, None]:
@@ -73,8 +76,11 @@ def _records(ref: FileRef, dialect: Dialect) -> Generator[tuple[int, list[str]],
                 yield start, fields
 
 
-def _number(record: Any) -> int | None:
+def _number(record: Any, columns: frozenset[str]) -> int | None:
+    """Its row number; never a field of the row itself (a column named ``row``)."""
     for key in ROW_KEYS:
+        if key in columns and not isinstance(record.get("record"), dict):
+            continue
         value = record.get(key) if isinstance(record, dict) else None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
@@ -100,8 +106,11 @@ class Index:
     def __init__(self, errors: Sequence[Any], spans: Sequence[Span], sent: Sequence[str],
                  identifier: str | None) -> None:
         self.spans = {span.part: span for span in spans}
+        self.ordered = sorted(spans, key=lambda span: span.first)
+        self.starts = [span.first for span in self.ordered]
         self.messages = [error_message(e) for e in errors]
         self.sent = list(sent)
+        self.columns = frozenset(sent)
         self.identifier = identifier if identifier in sent else None
         self.numbered: list[tuple[int, int, int]] = []   # (error, part's first row, number)
         self.by_id: dict[tuple[int | None, str], list[int]] = {}
@@ -114,7 +123,7 @@ class Index:
             span = self.spans.get(part) or self.spans.get(None)
             if span is None:
                 continue  # a part we know nothing of: unmatched
-            number = _number(record)
+            number = _number(record, self.columns)
             if number is not None:
                 self.numbered.append((i, span.first, number))
                 self.route[i] = "row_number"
@@ -136,10 +145,9 @@ class Index:
             self.by_row.setdefault(first + number - base, []).append(i)
 
     def part_of(self, row: int) -> int | None:
-        for span in self.spans.values():
-            if span.first <= row < span.first + span.rows:
-                return span.part
-        return None
+        at = bisect.bisect_right(self.starts, row) - 1
+        span = self.ordered[at] if at >= 0 else None
+        return span.part if span and row < span.first + span.rows else None
 
     def match(self, row: int, as_sent: Callable[[], dict[str, str]]) -> list[int]:
         found = list(self.by_row.get(row, ()))
@@ -207,12 +215,18 @@ def _write(records: Iterator[tuple[int, list[str]]], ref: FileRef, dialect: Dial
              for i, dropped_name in enumerate(head[1])]
     buf.writer.writerow([names[i] for i in keep] + list(BULKDROP_COLUMNS))
     matched: set[int] = set()
+    unsent = {span.part for span in spans if not span.sent}
     for row, (line, values) in enumerate(records):
         hits = index.match(row, lambda: _as_sent(sent_header, values, pick))  # noqa: B023
-        if not hits:
+        part = index.part_of(row) if unsent else None
+        if not hits and part not in unsent:
             continue
         matched.update(hits)
-        why = "; ".join(dict.fromkeys(index.messages[i] for i in hits))
+        messages = [index.messages[i] for i in hits]
+        if part in unsent:
+            messages.append(f"not sent: part {part} never became a job")
+            found.not_sent += 1
+        why = "; ".join(dict.fromkeys(messages))
         buf.writer.writerow([values[i] if i < len(values) else "" for i in keep]
                             + [why, str(line)])
         buf.flush_if_full()
@@ -252,8 +266,8 @@ def plan_of(result: dict[str, Any]) -> tuple[Dialect | None, list[Span]]:
                           info.get("line_endings", ""))
     jobs = result.get("jobs")
     if jobs:
-        spans = [Span(j["part"], j["rows"][0] - 1, j["rows"][1] - j["rows"][0] + 1)
-                 for j in jobs]
+        spans = [Span(j["part"], j["rows"][0] - 1, j["rows"][1] - j["rows"][0] + 1,
+                      sent=j.get("job_id") is not None) for j in jobs]
     else:
         spans = [Span(None, 0, int(info.get("rows") or 0))]
     return dialect, spans

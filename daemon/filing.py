@@ -23,7 +23,7 @@ from daemon.checks import Checks, csv_info
 from daemon.failedrows import FAILED_SUFFIX, plan_of, write_failed_rows
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.metrics import Metrics
-from daemon.placing import ERRORS_SUFFIX, RESULT_SUFFIX, Placing, Sidecar
+from daemon.placing import ERRORS_SUFFIX, RESULT_SUFFIX, Placing, Sidecar, Skip
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import backoff_delay
 from daemon.spool import Spool
@@ -79,9 +79,10 @@ class Filer:
     async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
                     dest: Path | None, resumed: bool) -> None:
         claimed = work.claimed
+        named = _Named(claimed.rel.name)  # the name filed under, once chosen
         placed = await self._place(work, Placing(self.spool, claimed, ok,
-                                                 self._sidecars(work, result, errors)),
-                                   dest, resumed)
+                                                 self._sidecars(work, result, errors, named)),
+                                   dest, resumed, named)
         await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
         if placed is None:
             work.log.error("file.vanished", path=str(claimed.path))
@@ -95,13 +96,13 @@ class Filer:
                       reason=result["reason"], dest=self.spool.to_stored(placed))
 
     async def _place(self, work: Work, placing: Placing, dest: Path | None,
-                     resumed: bool) -> Path | None:
+                     resumed: bool, named: _Named) -> Path | None:
         """Where the file now is, trying again through trouble; None when it vanished
         from processing/ (removed by hand)."""
         key = work.rel
         for attempt in itertools.count(1):
             try:
-                placed = await self._place_once(placing, dest, resumed)
+                placed = await self._place_once(placing, dest, resumed, named)
             except OSError as exc:
                 delay = backoff_delay(attempt, cap=RETRY_CAP) + 0.1
                 problem = f"{exc.strerror or exc} ({exc.filename or work.claimed.path})"
@@ -118,22 +119,29 @@ class Filer:
             return placed
         raise AssertionError("unreachable")
 
-    async def _place_once(self, placing: Placing, dest: Path | None,
-                          resumed: bool) -> Path | None:
+    async def _place_once(self, placing: Placing, dest: Path | None, resumed: bool,
+                          named: _Named) -> Path | None:
         dest = dest or placing.natural()
-        while not await self.quick(placing.prepare_and_place, dest, resumed):
+        named.name = dest.name
+        # Sidecars that read the whole file again take a thread of their own: the quick
+        # ones are for claims.
+        run = self.quick if not placing.heavy else asyncio.to_thread
+        while not await run(placing.prepare_and_place, dest, resumed):
             if not await self.quick(placing.claimed_exists):
                 return None  # removed by hand (a resumed filing found it done instead)
             chosen = await self.quick(placing.choose)
             if chosen is None:
                 return None
             dest = chosen
+            if named.name != dest.name:
+                named.name = dest.name
+                placing.prepared = False  # the result names its failed rows' file
             # Recorded before the move: a crash leaves the ledger knowing where it goes.
             await self.ledger.record_dest(placing.claimed.claim_id, self.spool.to_stored(dest))
         return dest
 
-    def _sidecars(self, work: Work, result: dict[str, Any],
-                  errors: list[Any]) -> Sequence[Sidecar]:
+    def _sidecars(self, work: Work, result: dict[str, Any], errors: list[Any],
+                  named: _Named) -> Sequence[Sidecar]:
         """The errors CSV (when there are errors) and the result, written in the filing
         thread. A file's own problems are all in its errors CSV, however many: when more
         were found than were kept, the file is checked again as the CSV is written."""
@@ -141,17 +149,17 @@ class Filer:
         if result["errors_total"] > len(errors):
             ref, columns = work.claimed.ref, self.checks.columns(result["object"])
             out.append(Sidecar(ERRORS_SUFFIX,
-                               lambda fh: csvfile.write_problems(ref, columns, fh)))
+                               lambda fh: csvfile.write_problems(ref, columns, fh), heavy=True))
         elif errors:
             out.append(Sidecar(ERRORS_SUFFIX, lambda fh: fh.write(errors_csv(errors))))
         if errors and result["status"] != REJECTED and (
-                failed := self._failed_rows(work, result, errors)):
+                failed := self._failed_rows(work, result, errors, named)):
             out.append(failed)
         out.append(Sidecar(RESULT_SUFFIX, lambda fh: _write_json(result, fh)))
         return out
 
-    def _failed_rows(self, work: Work, result: dict[str, Any],
-                     errors: list[Any]) -> Sidecar | None:
+    def _failed_rows(self, work: Work, result: dict[str, Any], errors: list[Any],
+                     named: _Named) -> Sidecar | None:
         """The failed rows as dropped; what it found goes into the result, written next.
         None for a file whose dialect is unknown (it was never read as CSV)."""
         dialect, spans = plan_of(result)
@@ -161,15 +169,28 @@ class Filer:
         columns = self.checks.columns(obj)
         metadata = self.checks.settings.object_settings(obj).metadata or {}
         identifier = metadata.get("identifierFieldName")
-        name = work.claimed.rel.name + FAILED_SUFFIX
 
         def write(fh: BinaryIO) -> None:
-            found = write_failed_rows(work.claimed.ref, dialect, columns,
-                                      identifier if isinstance(identifier, str) else None,
-                                      spans, errors, fh)
-            result["failed_rows"] = found.as_dict(name)
+            try:
+                found = write_failed_rows(work.claimed.ref, dialect, columns,
+                                          identifier if isinstance(identifier, str) else None,
+                                          spans, errors, fh)
+            except OSError:
+                raise  # trouble that passes: the filing is tried again
+            except Exception as exc:  # noqa: BLE001 - an extra: never worth the file
+                work.log.error("file.failed_rows_unwritten", error=repr(exc))
+                result["failed_rows"] = {"file": None, "error": str(exc)}
+                raise Skip from exc
+            result["failed_rows"] = found.as_dict(named.name + FAILED_SUFFIX)
 
-        return Sidecar(FAILED_SUFFIX, write)
+        return Sidecar(FAILED_SUFFIX, write, heavy=True)
+
+
+class _Named:
+    """The name a file is being filed under (its result names its sidecars by it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _write_json(result: dict[str, Any], fh: BinaryIO) -> None:

@@ -90,8 +90,17 @@ class Jobs:
         ticket.job_done()
         return self._partial(work, ended[1] if plan.whole else combine(plan.parts, ended))
 
+    def _settled(self, outcome: Outcome) -> Outcome:
+        """A file whose every record failed is FAILED, whatever its jobs said."""
+        counted = Records(outcome.records_total, outcome.records_failed)
+        if not (outcome.ok and counted.all_failed):
+            return outcome
+        return dataclasses.replace(outcome, status=FAILED, reason=(
+            f"{outcome.reason}: all {counted.total} records failed"))
+
     def _partial(self, work: Work, outcome: Outcome) -> Outcome:
         """A file with some records failed goes where ``[objects.<name>] partial`` says."""
+        outcome = self._settled(outcome)
         partial = self.settings.object_settings(work.obj or "").partial
         if not (outcome.ok and outcome.records_failed) or partial == "done":
             return outcome
@@ -101,7 +110,7 @@ class Jobs:
     async def _plan(self, work: Work, resumed: bool) -> Plan:
         claim_id = work.claimed.claim_id
         parts = await self.ledger.parts(claim_id) if resumed else []
-        if not parts:
+        if not parts and work.job_id is None:  # a whole file's job recorded: never cut
             spans = await self._cut(work)
             if spans:
                 await self.ledger.plan_parts(claim_id, spans)
@@ -124,8 +133,13 @@ class Jobs:
         if size * BYTES_GROWTH <= conf.max_bytes_per_job:  # however it is rendered
             return [(first, min(max_rows, total - first))
                     for first in range(0, total, max_rows)] if max_rows else []
-        return await asyncio.to_thread(part_spans, work.claimed.ref, found.dialect, columns,
-                                       max_rows, conf.max_bytes_per_job)
+        spans = await asyncio.to_thread(part_spans, work.claimed.ref, found.dialect, columns,
+                                        max_rows, conf.max_bytes_per_job)
+        if not spans and size > conf.max_bytes_per_job:
+            # Its rendering fits (a file as dropped can be larger: quotes, blank lines):
+            # one part, so the rendering is what is sent.
+            return [(0, total)]
+        return spans
 
     async def _run_part(self, work: Work, ticket: Ticket, plan: Plan, part: Part) -> Outcome:
         job_id, submitted_at, duplicate = part.job_id, part.submitted_at, part.possible_duplicate
@@ -277,7 +291,7 @@ def combine(parts: list[Part], ended: dict[int, Outcome]) -> Outcome:
              if p.part in summaries else
              {"part": p.part, "rows": _rows(p), "job_id": None, "status": NOT_SENT})
             for p in parts]
-    errors = [{"part": s["part"], **e} if isinstance(e, dict) else {"part": s["part"], "error": e}
+    errors = [{**e, "part": s["part"]} if isinstance(e, dict) else {"part": s["part"], "error": e}
               for s in summaries.values() for e in s["errors"]]
     totals = [o.records_total for o in ended.values()]
     total = sum(t for t in totals if t is not None) if None not in totals else None

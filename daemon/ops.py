@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import sqlite3
 import stat
 import time
@@ -26,6 +27,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.csvfile import BULKDROP_COLUMNS
 from daemon.failedrows import FAILED_SUFFIX
 from daemon.fileref import FileRef
+from daemon.folders import open_dirs
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
 from daemon.normalise import upload_body
@@ -156,31 +158,38 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
     if rel is None:
         raise ValueError(f"no readable result beside {filed}")
     obj = rel.parts[0] if len(rel.parts) > 1 else None
-    folder = spool.inbox / obj if obj else spool.inbox
-    folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"\.retry-\d+$", "", PurePosixPath(rel.name).stem)
-    tmp = folder / f".{stem}.retry.{os.getpid()}.tmp"  # ignored until it is whole
+    # inbox/ is droppers' ground: reached through descriptors, never through a link.
+    folder = open_dirs(spool.inbox, [obj] if obj else [], create=True, mode=0o777)
+    tmp = f".{stem}.retry.{secrets.token_hex(8)}.tmp"  # ignored until it is whole
     try:
-        with FileRef(failed_csv).open("r", encoding="utf-8", newline="") as src, \
-                tmp.open("x", encoding="utf-8", newline="") as out:
-            reader, writer = csv.reader(src), csv.writer(out, lineterminator="\r\n")
-            header = next(reader, [])
-            keep = [i for i, name in enumerate(header) if name not in BULKDROP_COLUMNS]
-            writer.writerow([header[i] for i in keep])
-            for row in reader:
-                writer.writerow([row[i] for i in keep if i < len(row)])
-        for n in itertools.count(1):
-            target = folder / f"{stem}.retry-{n}.csv"
-            if any(os.path.lexists(base / target.relative_to(spool.inbox))
-                   for base in (spool.done, spool.failed)):
-                continue  # an earlier retry, filed already: a name of its own
-            try:
-                os.link(tmp, target)  # fails if the name is taken: never overwrites
-            except FileExistsError:
-                continue
-            return target
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666,
+                     dir_fd=folder)
+        try:
+            with FileRef(failed_csv).open("r", encoding="utf-8", newline="") as src, \
+                    open(fd, "w", encoding="utf-8", newline="", closefd=False) as out:
+                reader, writer = csv.reader(src), csv.writer(out, lineterminator="\r\n")
+                header = next(reader, [])
+                keep = [i for i, name in enumerate(header) if name not in BULKDROP_COLUMNS]
+                writer.writerow([header[i] for i in keep])
+                for row in reader:
+                    writer.writerow([row[i] for i in keep if i < len(row)])
+            for n in itertools.count(1):
+                name = f"{stem}.retry-{n}.csv"
+                here = PurePosixPath(*([obj] if obj else []), name)
+                if any(os.path.lexists(base / here) for base in (spool.done, spool.failed)):
+                    continue  # an earlier retry, filed already: a name of its own
+                try:  # never overwrites, never follows
+                    os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder,
+                            follow_symlinks=False)
+                except FileExistsError:
+                    continue
+                return spool.inbox / here
+        finally:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=folder)  # ours: made with O_EXCL just above
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(folder)
     raise AssertionError("unreachable")
 
 

@@ -43,10 +43,15 @@ _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 Content = bytes | Callable[[BinaryIO], object]
 
 
+class Skip(Exception):  # noqa: N818 - an instruction, like Stopping
+    """Raised by a sidecar's writer: this sidecar is left out, the filing goes on."""
+
+
 @dataclass(frozen=True)
 class Sidecar:
     suffix: str
     content: Content   # the bytes, or a writer that streams them into a file
+    heavy: bool = False  # its writer reads the whole file again
 
 
 def fit(name: str) -> str:
@@ -92,6 +97,11 @@ class Placing:
                      for sc in sidecars}
         self.prepared = False
 
+    @property
+    def heavy(self) -> bool:
+        """Writing its sidecars reads the whole file again (a long trip to a thread)."""
+        return any(sc.heavy for sc in self.sidecars)
+
     def natural(self) -> Path:
         """The file's own name under done/ or failed/ (fitted): where it goes unless that
         is taken. Computed without touching the disk; :meth:`place` finds out."""
@@ -111,13 +121,16 @@ class Placing:
             if os.path.lexists(tmp):  # never rewritten in place: it may be linked already
                 tmp.unlink()
             fd = os.open(tmp, _NEW, 0o666)
-            with open(fd, "wb") as fh:
-                if isinstance(sc.content, bytes):
-                    fh.write(sc.content)
-                else:
-                    sc.content(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(fd, "wb") as fh:
+                    if isinstance(sc.content, bytes):
+                        fh.write(sc.content)
+                    else:
+                        sc.content(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except Skip:
+                tmp.unlink()  # an extra the file can go without: not published
 
     def prepare_and_place(self, dest: Path, resumed: bool) -> bool:
         """Both, in one trip to a thread (most files take their own name at once)."""

@@ -155,9 +155,6 @@ class Tracker:
                 reason += f" ({counted.failed} of {total} records failed)"
             return Outcome(FAILED, reason + note, end.status, counted.total, counted.failed,
                            errors)
-        if counted.all_failed:
-            return Outcome(FAILED, f"job {job_id} completed, but all {total} records failed"
-                           + note, end.status, counted.total, counted.failed, errors)
         reason = f"job {job_id} completed: {total} records" + (
             f", {counted.failed} failed" if counted.failed else "")
         return Outcome(COMPLETE, reason + note, end.status, counted.total, counted.failed,

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from daemon.placing import RESULT_SUFFIX, SIDECARS
 from daemon.settings import Settings
 from daemon.spool import Claimed, Spool
 
@@ -71,10 +72,12 @@ def sha256(path: Path) -> str:
 
 
 def finished(root: Path) -> list[Path]:
-    """Every filed data file below done/ and failed/ (not the result sidecars)."""
+    """Every filed data file below done/ and failed/ whose result is there too (the file
+    is placed a moment before its sidecars), not the sidecars themselves."""
     return sorted(p for base in (root / "done", root / "failed") if base.exists()
                   for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and not p.name.endswith((".result.json", ".errors.csv")))
+                  and not p.name.endswith(SIDECARS)
+                  and p.with_name(p.name + RESULT_SUFFIX).exists())
 
 
 def litter(root: Path) -> list[Path]:

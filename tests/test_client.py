@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from daemon.client import OpenConnectorsClient
+from daemon.client import OpenConnectorsClient, classify
 from daemon.fileref import FileRef
 from daemon.normalise import stream_raw
-from daemon.retry import TransientError
+from daemon.retry import TooLargeError, TransientError
 from daemon.settings import Secret
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv
@@ -116,3 +116,24 @@ async def test_an_upload_is_byte_for_byte_what_curl_sends(
     assert b'name="metaData"\r\n\r\n{"identifierFieldName"' in curl
     assert small == curl
     assert streamed == curl
+
+
+@pytest.mark.parametrize(("message", "retry_after", "endpoint", "too_large"), [
+    ("The upload is too large: the limit is 6 GB", None, "create_job", True),
+    ("Request took too long (3600 seconds)", None, "create_job", True),
+    ("File size too large", None, "create_job", True),
+    ("File too large", "30", "create_job", False),              # Retry-After: a rate limit
+    ("The upload is too large", None, "status", False),         # only an upload can be
+    ("Rate limit exceeds the maximum of 300 requests per minute", None, "create_job", False),
+    ("quota is 5000 per 3600s", None, "create_job", False),
+    ("window size 60 s", None, "create_job", False),
+    ("Maximum file uploads in progress reached", None, "create_job", False),
+    ("<html><style>p {font-size: 2em}</style>Too Many Requests</html>", None, "create_job",
+     False),
+])
+def test_a_429_is_too_large_only_when_it_says_so_of_an_upload(
+        message: str, retry_after: str | None, endpoint: str, too_large: bool) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    error = classify(429, json.dumps({"message": message}).encode(), headers, endpoint)
+    assert isinstance(error, TooLargeError) is too_large
+    assert isinstance(error, TransientError) is not too_large

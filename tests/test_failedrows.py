@@ -46,7 +46,7 @@ async def test_matched_by_row_number_counted_from_1_or_0(row_base: int, make_set
         f"user{i}{'' if i in bad else '@example.com'},First{i},Last\n" for i in range(7))
     filed, result = await _filed(spool_root, "contact/people.csv", content)
     assert result["failed_rows"] == {"file": "people.csv.failed.csv", "rows": 2,
-                                     "unmatched": 0, "matched_by": "row_number"}
+                                     "unmatched": 0, "matched_by": "row_number", "not_sent": 0}
     assert _failed_csv(filed) == [HEADER] + [
         [f"user{i}", f"First{i}", "Last", f"Invalid email address 'user{i}'", str(i + 2)]
         for i in bad]
@@ -179,3 +179,46 @@ def test_several_records_naming_one_row_and_records_naming_none(tmp_path: Path) 
         ["email", "note", "bulkdrop_error", "bulkdrop_row"],
         ["ann@x", "two\nlines", "Too long", "2"],
         ["bob", "b", "Invalid email; Duplicate", "5"]]
+
+
+async def test_rows_of_parts_never_sent_come_back_too(make_settings, run_daemon,
+                                                      sim: SimServer, spool_root: Path) -> None:
+    """Part 1's job ends ERROR, so parts 2 and 3 are never sent: their rows are in the
+    failed-rows file with why, so sending it again loses nothing."""
+    await run_daemon(make_settings("[objects.contact]\nmax_rows_per_job = 3\n"))
+    filed, result = await _filed(spool_root, "contact/x-sim-error.csv",
+                                 contacts_csv(7, bad_every=5))   # rows 0 and 5 bad
+    assert result["status"] == "FAILED"
+    assert [j["status"] for j in result["jobs"]] == ["FAILED", "NOT_SENT", "NOT_SENT"]
+    rows = _failed_csv(filed)[1:]
+    assert [r[0] for r in rows] == ["user0", "user3@example.com", "user4@example.com",
+                                    "user5", "user6@example.com"]
+    assert rows[0][3] == "Invalid email address 'user0'"
+    assert rows[1][3] == "not sent: part 2 never became a job"
+    assert result["failed_rows"]["not_sent"] == 4 and result["failed_rows"]["rows"] == 5
+
+
+async def test_a_part_whose_records_all_failed_does_not_stop_the_rest(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    await run_daemon(make_settings("[objects.contact]\nmax_rows_per_job = 3\n"))
+    content = "email,first_name,last_name\n" + "".join(
+        f"user{i}{'' if i < 3 else '@example.com'},F,L\n" for i in range(9))
+    filed, result = await _filed(spool_root, "contact/first-bad.csv", content)
+    assert result["status"] == "COMPLETE" and result["partial"] is True
+    assert [j["status"] for j in result["jobs"]] == ["COMPLETE"] * 3
+    assert result["records"] == {"total": 9, "failed": 3, "succeeded": 6}
+    assert [r[0] for r in _failed_csv(filed)[1:]] == ["user0", "user1", "user2"]
+
+
+def test_a_column_named_row_is_data_not_a_row_number(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("order,row\nA1,9\nA2,8\nA7,2\n")
+    found = inspect(path)
+    assert found.dialect is not None
+    errors = [{"order": "A7", "row": "2", "status": "Bad order"}]  # plain: fields at the top
+    out = io.BytesIO()
+    result = write_failed_rows(FileRef(path), found.dialect, Columns(), "order",
+                               [Span(None, 0, found.rows)], errors, out)
+    assert result.as_dict("x")["matched_by"] == "identifier"
+    assert list(csv.reader(io.StringIO(out.getvalue().decode())))[1] == [
+        "A7", "2", "Bad order", "4"]

@@ -25,7 +25,7 @@ from daemon.normalise import normalised_blocks, part_spans
 from daemon.settings import Settings
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, finished, result_of, result_when_filed, wait_for
-from tests.procs import DaemonProc, daemons, write_config
+from tests.procs import DaemonProc, daemons, recorded_job_ids, write_config
 
 # -- creating a job -----------------------------------------------------------------------
 
@@ -136,6 +136,32 @@ def _recorded_parts(db: Path) -> int:
         return 0
     finally:
         conn.close()
+
+
+async def test_a_whole_files_recorded_job_is_never_cut_after_a_restart(
+        sim: SimServer, tmp_path: Path) -> None:
+    """A file sent whole, its job recorded, then max_rows_per_job added before the
+    restart (or a release with a byte limit): it is followed by its job, not sent again
+    in parts."""
+    sim.sim.config.job_seconds = 1.5
+    root = tmp_path / "spool"
+    drop(root, "contact/nine.csv", contacts_csv(9))
+    config = write_config(tmp_path / "c.toml", sim.base_url, root)
+    db = root / ".state" / "n1" / "bulkdrop.db"
+    async with daemons() as started:
+        daemon = await DaemonProc(config, tmp_path / "d.log").start()
+        started.append(daemon)
+        await wait_for(lambda: recorded_job_ids(db), what="the job recorded")
+        await daemon.kill()
+        config.write_text(config.read_text() + "[objects.contact]\nmax_rows_per_job = 3\n")
+        daemon = await DaemonProc(config, tmp_path / "d.log").start()
+        started.append(daemon)
+        await wait_for(lambda: len(finished(root)) == 1, timeout=30, what="filed")
+        daemon.signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 20) == 0
+    result = result_of(root / "done" / "contact" / "nine.csv")
+    assert result["status"] == "COMPLETE" and "jobs" not in result
+    assert len(sim.sim.jobs) == 1 and result["records"]["total"] == 9
 
 
 async def test_kill_between_parts_continues_with_the_rest(sim: SimServer,
