@@ -222,3 +222,32 @@ def test_a_column_named_row_is_data_not_a_row_number(tmp_path: Path) -> None:
     assert result.as_dict("x")["matched_by"] == "identifier"
     assert list(csv.reader(io.StringIO(out.getvalue().decode())))[1] == [
         "A7", "2", "Bad order", "4"]
+
+
+async def test_a_second_file_of_the_same_name_names_its_own_failed_rows(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    await run_daemon(make_settings())
+    for n in (1, 2):
+        drop(spool_root, "contact/a.csv", contacts_csv(3, tag=str(n), bad_every=2))
+        await wait_for(lambda n=n: len(finished(spool_root)) == n, timeout=30, what="filed")
+    second = result_of(spool_root / "done" / "contact" / "a-1.csv")
+    assert second["failed_rows"]["file"] == "a-1.csv.failed.csv"
+    rows = _failed_csv(spool_root / "done" / "contact" / "a-1.csv")
+    assert [r[0] for r in rows[1:]] == ["user0", "user2"]
+
+
+async def test_a_file_larger_than_the_limit_only_as_dropped_is_sent_as_its_rendering(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    """Every field quoted: the file as dropped is over max_bytes_per_job, its rendering
+    (minimal quoting) is not. It goes as one part, the rendering, which the API takes."""
+    content = '"email","first_name","last_name"\n' + "".join(
+        f'"user{i}@example.com","First{i}","Last"\n' for i in range(60))
+    limit = len(content) - 200
+    sim.sim.config.max_upload_bytes = limit
+    await run_daemon(make_settings(f"[objects.contact]\nmax_bytes_per_job = {limit}\n"))
+    drop(spool_root, "contact/quoted.csv", content)
+    await wait_for(lambda: finished(spool_root), timeout=30, what="filed")
+    result = result_of(spool_root / "done" / "contact" / "quoted.csv")
+    assert result["status"] == "COMPLETE", result["reason"]
+    assert len(result["jobs"]) == 1 and result["records"]["total"] == 60
+    assert len(sim.sim.jobs[result["job_id"]].body or b"") <= limit

@@ -17,6 +17,7 @@ from daemon.placing import (
     SIDECARS,
     Placing,
     Sidecar,
+    Skip,
     fit,
 )
 from daemon.spool import Claimed, Spool
@@ -196,3 +197,18 @@ def test_a_long_name_recorded_by_an_older_release_is_filed_under_a_fitting_one(
     assert chosen is not None and filing.place(chosen, resumed=True)
     assert [p.name for p in old.parent.iterdir() if not p.name.endswith(".json")] == [
         fit(name)]
+
+
+def test_a_sidecar_whose_writer_skips_is_left_out_and_the_rest_filed(tmp_path: Path) -> None:
+    spool = new_spool(tmp_path)
+    claimed = claimed_file(spool, "contact/s.csv")
+
+    def cannot(fh: object) -> None:
+        raise Skip
+
+    placing = Placing(spool, claimed, True, [Sidecar(".failed.csv", cannot),
+                                             Sidecar(RESULT_SUFFIX, b"{}")])
+    dest = _file(placing)
+    assert dest.exists() and dest.with_name("s.csv.result.json").read_bytes() == b"{}"
+    assert not dest.with_name("s.csv.failed.csv").exists()
+    assert not list(spool.processing.rglob("*")), "no temporary left behind"
