@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import hdrs
 from aiohttp.payload import AsyncIterablePayload, BytesPayload, Payload
 
+from daemon.ratelimit import RateLimit
 from daemon.retry import (
     ApiError,
     AuthError,
@@ -132,8 +133,10 @@ def classify(status: int, body: bytes, headers: Mapping[str, str],
 
 class OpenConnectorsClient:
     def __init__(self, base_url: str, *, user_secret: Secret, organization_secret: Secret,
-                 element_token: Secret, timeout_seconds: float = 300) -> None:
+                 element_token: Secret, timeout_seconds: float = 300,
+                 requests_per_second: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.rate = RateLimit(requests_per_second)  # every request passes it
         self._auth = authorization(user_secret, organization_secret, element_token)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
@@ -148,7 +151,8 @@ class OpenConnectorsClient:
         return cls(api.base_url, user_secret=api.user_secret,
                    organization_secret=api.organization_secret,
                    element_token=api.element_token,
-                   timeout_seconds=min(timeout, timeout_cap) if timeout_cap else timeout)
+                   timeout_seconds=min(timeout, timeout_cap) if timeout_cap else timeout,
+                   requests_per_second=api.requests_per_second)
 
     async def once(self, call: Callable[[OpenConnectorsClient], Awaitable[T]]) -> T:
         """Run one call and close the session: for the command line."""
@@ -172,6 +176,7 @@ class OpenConnectorsClient:
                        **kwargs: Any) -> tuple[Any, Mapping[str, str]]:
         headers = {"Authorization": self._auth, "Accept": "application/json",
                    **kwargs.pop("headers", {})}
+        await self.rate.wait()
         try:
             async with self.session.request(method, self.base_url + path, headers=headers,
                                             **kwargs) as resp:

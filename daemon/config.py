@@ -225,6 +225,7 @@ def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
 # key -> (bound, bound itself allowed)
 _LIMITS: dict[str, tuple[int, bool]] = {
     "api.request_timeout_seconds": (0, False), "api.retry_deadline_seconds": (0, False),
+    "api.requests_per_second": (0, True),
     "spool.settle_seconds": (0, True), "spool.rescan_seconds": (0, False),
     "spool.max_line_length": (1024, True),
     "workers.uploads": (1, True), "workers.max_active_jobs": (1, True),

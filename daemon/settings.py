@@ -62,6 +62,7 @@ class ApiSettings:
     element_token: Secret = Secret()
     request_timeout_seconds: float = 300.0
     retry_deadline_seconds: float = 86400.0
+    requests_per_second: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True)

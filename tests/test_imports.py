@@ -19,6 +19,7 @@ TIERS: list[tuple[str, set[str]]] = [
     ("what they work on", {"work", "placing", "ledger", "client", "failedrows",
                            "normalise", "csvfile", "spool"}),
     ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "answers",
+                               "ratelimit",
                                "retry", "metrics", "trouble", "tasks", "http_server",
                                "systemd"}),
     ("foundations", {"settings", "config", "logs", "exits", "__init__"}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import structlog
@@ -47,6 +48,7 @@ async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
     sim = request.app[SIM_KEY]
     route = request.match_info.route.name or "unmatched"
     sim.requests[(request.method, route)] += 1
+    sim.request_times.append(time.monotonic())
     try:
         response = await handler(request)
     except ConnectionResetError:

@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,6 +83,8 @@ class Simulator:
 
     def reset_counters(self) -> None:
         self.requests: Counter[tuple[str, str]] = Counter()
+        # When each API request arrived (monotonic seconds), the latest 100,000.
+        self.request_times: deque[float] = deque(maxlen=100_000)
         self.responses: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
         self.creates_attempted = 0
