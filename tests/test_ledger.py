@@ -26,7 +26,7 @@ from daemon.service import Daemon, StartupError
 from daemon.settings import Secret
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, finished, left_in_processing, result_of, wait_for
-from tests.procs import DaemonProc, daemons, recorded_job_ids, write_config
+from tests.procs import SECRET_ENV, DaemonProc, daemons, recorded_job_ids, write_config
 
 RELEASE_1 = Path(__file__).parent / "data" / "ledger_v1"  # made by its make.py
 
@@ -37,8 +37,10 @@ async def test_a_spool_left_by_the_last_release_resumes(sim: SimServer, tmp_path
     db = root / ".state" / "n1" / "bulkdrop.db"
     # The API still has the jobs that release created (1004: unsent.csv's upload reached
     # it, the answer never came back).
-    client = OpenConnectorsClient(sim.base_url, user_secret=Secret("u"),
-                                  organization_secret=Secret(""), element_token=Secret("e"))
+    client = OpenConnectorsClient(  # the daemon's credentials: its jobs, in its job space
+        sim.base_url, user_secret=Secret(SECRET_ENV["BULKDROP_API_USER_SECRET"]),
+        organization_secret=Secret(""),
+        element_token=Secret(SECRET_ENV["BULKDROP_API_ELEMENT_TOKEN"]))
     try:
         for job in json.loads((RELEASE_1 / "jobs.json").read_text()):
             created = await client.create_job(job["hub"], job["object"], job["name"][1:],

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 from daemon.client import OpenConnectorsClient
 from daemon.ledger import Ledger, utcnow
-from daemon.settings import Secret
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, left_in_processing, result_of, sha256, wait_for
 
@@ -16,8 +15,7 @@ async def test_recorded_job_is_followed_not_uploaded_again(make_settings, run_da
                                                            sim: SimServer) -> None:
     settings = make_settings()
     spool, path = left_in_processing(settings, "contact/resume.csv", contacts_csv(4))
-    client = OpenConnectorsClient(sim.base_url, user_secret=Secret("u"),
-                                  organization_secret=Secret(""), element_token=Secret("e"))
+    client = OpenConnectorsClient.from_settings(settings.api)  # the daemon's job space
     try:  # the earlier run created the job and recorded its id, then died
         job = await client.create_job("marketing", "contact", "resume.csv",
                                       lambda: _chunks(path.read_bytes()))

@@ -8,7 +8,7 @@ import binascii
 
 from aiohttp import web
 
-from daemon.sim.gate import DROPPED_STATUS, error_response
+from daemon.sim.gate import DROPPED_STATUS, error_response, space_of
 from daemon.sim.state import Job, Simulator
 from daemon.sim.upload import UploadError, drain, read_upload
 
@@ -68,6 +68,7 @@ async def bulk_create(request: web.Request) -> web.Response:
         object_name=obj,
         name=request.query.get("path"),
         callback_url=request.headers.get(CALLBACK_HEADER) or None,
+        space=space_of(request),
     )
     if sim.config.create_delay_seconds > 0:
         await asyncio.sleep(sim.config.create_delay_seconds)
@@ -85,7 +86,9 @@ async def bulk_create(request: web.Request) -> web.Response:
 
 
 def _job(request: web.Request) -> Job | None:
-    return _sim(request).jobs.get(request.match_info["id"])
+    """The job the request names, if it is in the request's job space."""
+    job = _sim(request).jobs.get(request.match_info["id"])
+    return job if job is not None and job.space == space_of(request) else None
 
 
 def _no_job(request: web.Request) -> web.Response:
@@ -132,7 +135,9 @@ async def bulk_jobs(request: web.Request) -> web.Response:
         size = _page_size(request)
     except ValueError as exc:
         return error_response(400, str(exc))
-    newest = sorted(sim.jobs.values(), key=lambda job: int(job.id), reverse=True)[:size]
+    space = space_of(request)
+    newest = sorted((job for job in sim.jobs.values() if job.space == space),
+                    key=lambda job: int(job.id), reverse=True)[:size]
     return web.json_response([sim.list_entry(job) for job in newest])
 
 

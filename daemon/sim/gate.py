@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import time
 import uuid
@@ -104,6 +105,13 @@ def parse_authorization(header: str) -> dict[str, str]:
         if kind and value.strip():
             parts[kind.lower()] = value.strip()
     return parts
+
+
+def space_of(request: web.Request) -> str:
+    """The job space a request works in: its Element token's (each connector instance
+    sees only its own jobs), kept as a digest, never the token."""
+    element = parse_authorization(request.headers.get("Authorization", "")).get("element", "")
+    return hashlib.sha256(element.encode()).hexdigest()[:16]
 
 
 def auth_problem(request: web.Request, config: SimConfig) -> str | None:

@@ -63,6 +63,7 @@ class Job:
     finished_at: datetime | None = None
     reported: bool = False  # a client has been told the terminal status
     callback_sent: bool = False
+    space: str = ""  # whose job: the digest of the Element token that made it
 
 
 class Simulator:
@@ -120,6 +121,7 @@ class Simulator:
         object_name: str,
         name: str | None,
         callback_url: str | None,
+        space: str = "",
     ) -> Job:
         outcome: str | None = self.config.job_outcome
         marked = f"{name or ''} {upload.filename or ''}"
@@ -144,6 +146,7 @@ class Simulator:
             created_at=datetime.now(UTC),
             created_monotonic=time.monotonic(),
             body=upload.body,
+            space=space,
         )
         self._next_id += 1
         self.jobs[job.id] = job

@@ -86,6 +86,25 @@ async def test_the_answer_shapes_switch_at_run_time(
         assert resp.status == 400 and "status_shape" in (await resp.json())["message"]
 
 
+async def test_each_element_token_sees_only_its_own_jobs(
+    sim: Simulator, server: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """Two connector instances of one account: each token its own job space."""
+    other = {"Authorization": "User u-secret, Element another-instance"}
+    _, mine, _ = await upload(http, server, name="mine.csv")
+    _, theirs, _ = await upload(http, server, name="theirs.csv", headers=other)
+    bulk = f"{server.base_url}/hubs/marketing/bulk"
+    status, _, _ = await get_json(http, f"{bulk}/{mine['id']}/status")
+    assert status == 200
+    async with http.get(f"{bulk}/{theirs['id']}/status", headers=other) as resp:
+        assert resp.status == 200
+    status, body, _ = await get_json(http, f"{bulk}/{theirs['id']}/status")
+    assert status == 404 and theirs["id"] in body["message"]
+    _, listed, _ = await get_json(http, f"{bulk}/jobs")
+    assert [job["id"] for job in listed] == [int(mine["id"])]
+    assert "another-instance" not in str(sim.jobs[theirs["id"]])
+
+
 async def test_create_app_serves_without_simserver(http: aiohttp.ClientSession) -> None:
     runner = web.AppRunner(create_app(Simulator()))
     await runner.setup()
