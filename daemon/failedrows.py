@@ -32,13 +32,12 @@ from daemon import csvfile
 from daemon.answers import MESSAGE_KEYS, error_message
 from daemon.csvfile import BULKDROP_COLUMNS, Columns, Dialect
 from daemon.fileref import FileRef
-from daemon.normalise import Picker, upload_header
+from daemon.normalise import OUT_BLOCK, Picker, upload_header
 from daemon.rawfile import bounded_lines, open_text
 
 FAILED_SUFFIX = ".failed.csv"
 ROW_KEYS = ("recordNumber", "rowNumber", "row", "lineNumber")
 NOT_FIELDS = frozenset({*MESSAGE_KEYS, *ROW_KEYS, "part", "record"})
-OUT_BLOCK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,6 @@ class Index:
         self.ordered = sorted(spans, key=lambda span: span.first)
         self.starts = [span.first for span in self.ordered]
         self.messages = [error_message(e) for e in errors]
-        self.sent = list(sent)
         self.columns = frozenset(sent)
         self.identifier = identifier if identifier in sent else None
         self.numbered: list[tuple[int, int, int]] = []   # (error, part's first row, number)

@@ -88,19 +88,11 @@ class Jobs:
             if ended[part.part].status != COMPLETE:
                 break
         ticket.job_done()
-        return self._partial(work, ended[1] if plan.whole else combine(plan.parts, ended))
-
-    def _settled(self, outcome: Outcome) -> Outcome:
-        """A file whose every record failed is FAILED, whatever its jobs said."""
-        counted = Records(outcome.records_total, outcome.records_failed)
-        if not (outcome.ok and counted.all_failed):
-            return outcome
-        return dataclasses.replace(outcome, status=FAILED, reason=(
-            f"{outcome.reason}: all {counted.total} records failed"))
+        return self._partial(work, _settled(ended[1] if plan.whole
+                                            else combine(plan.parts, ended)))
 
     def _partial(self, work: Work, outcome: Outcome) -> Outcome:
         """A file with some records failed goes where ``[objects.<name>] partial`` says."""
-        outcome = self._settled(outcome)
         partial = self.settings.object_settings(work.obj or "").partial
         if not (outcome.ok and outcome.records_failed) or partial == "done":
             return outcome
@@ -259,6 +251,15 @@ class Jobs:
             return await self.tracker.conclude(work.hub, job_id, end)
         finally:
             self.active.discard(job_id)
+
+
+def _settled(outcome: Outcome) -> Outcome:
+    """A file whose every record failed is FAILED, whatever its jobs said."""
+    counted = Records(outcome.records_total, outcome.records_failed)
+    if not (outcome.ok and counted.all_failed):
+        return outcome
+    return dataclasses.replace(outcome, status=FAILED, reason=(
+        f"{outcome.reason}: all {counted.total} records failed"))
 
 
 def _rows(part: Part) -> list[int]:
