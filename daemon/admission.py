@@ -1,7 +1,10 @@
 """How files come in: claimed from inbox/ only as fast as job and upload slots allow,
 each with a ticket that holds its slots and gives each back exactly once.
 
-Three kinds of slot:
+Every connector instance has an :class:`Admission` of its own (files that go to no
+instance have one too, to be rejected): the claimer hands each settled file to its
+instance's queue without waiting, so an instance that cannot go on (its credentials
+refused, its API down) holds up only its own files. Three kinds of slot each:
 
 - *intake* (twice ``workers.uploads``, never more than ``workers.max_active_jobs``): a
   file claimed from inbox/ holds one from its claim until its first upload attempt
@@ -18,8 +21,9 @@ A stop makes every ticket raise :class:`~daemon.retry.Stopping` at its next step
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,10 @@ from daemon.work import Work
 
 # A file up to this size is read for its checks in the same trip as its claim.
 QUICK_EXAMINE_BYTES = 1 << 20
+# Settled files an instance's queue holds, waiting for a claim slot; more are left in
+# inbox/ and offered again at the next rescan (an instance that cannot go on does not
+# fill memory with a backlog's names, one that can never waits for a rescan).
+WAITING_FILES = 10_000
 
 log = get_logger()
 
@@ -47,6 +55,7 @@ class Admission:
         # more than the job slots, so a node does not hold files it cannot start soon.
         self.intake = asyncio.Semaphore(min(2 * uploads, max_active_jobs))
         self.stopping = False
+        self.waiting: asyncio.Queue[Path] = asyncio.Queue(WAITING_FILES)
 
     async def claim_ticket(self) -> Ticket:
         """A ticket for the next file to claim, once an intake slot is free."""
@@ -59,15 +68,18 @@ class Admission:
 
 
 class Claimer:
-    """Claims settled files as tickets allow and hands each on with its ticket; reads a
-    small one for its checks in the same trip to a thread as its claim."""
+    """Hands each settled file to its instance's queue; claims from each queue as that
+    instance's tickets allow and hands the file on with its ticket; reads a small one for
+    its checks in the same trip to a thread as its claim."""
 
-    def __init__(self, admission: Admission, watcher: Watcher, spool: Spool,
+    def __init__(self, lanes: Mapping[str | None, Admission],
+                 lane_of: Callable[[Path], str | None], watcher: Watcher, spool: Spool,
                  examine: Callable[[Work], None], quick: Callable[..., Awaitable[Any]],
                  spawn: Callable[[Coroutine[Any, Any, Any], str], object],
                  carry: Callable[[Work, Ticket], Awaitable[None]],
                  troubles: Troubles) -> None:
-        self.admission = admission
+        self.lanes = lanes  # by instance; None: files that go to none (to be rejected)
+        self.lane_of = lane_of
         self.watcher = watcher
         self.spool = spool
         self.examine = examine
@@ -77,18 +89,37 @@ class Claimer:
         self.troubles = troubles
 
     async def run(self) -> None:
-        while True:
-            ticket = await self.admission.claim_ticket()
-            try:
-                path = await self.watcher.out.get()
-            except BaseException:
-                ticket.close()
-                raise
-            self.spawn(self._take(path, ticket), path.name)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._hand_on())
+            for name, admission in self.lanes.items():
+                group.create_task(self._claim_for(name, admission))
 
-    async def _take(self, path: Path, ticket: Ticket) -> None:
+    async def _hand_on(self) -> None:
+        while True:
+            path = await self.watcher.out.get()
+            try:
+                self.lanes[self.lane_of(path)].waiting.put_nowait(path)
+            except asyncio.QueueFull:
+                self.watcher.release(path)  # offered again at the next rescan
+
+    async def _claim_for(self, instance: str | None, admission: Admission) -> None:
         try:
-            work = await self._claim(path)
+            while True:
+                ticket = await admission.claim_ticket()
+                try:
+                    path = await admission.waiting.get()
+                except BaseException:
+                    ticket.close()
+                    raise
+                self.spawn(self._take(path, ticket, instance), path.name)
+        finally:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:  # the watcher may offer them again
+                    self.watcher.release(admission.waiting.get_nowait())
+
+    async def _take(self, path: Path, ticket: Ticket, instance: str | None) -> None:
+        try:
+            work = await self._claim(path, instance)
         except BaseException:
             ticket.close()
             raise
@@ -98,10 +129,10 @@ class Claimer:
         log.info("file.claimed", file=work.rel, claim_id=work.claimed.claim_id)
         await self.carry(work, ticket)
 
-    async def _claim(self, path: Path) -> Work | None:
+    async def _claim(self, path: Path, instance: str | None) -> Work | None:
         expect = self.watcher.signature(path)
         try:
-            work = await self.quick(self._claim_and_examine, path, expect)
+            work = await self.quick(self._claim_and_examine, path, expect, instance)
         except FileChanged:
             self.watcher.recheck(path)  # still being written: let it settle again
             return None
@@ -119,11 +150,12 @@ class Claimer:
             log.info("file.claimable_again", file=shown(path))
         return work
 
-    def _claim_and_examine(self, path: Path, expect: tuple[int, int] | None) -> Work | None:
+    def _claim_and_examine(self, path: Path, expect: tuple[int, int] | None,
+                           instance: str | None) -> Work | None:
         claimed = self.spool.claim(path, expect)
         if claimed is None:
             return None
-        work = Work(claimed, utcnow())
+        work = Work(claimed, utcnow(), instance)
         if expect is not None and expect[0] <= QUICK_EXAMINE_BYTES:
             self.examine(work)  # a bigger file is read on the default executor
         return work

@@ -21,7 +21,7 @@ from daemon.fileref import NotAFile
 from daemon.metrics import Metrics
 from daemon.results import REJECTED, Outcome
 from daemon.retry import backoff_delay
-from daemon.settings import Settings
+from daemon.settings import Route, Settings
 from daemon.spool import has_accepted_suffix
 from daemon.trouble import Troubles
 from daemon.work import Work
@@ -38,16 +38,16 @@ class Checks:
         self.troubles = troubles
         self.metrics = metrics
 
-    def route(self, rel: PurePosixPath) -> str | None:
-        """The object a file is for: its folder below inbox/, else the default object."""
-        if len(rel.parts) > 1:
-            return rel.parts[0]
-        return self.settings.spool.default_object or None
+    def route(self, rel: PurePosixPath) -> Route:
+        """The instance and object a file is for (see :meth:`Settings.route`)."""
+        return self.settings.route(rel)
 
-    def columns(self, obj: str | None) -> csvfile.Columns:
-        if obj is None:
+    def columns(self, instance: str | None, obj: str | None) -> csvfile.Columns:
+        """What the object's settings do to a file's columns, at that instance."""
+        found = self.settings.instances.get(instance) if instance is not None else None
+        if obj is None or found is None:
             return csvfile.Columns()
-        return csvfile.Columns.of(self.settings.object_settings(obj))
+        return csvfile.Columns.of(found.object_settings(obj))
 
     def examine(self, work: Work) -> None:
         """Hash the claimed file and, for a CSV, detect and validate it; never anything
@@ -61,7 +61,8 @@ class Checks:
         ref = work.claimed.ref
         try:
             if has_accepted_suffix(rel.name):
-                found = csvfile.inspect(ref, self.columns(self.route(rel)))
+                route = self.route(rel)
+                found = csvfile.inspect(ref, self.columns(route.instance, route.obj))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
                 work.sha256, work.size = rawfile.digest(ref)
@@ -82,11 +83,11 @@ class Checks:
             return Outcome(REJECTED, f"cannot read the file: {exc.strerror or exc}; "
                            "check its permissions and drop it again")
         rel = work.claimed.rel
-        obj = self.route(rel)
-        if obj is None:
-            return Outcome(REJECTED, "files directly in inbox/ need an object: drop it into "
-                           "inbox/<object>/ (e.g. inbox/contact/) or set [spool] default_object")
-        work.obj, work.hub = obj, self.settings.hub_for(obj)
+        route = self.route(rel)
+        if route.instance is None or route.obj is None:
+            return Outcome(REJECTED, route.problem or "no route")
+        work.instance, work.obj = route.instance, route.obj
+        work.hub = self.settings.instances[route.instance].hub_for(route.obj)
         if work.inspection is None:
             return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
                            "export it as CSV and drop it again")
@@ -101,11 +102,12 @@ class Checks:
         for its result only, never a verdict. A file sent in parts has its route from
         its path (its ledger row holds the first part's only when sent whole)."""
         if work.obj is None:
-            work.obj = self.route(work.claimed.rel)
-            work.hub = self.settings.hub_for(work.obj) if work.obj else None
+            work.obj = self.route(work.claimed.rel).obj
+        if work.hub is None and work.obj:
+            work.hub = self.settings.instance_or_default(work.instance).hub_for(work.obj)
         try:
             found = await asyncio.to_thread(csvfile.inspect, work.claimed.ref,
-                                            self.columns(work.obj))
+                                            self.columns(work.instance, work.obj))
         except OSError:
             return
         work.sha256, work.size, work.inspection = found.sha256, found.bytes, found

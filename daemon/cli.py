@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,25 @@ import structlog
 
 from daemon import __version__, csvfile, exits, logs
 from daemon.config import find_config_path, load_settings
-from daemon.settings import ConfigError, Settings
+from daemon.settings import ConfigError, InstanceSettings, Settings
 from daemon.sim import cli as sim_cli
 
 SANDBOX_DEFAULTS = {
     "spool.root": "spool",
     "spool.default_object": "contact",
-    "api.user_secret": "sandbox-user",
-    "api.element_token": "sandbox-element",
+    "spool.default_instance": "crm",
+    "api.user_secret": "",
+    "api.organization_secret": "",
+    "api.element_token": "",  # [api] is no instance of its own here
     "http.listen": "",
     "workers.poll_interval_seconds": 1.0,
 }
+# Two connector instances with tokens of their own: the simulator keeps a job space per
+# token, as two instances of one account do.
+SANDBOX_INSTANCES: dict[str, dict[str, object]] = {
+    name: {"hub": hub, "user_secret": "sandbox-user", "element_token": f"sandbox-{name}",
+           "default_object": "contact"}
+    for name, hub in (("crm", "crm"), ("marketing", "marketing"))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "run the daemon in the foreground")
     run.add_argument("--sandbox", action="store_true",
                      help="start the embedded Open Connectors simulator and use ./spool")
-    command("objects", "list the objects of the configured hub", sandbox=True)
+    objects = command("objects", "list the objects of each instance's hub", sandbox=True)
+    objects.add_argument("--instance", metavar="N", help="only this connector instance's")
     validate = command("validate", "check a file as the daemon would, without uploading")
     validate.add_argument("file", type=Path, metavar="FILE")
     validate.add_argument("--object", metavar="O",
                           help="apply this object's column settings from the config")
+    validate.add_argument("--instance", metavar="N",
+                          help="the object's settings at this instance (default: the "
+                               "default instance)")
     status = command("status", "counts by state, the latest files, the oldest waiting file",
                      sandbox=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -70,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = command("submit", "upload one file outside the spool", sandbox=True)
     submit.add_argument("file", type=Path, metavar="FILE")
     submit.add_argument("--object", required=True, metavar="O")
+    submit.add_argument("--instance", metavar="N",
+                        help="the connector instance to send it to (default: the default "
+                             "instance)")
     submit.add_argument("--wait", action="store_true",
                         help="follow the job to its end and print its result")
     command("config", "the effective configuration, secrets masked, with each value's origin")
@@ -107,6 +123,8 @@ def _settings(args: argparse.Namespace, **kwargs: Any) -> Settings:
     made-up credentials, whatever a config file or the environment says (so real
     secrets never go to it), and the simulator of the ``run --sandbox`` serving it."""
     path = find_config_path(args.config, os.environ)
+    if getattr(args, "sandbox", False):
+        kwargs["instances"] = SANDBOX_INSTANCES
     if getattr(args, "sandbox", False) and args.command != "run":
         forced: dict[str, object] = {**SANDBOX_DEFAULTS, **kwargs.get("forced", {})}
         url = _sandbox_url(Path(str(SANDBOX_DEFAULTS["spool.root"])))
@@ -201,9 +219,16 @@ def _run_sandbox(args: argparse.Namespace) -> int:
             if daemon.ready.is_set():  # inbox/<default object>/ is there now
                 await asyncio.to_thread(_note_sandbox, state, server.base_url)
                 inbox = daemon.spool.inbox
+                default = settings.default_instance
+                others = [n for n in settings.instances if n != default]
                 print(f"bulkdrop sandbox: simulator at {server.base_url}\n"
-                      f"  drop CSV files into {inbox}/contact/ (or any {inbox}/<object>/;"
-                      f" files directly in {inbox}/ go to '{settings.spool.default_object}')\n"
+                      f"  two connector instances, each with its own token: "
+                      f"{', '.join(settings.instances)}\n"
+                      f"  drop CSV files into {inbox}/contact/ (instance {default}; or any "
+                      f"{inbox}/<object>/, and files directly in {inbox}/ go to "
+                      f"'{settings.spool.default_object}')\n"
+                      + "".join(f"  or into {inbox}/{name}/contact/ (instance {name})\n"
+                                for name in others) +
                       f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
                       f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops\n"
                       f"  the API's other answer shapes: curl -X PATCH {server.root_url}"
@@ -221,22 +246,37 @@ def cmd_objects(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log.format, settings.log.level)
-    api = settings.api
-    client = OpenConnectorsClient.from_settings(api, timeout_cap=60)
-    try:
-        names = asyncio.run(client.once(lambda c: c.objects(api.hub)))
-    except AuthError as exc:
-        print(f"bulkdrop: the API refused the credentials (HTTP {exc.status}: {exc.message});"
-              " check api.user_secret and api.element_token", file=sys.stderr)
-        return exits.FAILURE
-    except ApiError as exc:
-        status = f"HTTP {exc.status}: " if exc.status else ""
-        print(f"bulkdrop: cannot list objects of hub {api.hub!r}: {status}{exc.message}",
-              file=sys.stderr)
-        return exits.FAILURE
-    for name in names:
-        print(name)
-    return exits.OK
+    if args.instance is not None and args.instance not in settings.instances:
+        print(f"bulkdrop: no instance {args.instance!r} (instances: "
+              f"{', '.join(settings.instances)})", file=sys.stderr)
+        return exits.USAGE
+    chosen = [args.instance] if args.instance else list(settings.instances)
+    code = exits.OK
+    for name in chosen:
+        inst = settings.instances[name]
+        api = inst.api
+        keys = ("api" if name == "default" and not settings.instance_folders
+                else f"instances.{name}")
+        client = OpenConnectorsClient.from_settings(api, timeout_cap=60)
+        if len(chosen) > 1:
+            print(f"[{name}] hub {api.hub}")
+        try:
+            names = asyncio.run(client.once(partial(OpenConnectorsClient.objects, hub=api.hub)))
+        except AuthError as exc:
+            print(f"bulkdrop: {name}: the API refused the credentials (HTTP {exc.status}: "
+                  f"{exc.message}); check {keys}.user_secret and {keys}.element_token",
+                  file=sys.stderr)
+            code = exits.FAILURE
+            continue
+        except ApiError as exc:
+            status = f"HTTP {exc.status}: " if exc.status else ""
+            print(f"bulkdrop: {name}: cannot list objects of hub {api.hub!r}: "
+                  f"{status}{exc.message}", file=sys.stderr)
+            code = exits.FAILURE
+            continue
+        for obj in names:
+            print(f"  {obj}" if len(chosen) > 1 else obj)
+    return code
 
 
 
@@ -247,8 +287,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args, require_base_url=False)
     csvfile.set_line_limit(settings.spool.max_line_length)
     columns = csvfile.Columns()
+    if args.instance is not None and args.instance not in settings.instances:
+        print(f"bulkdrop: no instance {args.instance!r} (instances: "
+              f"{', '.join(settings.instances)})", file=sys.stderr)
+        return exits.USAGE
+    inst = settings.instance(args.instance)
     if args.object:
-        columns = csvfile.Columns.of(settings.object_settings(args.object))
+        columns = csvfile.Columns.of(inst.object_settings(args.object))
     path: Path = args.file
     try:
         found = csvfile.inspect(path, columns)
@@ -273,22 +318,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"  {line}")
         print("result: rejected")
         return exits.REJECTED
-    if args.object and settings.api.base_url:
-        _warn_unknown_columns(settings, args.object, found.header, columns)
+    if args.object and inst.api.base_url:
+        _warn_unknown_columns(inst, args.object, found.header, columns)
     how = "as is" if found.passes_through(columns) else "converted to comma-separated UTF-8"
     print(f"result: accepted (sent {how})")
     return exits.OK
 
 
-def _warn_unknown_columns(settings: Settings, obj: str, header: Sequence[str],
+def _warn_unknown_columns(inst: InstanceSettings, obj: str, header: Sequence[str],
                           columns: csvfile.Columns) -> None:
     """Compare the columns as they would be sent with the object's fields, when the API says."""
     from daemon.client import OpenConnectorsClient
     from daemon.retry import ApiError
 
-    client = OpenConnectorsClient.from_settings(settings.api, timeout_cap=30)
+    client = OpenConnectorsClient.from_settings(inst.api, timeout_cap=30)
     try:
-        fields = asyncio.run(client.once(lambda c: c.object_fields(settings.hub_for(obj), obj)))
+        fields = asyncio.run(client.once(lambda c: c.object_fields(inst.hub_for(obj), obj)))
     except ApiError as exc:
         print(f"note: no field list for {obj!r} from the API ({exc.message})")
         return
@@ -351,8 +396,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log.format, settings.log.level)
+    if args.instance is not None and args.instance not in settings.instances:
+        print(f"bulkdrop: no instance {args.instance!r} (instances: "
+              f"{', '.join(settings.instances)})", file=sys.stderr)
+        return exits.USAGE
     try:
-        code, result = asyncio.run(ops.submit(settings, args.file, args.object, args.wait))
+        code, result = asyncio.run(ops.submit(settings, args.file, args.object, args.wait,
+                                              args.instance))
     except OSError as exc:
         print(f"bulkdrop: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return exits.FAILURE

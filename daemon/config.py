@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -20,12 +21,14 @@ from urllib.parse import urlsplit
 
 from daemon.settings import (
     CONVERTERS,
+    DEFAULT_INSTANCE,
     OBJECT_CONVERTERS,
     ApiSettings,
     BadValue,
     CallbackSettings,
     ConfigError,
     HttpSettings,
+    InstanceSettings,
     LogSettings,
     ObjectSettings,
     Secret,
@@ -149,20 +152,21 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"{path}: invalid TOML: {exc}") from None
 
 
-def _apply_file(layers: _Layers, data: Mapping[str, Any], source: Path) -> Mapping[str, Any]:
-    """Apply the flat sections; return the raw ``[objects]`` table."""
+def _apply_file(layers: _Layers, data: Mapping[str, Any], source: Path
+                ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """Apply the flat sections; return the raw ``[objects]`` and ``[instances]`` tables."""
     where = f" (in {source})"
-    objects: Mapping[str, Any] = {}
+    tables: dict[str, Mapping[str, Any]] = {"objects": {}, "instances": {}}
     for section, table in data.items():
-        if section == "objects" and isinstance(table, dict):
-            objects = table
+        if section in tables and isinstance(table, dict):
+            tables[section] = table
             continue
-        if section not in _SECTIONS and section != "objects":
+        if section not in _SECTIONS and section not in tables:
             if not isinstance(table, dict):  # a key outside any section
                 owners = [d for d in _KINDS if d.endswith("." + section)]
                 hint = f"; did you mean {owners[0]!r}?" if owners else ""
                 raise ConfigError(section, f"{section}: key outside any section{hint}{where}")
-            hint = suggest(section, [*_SECTIONS, "objects"])
+            hint = suggest(section, [*_SECTIONS, *tables])
             raise ConfigError(section, f"[{section}]: unknown section{hint}{where}")
         if not isinstance(table, dict):
             raise ConfigError(section, f"{section}: expected a [{section}] table{where}")
@@ -173,7 +177,7 @@ def _apply_file(layers: _Layers, data: Mapping[str, Any], source: Path) -> Mappi
                 hint = suggest(key, keys)
                 raise ConfigError(dotted, f"{dotted}: unknown key{hint}{where}")
             layers.set(dotted, value, _in_file(dotted, source))
-    return objects
+    return tables["objects"], tables["instances"]
 
 
 def _read_secret(path: Path, origin: _Origin) -> str:
@@ -207,6 +211,8 @@ def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
             continue
         dotted = _ENV_NAMES.get(var)
         if dotted is None:
+            if var.startswith(INSTANCES_ENV_PREFIX):
+                continue  # an instance's secret: read with its instance
             if var.startswith(ENV_PREFIX + "OBJECTS_"):
                 raise ConfigError(var, f"{var}: objects are configured in the TOML file only, "
                                        "as [objects.<name>] tables")
@@ -266,9 +272,10 @@ def _validate(layers: _Layers, require_base_url: bool) -> None:
         if most in layers.origins:  # blame the one the user set
             raise layers.error(most, f"must be >= {first} ({low!r}), got {high!r}")
         raise layers.error(first, f"must be <= {most} ({high!r}), got {low!r}")
-    for dotted in ("api.hub", "spool.node_id", "spool.default_object"):
+    for dotted in ("api.hub", "spool.node_id", "spool.default_object",
+                   "spool.default_instance"):
         problem = name_problem(values[dotted])
-        if problem and not (dotted == "spool.default_object" and values[dotted] == ""):
+        if problem and not (dotted.startswith("spool.default_") and values[dotted] == ""):
             raise layers.error(dotted, problem)
     listen = values["http.listen"]
     try:
@@ -280,23 +287,178 @@ def _validate(layers: _Layers, require_base_url: bool) -> None:
 
 # --- objects (file only) ------------------------------------------------------------
 
-def _object(name: str, table: object, source: Path | None) -> ObjectSettings:
-    here = _in_file(f"objects.{name}", source)
+def _object_keys(name: str, table: object, source: Path | None,
+                 prefix: str = "objects") -> dict[str, Any]:
+    """The keys an ``[<prefix>.<name>]`` table sets, converted."""
+    here = _in_file(f"{prefix}.{name}", source)
     problem = name_problem(name)
     if problem:
         raise here.error(f"object name {problem}")
     if not isinstance(table, dict):
-        raise here.error(f"expected an [objects.{name}] table, got {describe(table)}")
+        raise here.error(f"expected an [{prefix}.{name}] table, got {describe(table)}")
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        origin = _in_file(f"objects.{name}.{key}", source)
+        origin = _in_file(f"{prefix}.{name}.{key}", source)
         if key not in OBJECT_CONVERTERS:
             raise origin.error(f"unknown key{suggest(key, OBJECT_CONVERTERS)}")
         try:
             kwargs[key] = OBJECT_CONVERTERS[key](value)
         except BadValue as bad:
             raise origin.error(f"{bad}, got {describe(value)}") from None
-    return ObjectSettings(**kwargs)
+    return kwargs
+
+
+def _object(name: str, table: object, source: Path | None) -> ObjectSettings:
+    return ObjectSettings(**_object_keys(name, table, source))
+
+
+# --- instances (file; their secrets also from the environment and credentials) -------
+
+INSTANCES_ENV_PREFIX = ENV_PREFIX + "INSTANCES_"
+INSTANCE_NAME = re.compile(r"[a-z0-9_-]+")
+_INSTANCE_SECRETS = ("user_secret", "organization_secret", "element_token")
+# key -> (kind, the [api]/[workers] key it falls back to)
+_INSTANCE_KEYS: dict[str, tuple[Any, str]] = {
+    "base_url": (str, "api.base_url"), "hub": (str, "api.hub"),
+    **{key: (Secret, "") for key in _INSTANCE_SECRETS},
+    "uploads": (int, "workers.uploads"), "max_active_jobs": (int, "workers.max_active_jobs"),
+    "requests_per_second": (int, "api.requests_per_second"),
+    "default_object": (str, "spool.default_object"),
+}
+
+
+def _instance_env(name: str, key: str) -> str:
+    return f"{INSTANCES_ENV_PREFIX}{name.upper().replace('-', '_')}_{key.upper()}"
+
+
+def _instance(layers: _Layers, name: str, table: object, shared: Mapping[str, Any],
+              source: Path | None, env: Mapping[str, str], require_base_url: bool
+              ) -> InstanceSettings:
+    """``[instances.<name>]``: its keys over [api]'s and [workers]', its secrets from the
+    file, then ``$CREDENTIALS_DIRECTORY/<name>.<key>``, ``..._FILE``, the variable."""
+    here = _in_file(f"instances.{name}", source)
+    if not INSTANCE_NAME.fullmatch(name):
+        raise here.error(f"an instance name is lower-case letters, digits, '_' and '-', "
+                         f"got {describe(name)}")
+    if not isinstance(table, dict):
+        raise here.error(f"expected an [instances.{name}] table, got {describe(table)}")
+    values: dict[str, Any] = {key: layers.values[fallback] if fallback else Secret()
+                              for key, (_kind, fallback) in _INSTANCE_KEYS.items()}
+    objects = table.get("objects", {})
+    for key, value in table.items():
+        dotted = f"instances.{name}.{key}"
+        if key == "objects":
+            continue
+        if key not in _INSTANCE_KEYS:
+            hint = suggest(key, [*_INSTANCE_KEYS, "objects"])
+            raise ConfigError(dotted, f"{dotted}: unknown key{hint}"
+                              + (f" (in {source})" if source else ""))
+        values[key] = _convert(_INSTANCE_KEYS[key][0], value, _in_file(dotted, source))
+        layers.origins[dotted] = _in_file(dotted, source)
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    for key in _INSTANCE_SECRETS:
+        dotted, var = f"instances.{name}.{key}", _instance_env(name, key)
+        if credentials and (path := Path(credentials) / f"{name}.{key}").exists():
+            origin = _Origin(dotted, dotted, f" (credential {path})")
+            values[key] = Secret(_read_secret(path, origin))
+            layers.origins[dotted] = origin
+        if env.get(var + "_FILE"):
+            origin = _from_env(var + "_FILE", dotted)
+            values[key] = Secret(_read_secret(Path(env[var + "_FILE"]), origin))
+            layers.origins[dotted] = origin
+        if var in env:
+            values[key] = Secret(env[var])
+            layers.origins[dotted] = _from_env(var, dotted)
+    _check_instance(layers, name, values, require_base_url)
+    if not isinstance(objects, dict):
+        raise here.error(f"expected [instances.{name}.objects.<object>] tables, "
+                         f"got objects = {describe(objects)}")
+    merged = dict(shared)
+    for obj, obj_table in objects.items():
+        keys = _object_keys(obj, obj_table, source, f"instances.{name}.objects")
+        base = shared.get(obj)
+        merged[obj] = dataclasses.replace(base, **keys) if base else ObjectSettings(**keys)
+    api = ApiSettings(
+        base_url=values["base_url"].rstrip("/"), hub=values["hub"],
+        **{key: values[key] for key in _INSTANCE_SECRETS},
+        request_timeout_seconds=layers.values["api.request_timeout_seconds"],
+        retry_deadline_seconds=layers.values["api.retry_deadline_seconds"],
+        requests_per_second=values["requests_per_second"])
+    return InstanceSettings(name, api, values["uploads"], values["max_active_jobs"],
+                            values["default_object"], merged)
+
+
+def _check_instance(layers: _Layers, name: str, values: dict[str, Any],
+                    require_base_url: bool) -> None:
+    def error(key: str, problem: str) -> ConfigError:
+        dotted = f"instances.{name}.{key}"
+        return layers.origins.get(dotted, _Origin(dotted, dotted)).error(problem)
+
+    url = values["base_url"]
+    if not url and require_base_url:
+        raise error("base_url", "required (or [api] base_url, which instances share)")
+    if url:
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise error("base_url", f"expected an http:// or https:// URL, got {describe(url)}")
+    for key, bound in (("uploads", 1), ("max_active_jobs", 1), ("requests_per_second", 0)):
+        if values[key] < bound:
+            raise error(key, f"must be >= {bound}, got {values[key]!r}")
+    for key in ("hub", "default_object"):
+        problem = name_problem(values[key])
+        if problem and not (key == "default_object" and values[key] == ""):
+            raise error(key, problem)
+
+
+def _instances(layers: _Layers, raw: Mapping[str, Any], shared: Mapping[str, ObjectSettings],
+               source: Path | None, env: Mapping[str, str], require_base_url: bool
+               ) -> tuple[dict[str, InstanceSettings], str | None]:
+    """Every instance, and the default one (None: files must name theirs)."""
+    api_is_one = not raw or bool(layers.values["api.element_token"])
+    if api_is_one and DEFAULT_INSTANCE in raw:
+        raise _in_file(f"instances.{DEFAULT_INSTANCE}", source).error(
+            f"'{DEFAULT_INSTANCE}' is [api]'s name as an instance (it has an element_token): "
+            "name this instance otherwise, or take element_token out of [api]")
+    instances: dict[str, InstanceSettings] = {}
+    if api_is_one:
+        if raw:  # [api] serves files too: it needs its URL like any instance
+            _check_url(layers, "api.base_url", required=require_base_url)
+        w = layers.values
+        instances[DEFAULT_INSTANCE] = InstanceSettings(
+            DEFAULT_INSTANCE, ApiSettings(**layers.section("api")), w["workers.uploads"],
+            w["workers.max_active_jobs"], w["spool.default_object"], dict(shared))
+    env_names: dict[str, str] = {}
+    for name, table in raw.items():
+        var = _instance_env(name, "")
+        if var in env_names:
+            raise _in_file(f"instances.{name}", source).error(
+                f"its variables ({var}...) would be those of [instances.{env_names[var]}] too: "
+                "rename one")
+        env_names[var] = name
+        instances[name] = _instance(layers, name, table, shared, source, env,
+                                    require_base_url)
+    expected = {_instance_env(name, key) + tail for name in raw
+                for key in _INSTANCE_SECRETS for tail in ("", "_FILE")}
+    for var in sorted(env):
+        if var.startswith(INSTANCES_ENV_PREFIX) and var not in expected:
+            hint = suggest(var, expected)
+            raise ConfigError(var, f"{var}: no such instance secret{hint} (instances are "
+                                   "configured in the TOML file, as [instances.<name>] tables; "
+                                   "their secrets may come from "
+                                   "BULKDROP_INSTANCES_<NAME>_<KEY>)")
+    chosen = layers.values["spool.default_instance"]
+    if chosen and chosen not in instances:
+        raise layers.error("spool.default_instance", (
+            f"no instance {chosen!r} (instances: {', '.join(sorted(instances))})"
+            f"{suggest(chosen, instances)}"))
+    if not chosen:
+        chosen = (next(iter(instances)) if len(instances) == 1 else
+                  DEFAULT_INSTANCE if api_is_one else None)
+    return instances, chosen or None
 
 
 # --- public entry points ------------------------------------------------------------
@@ -317,29 +479,42 @@ def load_settings(
     defaults: Mapping[str, object] | None = None,
     forced: Mapping[str, object] | None = None,
     require_base_url: bool = True,
+    instances: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Settings:
-    """Build the settings from every layer; raise ConfigError naming the key at fault."""
+    """Build the settings from every layer; raise ConfigError naming the key at fault.
+    *instances*, when given, are the instance tables, whatever the file says (the
+    sandbox's)."""
     env = os.environ if env is None else env
     layers = _Layers()
     _apply_mapping(layers, defaults or {})
     objects: Mapping[str, Any] = {}
+    raw_instances: Mapping[str, Any] = {}
     source = Path(os.path.abspath(path)) if path is not None else None
     if source is not None:
-        objects = _apply_file(layers, _read_toml(source), source)
+        objects, raw_instances = _apply_file(layers, _read_toml(source), source)
     _apply_secret_files(layers, env)
     _apply_env(layers, env)
     _apply_mapping(layers, forced or {})
-    _validate(layers, require_base_url)
+    if instances is not None:
+        raw_instances = instances
+    _validate(layers, require_base_url and not raw_instances)
+    shared = {name: _object(name, table, source) for name, table in objects.items()}
+    configured, default = _instances(layers, raw_instances, shared,
+                                     source if instances is None else None, env,
+                                     require_base_url)
     return Settings(
         api=ApiSettings(**layers.section("api")),
         spool=SpoolSettings(**layers.section("spool")),
         workers=WorkersSettings(**layers.section("workers")),
-        objects={name: _object(name, table, source) for name, table in objects.items()},
+        objects=shared,
         callback=CallbackSettings(**layers.section("callback")),
         http=HttpSettings(**layers.section("http")),
         log=LogSettings(**layers.section("log")),
         source=source,
         origins={dotted: _describe(origin) for dotted, origin in layers.origins.items()},
+        instances=configured,
+        default_instance=default,
+        instance_folders=bool(raw_instances),
     )
 
 

@@ -50,8 +50,8 @@ class Filer:
         """Make the file's result, record it with the destination, and file it."""
         result = build_result(
             outcome, rel=work.rel, obj=work.obj, hub=work.hub, job_id=work.job_id,
-            sha256=work.sha256, size=work.size, attempts=work.attempts,
-            csv_info=csv_info(work.inspection, self.checks.columns(work.obj)),
+            sha256=work.sha256, size=work.size, attempts=work.attempts, instance=work.instance,
+            csv_info=csv_info(work.inspection, self.checks.columns(work.instance, work.obj)),
             received_at=work.received_at, submitted_at=work.submitted_at,
             finished_at=utcnow(),
             possible_duplicate=work.possible_duplicate or outcome.possible_duplicate)
@@ -72,7 +72,7 @@ class Filer:
         stored = await asyncio.to_thread(json.loads, row.result_json)
         errors = stored.pop("errors_all", [])
         dest = self.spool.filed_from_stored(row.dest_path) if row.dest_path else None
-        work.obj = stored.get("object")
+        work.obj, work.instance = stored.get("object"), stored.get("instance")
         await self.tasks.shield(
             self._file(work, stored, errors, row.outcome == COMPLETE, dest, True))
 
@@ -88,10 +88,10 @@ class Filer:
             work.log.error("file.vanished", path=str(claimed.path))
             return
         self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
-        obj = work.obj or ""
-        self.metrics.files_finished.labels(result["status"], obj).inc()
+        obj, instance = work.obj or "", work.instance or ""
+        self.metrics.files_finished.labels(result["status"], obj, instance).inc()
         if result["records"] and result["records"]["failed"]:
-            self.metrics.records_failed.labels(obj).inc(result["records"]["failed"])
+            self.metrics.records_failed.labels(obj, instance).inc(result["records"]["failed"])
         work.log.info("file.finished", status=result["status"], api_status=result["api_status"],
                       reason=result["reason"], dest=self.spool.to_stored(placed))
 
@@ -147,7 +147,8 @@ class Filer:
         were found than were kept, the file is checked again as the CSV is written."""
         out = []
         if result["errors_total"] > len(errors):
-            ref, columns = work.claimed.ref, self.checks.columns(result["object"])
+            ref = work.claimed.ref
+            columns = self.checks.columns(result.get("instance"), result["object"])
             out.append(Sidecar(ERRORS_SUFFIX,
                                lambda fh: csvfile.write_problems(ref, columns, fh), heavy=True))
         elif errors:
@@ -165,9 +166,10 @@ class Filer:
         dialect, spans = plan_of(result)
         if dialect is None:
             return None
-        obj = result["object"]
-        columns = self.checks.columns(obj)
-        metadata = self.checks.settings.object_settings(obj).metadata or {}
+        obj, instance = result["object"], result.get("instance")
+        columns = self.checks.columns(instance, obj)
+        conf = self.checks.settings.instance_or_default(instance).object_settings(obj)
+        metadata = conf.metadata or {}
         identifier = metadata.get("identifierFieldName")
 
         def write(fh: BinaryIO) -> None:

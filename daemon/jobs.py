@@ -30,7 +30,7 @@ from daemon.metrics import Metrics
 from daemon.normalise import UploadBody, part_spans, upload_body
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome
 from daemon.retry import ApiError, RejectedError, RetryPolicy, TooLargeError, TransientError
-from daemon.settings import Settings
+from daemon.settings import InstanceSettings
 from daemon.tracker import Tracker
 from daemon.work import Work
 
@@ -47,11 +47,21 @@ class Plan:
     parts: list[Part]
 
 
+async def started(ledger: Ledger, work: Work, resumed: bool) -> bool:
+    """Has a job of the file been recorded (a file resumed after a restart)?"""
+    return resumed and (work.job_id is not None or any(
+        p.job_id for p in await ledger.parts(work.claimed.claim_id)))
+
+
 class Jobs:
-    def __init__(self, settings: Settings, ledger: Ledger, client: OpenConnectorsClient,
-                 policy: RetryPolicy, tracker: Tracker, checks: Checks,
-                 metrics: Metrics) -> None:
-        self.settings = settings
+    """The jobs of one connector instance (see :mod:`daemon.instances`)."""
+
+    def __init__(self, instance: InstanceSettings, callback_url: str, ledger: Ledger,
+                 client: OpenConnectorsClient, policy: RetryPolicy, tracker: Tracker,
+                 checks: Checks, metrics: Metrics) -> None:
+        self.instance = instance
+        self.name = instance.name
+        self.callback_url = callback_url
         self.ledger = ledger
         self.client = client
         self.policy = policy
@@ -63,11 +73,6 @@ class Jobs:
         self.answering: set[asyncio.Task[Any]] = set()
         self.active: set[str] = set()   # jobs being followed now
         self.uploads_now = 0
-
-    async def started(self, work: Work, resumed: bool) -> bool:
-        """Has a job of the file been recorded (a file resumed after a restart)?"""
-        return resumed and (work.job_id is not None or any(
-            p.job_id for p in await self.ledger.parts(work.claimed.claim_id)))
 
     async def run(self, work: Work, ticket: Ticket, resumed: bool) -> Outcome:
         """Every part's job created (unless recorded) and followed to its end."""
@@ -93,7 +98,7 @@ class Jobs:
 
     def _partial(self, work: Work, outcome: Outcome) -> Outcome:
         """A file with some records failed goes where ``[objects.<name>] partial`` says."""
-        partial = self.settings.object_settings(work.obj or "").partial
+        partial = self.instance.object_settings(work.obj or "").partial
         if not (outcome.ok and outcome.records_failed) or partial == "done":
             return outcome
         return dataclasses.replace(outcome, status=FAILED, reason=(
@@ -115,10 +120,10 @@ class Jobs:
     async def _cut(self, work: Work) -> list[tuple[int, int]]:
         """Where to cut the file into parts (none: one job takes it whole): at most
         ``max_rows_per_job`` rows and ``max_bytes_per_job`` bytes of upload each."""
-        conf = self.settings.object_settings(work.obj or "")
+        conf = self.instance.object_settings(work.obj or "")
         total, size, found = work.rows or 0, work.size or 0, work.inspection
         max_rows = conf.max_rows_per_job if conf.max_rows_per_job < total else 0
-        columns = self.checks.columns(work.obj)
+        columns = self.checks.columns(self.name, work.obj)
         if found is None or found.dialect is None or size <= conf.max_bytes_per_job and (
                 max_rows == 0 and found.passes_through(columns)):
             return []  # sent as dropped, and small enough
@@ -157,13 +162,13 @@ class Jobs:
         if plan.whole:
             await asyncio.shield(self.ledger.record_job(
                 claim_id, job_id, submitted_at, work.obj or "", work.hub or "", work.attempts,
-                duplicate))
+                duplicate, self.name))
             work.log = work.log.bind(job_id=job_id)
             work.log.info("job.created", object=work.obj, hub=work.hub,
                           attempts=work.attempts, possible_duplicate=duplicate)
         else:
             await asyncio.shield(self.ledger.record_part_job(claim_id, part.part, job_id,
-                                                             submitted_at, duplicate))
+                                                             submitted_at, duplicate, self.name))
             work.log.info("job.created", job_id=job_id, part=part.part,
                           parts=len(plan.parts), object=work.obj, hub=work.hub,
                           attempts=work.attempts, possible_duplicate=duplicate)
@@ -172,13 +177,13 @@ class Jobs:
         """Create one job for the file (or for *rows* of it): its id, or why not. Each
         attempt holds an upload slot; waits between attempts hold none."""
         assert work.inspection is not None
-        body = upload_body(work.claimed.ref, work.inspection, self.checks.columns(work.obj),
-                           rows)
+        body = upload_body(work.claimed.ref, work.inspection,
+                           self.checks.columns(self.name, work.obj), rows)
         try:
             return await self.policy.call("create_job", lambda: self._create(work, body),
                                           around=ticket.upload, file=work.rel)
         except TooLargeError as exc:
-            limit = self.settings.object_settings(work.obj or "").max_bytes_per_job
+            limit = self.instance.object_settings(work.obj or "").max_bytes_per_job
             return Outcome(FAILED, f"the API refused the upload as over its size or time "
                            f"limit ({exc.status}): {exc.message}; lower [objects.{work.obj}] "
                            f"max_bytes_per_job (now {limit}) to send it in smaller parts")
@@ -201,15 +206,15 @@ class Jobs:
         if work.retry_reason is not None:
             # The last attempt may have made a job: this one may make a second.
             work.possible_duplicate = True
-            self.metrics.create_retries.labels(work.retry_reason).inc()
+            self.metrics.create_retries.labels(self.name, work.retry_reason).inc()
             work.retry_reason = None
-        meta = self.settings.object_settings(work.obj).metadata
-        callback_url = self.settings.callback.public_url
+        meta = self.instance.object_settings(work.obj).metadata
+        callback_url = self.callback_url
         if callback_url:  # echoed in the callback: which file the job belongs to
             meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
         task = asyncio.current_task()
         assert task is not None
-        self.metrics.uploads_in_flight.inc()
+        self.metrics.uploads_in_flight.labels(self.name).inc()
         self.uploads_now += 1
         started = time.monotonic()
         try:
@@ -222,13 +227,13 @@ class Jobs:
             raise
         finally:
             self.answering.discard(task)
-            self.metrics.uploads_in_flight.dec()
+            self.metrics.uploads_in_flight.labels(self.name).dec()
             self.uploads_now -= 1
         self.metrics.upload_seconds.observe(time.monotonic() - started)
         return job.id
 
     def _counted(self, body: UploadBody) -> UploadBody:
-        sent = self.metrics.uploaded_bytes
+        sent = self.metrics.uploaded_bytes.labels(self.name)
         if isinstance(body, bytes):
             sent.inc(len(body))
             return body

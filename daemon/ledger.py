@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS files (
     dest_path    TEXT,
     updated_at   TEXT NOT NULL,
     problem      TEXT,
-    possible_duplicate INTEGER NOT NULL DEFAULT 0
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    instance     TEXT
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE TABLE IF NOT EXISTS parts (
@@ -72,6 +73,7 @@ ADDED_COLUMNS = (
     ("files", "problem", "TEXT"),
     ("files", "possible_duplicate", "INTEGER NOT NULL DEFAULT 0"),
     ("parts", "possible_duplicate", "INTEGER NOT NULL DEFAULT 0"),
+    ("files", "instance", "TEXT"),  # NULL: a single-instance ledger's, i.e. [api]'s
 )
 def utcnow() -> str:
     """Now in UTC as ISO 8601 with milliseconds, e.g. ``2026-01-02T03:04:05.678+00:00``."""
@@ -110,6 +112,7 @@ class Row:
     problem: str | None = None         # why it never becomes a job (found at its claim)
     possible_duplicate: bool = False   # its job was created after a retry that may have
                                        # reached the API
+    instance: str | None = None        # its connector instance (None: [api], "default")
 
 
 class Ledger(Database):
@@ -139,22 +142,26 @@ class Ledger(Database):
         await self._submit(claim_id, state, detail, sql, params)
 
     def add_claim(self, claim_id: str, rel_path: str, claimed_path: str,
-                  received_at: str, problem: str | None = None) -> asyncio.Future[None]:
+                  received_at: str, problem: str | None = None,
+                  instance: str | None = None) -> asyncio.Future[None]:
         """Record a new claim. Queued before this returns; await the result for durability."""
         return self._submit(
             claim_id, CLAIMED, rel_path,
             "INSERT OR IGNORE INTO files (claim_id, rel_path, claimed_path, state,"
-            " received_at, updated_at, problem) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow(), problem))
+            " received_at, updated_at, problem, instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (claim_id, rel_path, claimed_path, CLAIMED, received_at, utcnow(), problem,
+             instance))
 
     async def record_job(self, claim_id: str, job_id: str, submitted_at: str, obj: str,
-                         hub: str, attempts: int, possible_duplicate: bool = False) -> None:
+                         hub: str, attempts: int, possible_duplicate: bool = False,
+                         instance: str | None = None) -> None:
+        """The file's job, with the instance that made it (its job is followed there)."""
         await self._commit(
             claim_id, SUBMITTED, job_id,
             "UPDATE files SET state=?, job_id=?, submitted_at=?, object=?, hub=?, attempts=?,"
-            " possible_duplicate=?, updated_at=? WHERE claim_id=?",
+            " possible_duplicate=?, instance=?, updated_at=? WHERE claim_id=?",
             (SUBMITTED, job_id, submitted_at, obj, hub, attempts, int(possible_duplicate),
-             utcnow(), claim_id))
+             instance, utcnow(), claim_id))
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
                              reason: str, result_json: str, dest_path: str | None) -> None:
@@ -195,12 +202,16 @@ class Ledger(Database):
         await self.run(plan)
 
     async def record_part_job(self, claim_id: str, part: int, job_id: str,
-                              submitted_at: str, possible_duplicate: bool = False) -> None:
-        await self._commit(
-            claim_id, SUBMITTED, f"part {part}: {job_id}",
-            "UPDATE parts SET job_id=?, submitted_at=?, possible_duplicate=?"
-            " WHERE claim_id=? AND part=?",
-            (job_id, submitted_at, int(possible_duplicate), claim_id, part))
+                              submitted_at: str, possible_duplicate: bool = False,
+                              instance: str | None = None) -> None:
+        await self.submit([
+            ("UPDATE parts SET job_id=?, submitted_at=?, possible_duplicate=?"
+             " WHERE claim_id=? AND part=?",
+             (job_id, submitted_at, int(possible_duplicate), claim_id, part)),
+            ("UPDATE files SET instance=?, updated_at=? WHERE claim_id=?",
+             (instance, utcnow(), claim_id)),
+            ("INSERT INTO events (claim_id, at, state, detail) VALUES (?, ?, ?, ?)",
+             (claim_id, utcnow(), SUBMITTED, f"part {part}: {job_id}"))])
 
     async def finish_part(self, claim_id: str, part: int, result_json: str) -> None:
         await self._commit(
@@ -224,12 +235,19 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        counts = {r["k"]: r["n"] for r in conn.execute(
-            "SELECT CASE WHEN state = 'FINISHED' THEN outcome ELSE state END AS k,"
-            " count(*) AS n FROM files GROUP BY k")}
+        names = {r["name"] for r in conn.execute("PRAGMA table_info(files)")}
+        instance = "coalesce(instance, 'default')" if "instance" in names else "'default'"
+        counts: dict[str, int] = {}
+        by_instance: dict[str, dict[str, int]] = {}
+        for r in conn.execute(
+                f"SELECT {instance} AS i, CASE WHEN state = 'FINISHED' THEN outcome"
+                " ELSE state END AS k, count(*) AS n FROM files GROUP BY i, k"):
+            counts[r["k"]] = counts.get(r["k"], 0) + r["n"]
+            by_instance.setdefault(r["i"], {})[r["k"]] = r["n"]
         rows = conn.execute(
-            "SELECT rel_path, state, outcome, job_id, api_status, reason, received_at,"
-            " updated_at FROM files ORDER BY updated_at DESC LIMIT ?", (latest,)).fetchall()
+            f"SELECT rel_path, {instance} AS instance, state, outcome, job_id, api_status,"
+            " reason, received_at, updated_at FROM files ORDER BY updated_at DESC LIMIT ?",
+            (latest,)).fetchall()
     finally:
         conn.close()
-    return {"counts": counts, "latest": [dict(r) for r in rows]}
+    return {"counts": counts, "instances": by_instance, "latest": [dict(r) for r in rows]}

@@ -2,7 +2,8 @@
 
 Gauges that describe the present (uploads in flight, unfinished jobs, ledger size, the
 oldest waiting file) are read when scraped, from the objects that know; counters and
-histograms are moved where things happen.
+histograms are moved where things happen. What is about one connector instance (files,
+records, requests, retries, uploads, jobs, a pause) carries its ``instance`` label.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ class Metrics:
         r = self.registry
         self.files_finished = Counter(
             "bulkdrop_files_finished_total", "Files filed to done/ or failed/, by outcome.",
-            ["outcome", "object"], registry=r)
+            ["outcome", "object", "instance"], registry=r)
         self.records_failed = Counter(
             "bulkdrop_records_failed_total", "Records the API reported as failed.",
-            ["object"], registry=r)
+            ["object", "instance"], registry=r)
         self.uploaded_bytes = Counter(
-            "bulkdrop_uploaded_bytes_total", "Bytes sent in job uploads.", registry=r)
+            "bulkdrop_uploaded_bytes_total", "Bytes sent in job uploads.", ["instance"],
+            registry=r)
         self.upload_seconds = Histogram(
             "bulkdrop_upload_duration_seconds", "Time to upload a file and get its job id.",
             buckets=DURATION_BUCKETS, registry=r)
@@ -39,14 +41,15 @@ class Metrics:
             buckets=DURATION_BUCKETS, registry=r)
         self.api_requests = Counter(
             "bulkdrop_api_requests_total", "Requests to Open Connectors, by endpoint and status.",
-            ["endpoint", "code"], registry=r)
+            ["instance", "endpoint", "code"], registry=r)
         self.retries = Counter(
-            "bulkdrop_retries_total", "Requests retried, by reason.", ["reason"], registry=r)
+            "bulkdrop_retries_total", "Requests retried, by reason.", ["instance", "reason"],
+            registry=r)
         self.create_retries = Counter(
             "bulkdrop_create_retries_total",
             "Job creations retried after a request that may have reached the API (a lost "
             "answer, a timeout, a 5xx): each may have made a second job. By reason.",
-            ["reason"], registry=r)
+            ["instance", "reason"], registry=r)
         self.io_retries = Counter(
             "bulkdrop_io_retries_total",
             "Local steps retried after trouble that is not the file's (full disk, "
@@ -60,9 +63,14 @@ class Metrics:
               "there (its ctime; 0: none).",
               registry=r).set_function(self._oldest_age)
         self.uploads_in_flight = Gauge(
-            "bulkdrop_uploads_in_flight", "Uploads running now.", registry=r)
+            "bulkdrop_uploads_in_flight", "Uploads running now.", ["instance"], registry=r)
         self._unfinished = Gauge(
-            "bulkdrop_unfinished_jobs", "Jobs created and not yet finished.", registry=r)
+            "bulkdrop_unfinished_jobs", "Jobs created and not yet finished.", ["instance"],
+            registry=r)
+        self._paused = Gauge(
+            "bulkdrop_instance_paused",
+            "1 while the instance's API refuses its credentials (its files wait), else 0.",
+            ["instance"], registry=r)
         self._ledger = Gauge("bulkdrop_ledger_bytes", "Size of the ledger with its WAL.",
                              registry=r)
         self._unclaimable = Gauge(
@@ -82,10 +90,16 @@ class Metrics:
     def http_refused(self) -> None:
         self._http_refused.inc()
 
-    def watch(self, unfinished: Callable[[], int], ledger: Path,
-              troubles: Troubles | None = None) -> None:
+    def watch_instance(self, name: str, unfinished: Callable[[], int],
+                       paused: Callable[[], bool]) -> None:
+        """Read one instance's present at scrape time."""
+        self._unfinished.labels(name).set_function(lambda: float(unfinished()))
+        self._paused.labels(name).set_function(lambda: float(paused()))
+        self.uploads_in_flight.labels(name)
+        self.uploaded_bytes.labels(name)
+
+    def watch(self, ledger: Path, troubles: Troubles | None = None) -> None:
         """Read the present from its owners at scrape time."""
-        self._unfinished.set_function(lambda: float(unfinished()))
         self._ledger.set_function(lambda: float(_size(ledger) + _size(Path(f"{ledger}-wal"))))
         if troubles is not None:
             self._unclaimable.set_function(lambda: float(troubles.count("unclaimable")))
@@ -101,11 +115,11 @@ class Metrics:
     def _oldest_age(self) -> float:
         return max(0.0, time.time() - self._oldest_mtime) if self._oldest_mtime else 0.0
 
-    def api_answer(self, endpoint: str, code: int | str) -> None:
-        self.api_requests.labels(endpoint, str(code)).inc()
+    def api_answer(self, instance: str, endpoint: str, code: int | str) -> None:
+        self.api_requests.labels(instance, endpoint, str(code)).inc()
 
-    def retry(self, reason: str) -> None:
-        self.retries.labels(reason).inc()
+    def retry(self, instance: str, reason: str) -> None:
+        self.retries.labels(instance, reason).inc()
 
 
 def _size(path: Path) -> int:

@@ -18,7 +18,7 @@ import stat
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,7 +34,7 @@ from daemon.normalise import upload_body
 from daemon.placing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
-from daemon.settings import Secret, Settings
+from daemon.settings import ObjectSettings, Secret, Settings
 from daemon.spool import Spool, is_ignored_name
 from daemon.tracker import Tracker
 
@@ -43,7 +43,9 @@ from daemon.tracker import Tracker
 def status(settings: Settings, latest: int = 10) -> dict[str, Any]:
     spool = Spool(settings.spool.root, settings.spool.node_id)
     db = settings.spool.state_dir / "bulkdrop.db"
-    report: dict[str, Any] = {"node": settings.spool.node_id, "ledger": str(db)}
+    report: dict[str, Any] = {"node": settings.spool.node_id, "ledger": str(db),
+                              "configured_instances": list(settings.instances),
+                              "default_instance": settings.default_instance}
     try:
         report.update(read_summary(db, latest))
     except sqlite3.Error as exc:
@@ -77,20 +79,35 @@ def ask_readyz(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         return {"url": url, "answering": False, "error": str(getattr(exc, "reason", exc))}
     return {"url": url, "answering": True, "ready": body.get("status") == "ready",
-            "problems": body.get("problems", [])}
+            "problems": body.get("problems", []), "instances": body.get("instances", {})}
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    done = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("COMPLETE", "FAILED", "REJECTED"))
+    moving = {k: v for k, v in counts.items() if k not in ("COMPLETE", "FAILED", "REJECTED")}
+    return (f"{done}; in progress {sum(moving.values())}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in sorted(moving.items()))})"
+               if moving else ""))
 
 
 def format_status(report: dict[str, Any]) -> str:
     lines = [f"node {report['node']}, ledger {report['ledger']}"]
+    daemon = report.get("daemon")
+    states = daemon.get("instances", {}) if daemon and daemon["answering"] else {}
     if "ledger_error" in report:
         lines.append(report["ledger_error"])
     else:
-        counts = report["counts"]
-        done = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("COMPLETE", "FAILED", "REJECTED"))
-        moving = {k: v for k, v in counts.items() if k not in ("COMPLETE", "FAILED", "REJECTED")}
-        lines.append(f"files: {done}; in progress {sum(moving.values())}"
-                     + (f" ({', '.join(f'{k} {v}' for k, v in sorted(moving.items()))})"
-                        if moving else ""))
+        lines.append(f"files: {_counts_line(report['counts'])}")
+    by_instance = report.get("instances", {})
+    names = list(dict.fromkeys([*report.get("configured_instances", []), *by_instance]))
+    if len(names) > 1 or states.get(names[0] if names else "", "ready") != "ready":
+        for name in names:
+            default = " (default)" if name == report.get("default_instance") else ""
+            state = states.get(name) or (
+                "not configured" if name not in report.get("configured_instances", [name])
+                else None)
+            lines.append(f"  {name}{default}: {_counts_line(by_instance.get(name, {}))}"
+                         + (f"; {state}" if state else ""))
     inbox = report["inbox"]
     oldest = inbox["oldest"]
     lines.append(f"inbox: {inbox['waiting']} waiting" + (
@@ -106,10 +123,12 @@ def format_status(report: dict[str, Any]) -> str:
             lines.extend(f"  {problem}" for problem in daemon["problems"])
     if report.get("latest"):
         lines.append("latest:")
+        several = len(names) > 1
         for row in report["latest"]:
             what = row["outcome"] or row["state"]
             job = f" job {row['job_id']}" if row["job_id"] else ""
-            lines.append(f"  {row['updated_at']}  {row['rel_path']}  {what}{job}"
+            at = f" at {row['instance']}" if several else ""
+            lines.append(f"  {row['updated_at']}  {row['rel_path']}  {what}{job}{at}"
                          + (f"  {row['reason']}" if row["reason"] else ""))
     return "\n".join(lines)
 
@@ -213,18 +232,21 @@ def _free(path: Path) -> Path:
 
 # -- submit -------------------------------------------------------------------------------
 
-async def submit(settings: Settings, path: Path, obj: str,
-                 wait: bool) -> tuple[int, dict[str, Any]]:
-    """One file outside the spool: check, upload, and with *wait* follow it to its end."""
-    conf = settings.object_settings(obj)
+async def submit(settings: Settings, path: Path, obj: str, wait: bool,
+                 instance: str | None = None) -> tuple[int, dict[str, Any]]:
+    """One file outside the spool, to *instance* (else the default one): check, upload,
+    and with *wait* follow it to its end."""
+    inst = settings.instance(instance)
+    conf = inst.object_settings(obj)
     columns = csvfile.Columns.of(conf)
     csvfile.set_line_limit(settings.spool.max_line_length)
     received = utcnow()
     found = await asyncio.to_thread(csvfile.inspect, path, columns)
-    hub = settings.hub_for(obj)
+    hub = inst.hub_for(obj)
 
     def result(outcome: Outcome, job_id: str | None, submitted: str | None) -> dict[str, Any]:
         return build_result(outcome, rel=path.name, obj=obj, hub=hub, job_id=job_id,
+                            instance=inst.name,
                             sha256=found.sha256, size=found.bytes, attempts=1, csv_info=None,
                             received_at=received, submitted_at=submitted, finished_at=utcnow())
 
@@ -232,8 +254,8 @@ async def submit(settings: Settings, path: Path, obj: str,
         outcome = Outcome(REJECTED, found.problem, errors=[p.as_dict() for p in found.problems],
                           errors_total=found.problems_total)
         return exits.REJECTED, result(outcome, None, None)
-    client = OpenConnectorsClient.from_settings(settings.api)
-    policy = RetryPolicy(settings.api.retry_deadline_seconds)
+    client = OpenConnectorsClient.from_settings(inst.api)
+    policy = RetryPolicy(inst.api.retry_deadline_seconds)
     body = upload_body(path, found, columns)
     try:
         try:
@@ -267,20 +289,48 @@ def effective_config(settings: Settings) -> list[tuple[str, str, str]]:
     for section in ("api", "spool", "workers", "callback", "http", "log"):
         for f in dataclasses.fields(getattr(settings, section)):
             dotted = f"{section}.{f.name}"
-            value = getattr(getattr(settings, section), f.name)
-            if isinstance(value, Secret):
-                shown = '"***"' if value else '""'
-            else:
-                shown = json.dumps(str(value) if isinstance(value, Path) else value)
+            shown = _shown(getattr(getattr(settings, section), f.name))
             origin = settings.origins.get(dotted, "default")
             if dotted == "spool.state_dir" and dotted not in settings.origins:
                 origin = "default (<root>/.state/<node_id>)"
             rows.append((dotted, shown, origin))
-    for name, obj in sorted(settings.objects.items()):
+    rows.extend(_object_rows("objects", settings.objects))
+    if settings.instance_folders:
+        for name, inst in settings.instances.items():
+            prefix = f"instances.{name}"
+            for key, value in (("base_url", inst.api.base_url), ("hub", inst.api.hub),
+                               ("user_secret", inst.api.user_secret),
+                               ("organization_secret", inst.api.organization_secret),
+                               ("element_token", inst.api.element_token),
+                               ("uploads", inst.uploads),
+                               ("max_active_jobs", inst.max_active_jobs),
+                               ("requests_per_second", inst.api.requests_per_second),
+                               ("default_object", inst.default_object)):
+                origin = settings.origins.get(f"{prefix}.{key}", "default")
+                if name == "default" and origin == "default":
+                    origin = "[api]"  # [api] serving files itself
+                rows.append((f"{prefix}.{key}", _shown(value), origin))
+            own = {o: c for o, c in inst.objects.items() if settings.objects.get(o) != c}
+            rows.extend(_object_rows(f"{prefix}.objects", own))
+        rows.append(("spool.default_instance (in effect)",
+                     json.dumps(settings.default_instance), "derived"))
+    return rows
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, Secret):
+        return '"***"' if value else '""'
+    return json.dumps(str(value) if isinstance(value, Path) else value)
+
+
+def _object_rows(prefix: str, objects: Mapping[str, ObjectSettings]
+                 ) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, obj in sorted(objects.items()):
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             plain = dict(value) if isinstance(value, dict) or hasattr(value, "items") else (
                 list(value) if isinstance(value, tuple) else value)
-            rows.append((f"objects.{name}.{f.name}", json.dumps(plain), "file"))
+            rows.append((f"{prefix}.{name}.{f.name}", json.dumps(plain), "file"))
     return rows
 

@@ -11,29 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 
 from daemon import ledger
 from daemon.admission import Ticket
 from daemon.checks import Checks
 from daemon.filing import Filer
-from daemon.jobs import Jobs
+from daemon.instances import Instance
+from daemon.jobs import started
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.logs import get_logger
-from daemon.results import Outcome
+from daemon.results import FAILED, Outcome
 from daemon.retry import Stopping
+from daemon.settings import DEFAULT_INSTANCE
 from daemon.spool import Claimed, Spool
 from daemon.work import Work
 
 
 class Pipeline:
-    def __init__(self, spool: Spool, ledger: Ledger, checks: Checks, jobs: Jobs,
-                 filer: Filer) -> None:
+    def __init__(self, spool: Spool, ledger: Ledger, checks: Checks,
+                 instances: Mapping[str, Instance], filer: Filer,
+                 resume_ticket: Callable[[str | None], Ticket]) -> None:
         self.spool = spool
         self.ledger = ledger
         self.checks = checks
-        self.jobs = jobs
+        self.instances = instances
         self.filer = filer
+        self.resume_ticket = resume_ticket  # a ticket of the file's instance
 
     async def process(self, work: Work, ticket: Ticket, new_claim: bool = False) -> None:
         """Carry one claimed file to done/ or failed/. Its *ticket* holds its slots until
@@ -45,7 +50,8 @@ class Pipeline:
             # for it: until a job id is recorded a crash means sending again either way.
             written = self.ledger.add_claim(work.claimed.claim_id, work.rel,
                                             self.spool.to_stored(work.claimed.path),
-                                            work.received_at, work.claimed.problem)
+                                            work.received_at, work.claimed.problem,
+                                            work.instance)
         try:
             try:
                 if not new_claim:
@@ -60,14 +66,35 @@ class Pipeline:
         await self.filer.finish(work, outcome)
 
     async def _outcome(self, work: Work, ticket: Ticket, resumed: bool) -> Outcome:
-        if await self.jobs.started(work, resumed):
+        if await started(self.ledger, work, resumed):
             await self.checks.describe(work)  # for the result: its job exists, no verdict
-            return await self.jobs.run(work, ticket, resumed)
-        return (await self.checks.check(work, ticket)
-                or await self.jobs.run(work, ticket, resumed))
+            instance = self.instances.get(work.instance or "")
+            if instance is None:
+                return Outcome(FAILED, (
+                    f"its job was made at connector instance {work.instance!r}, which is no "
+                    "longer configured, so it cannot be followed: configure "
+                    f"[instances.{work.instance}] again, or check the job there and drop "
+                    "the file again if it did not complete"))
+            return await instance.jobs.run(work, ticket, resumed)
+        outcome = await self.checks.check(work, ticket)
+        if outcome is not None:
+            return outcome
+        assert work.instance is not None  # a file that passes its checks has one
+        return await self.instances[work.instance].jobs.run(work, ticket, resumed)
 
-    async def resume(self, row: Row, ticket: Ticket) -> None:
+    def instance_of(self, row: Row) -> str | None:
+        """The instance of a file a run left: as recorded; a single-instance ledger's rows
+        (none recorded) are [api]'s, else the file's route now."""
+        if row.instance is not None:
+            return row.instance
+        if DEFAULT_INSTANCE in self.instances:
+            return DEFAULT_INSTANCE
+        return self.checks.route(PurePosixPath(row.rel_path)).instance
+
+    async def resume(self, row: Row) -> None:
         """Go on with a file a run left unfinished, from its ledger row."""
+        instance = self.instance_of(row)
+        ticket = self.resume_ticket(instance)
         path = self.spool.from_stored(row.claimed_path)
         log = get_logger(file=row.rel_path, job_id=row.job_id)
         if path is None:
@@ -77,7 +104,7 @@ class Pipeline:
             await self.ledger.mark_finished(row.claim_id, utcnow())
             return
         work = Work.resumed(row, Claimed(row.claim_id, PurePosixPath(row.rel_path), path,
-                                         problem=row.problem))
+                                         problem=row.problem), instance)
         work.log = log
         if row.state == ledger.FINISHING and row.result_json:
             ticket.close()

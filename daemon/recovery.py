@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from daemon.admission import Admission
 from daemon.ledger import Ledger, utcnow
 from daemon.logs import get_logger
 from daemon.pipeline import Pipeline
@@ -18,7 +17,7 @@ from daemon.work import Work
 log = get_logger()
 
 
-async def recover(spool: Spool, ledger: Ledger, pipeline: Pipeline, admission: Admission,
+async def recover(spool: Spool, ledger: Ledger, pipeline: Pipeline,
                   spawn: Callable[[Coroutine[Any, Any, Any], str], object]) -> None:
     rows = await ledger.unfinished()
     known = {spool.from_stored(r.claimed_path) for r in rows}
@@ -27,16 +26,17 @@ async def recover(spool: Spool, ledger: Ledger, pipeline: Pipeline, admission: A
     for tmp in await asyncio.to_thread(stale_temporaries, spool, keep):
         await asyncio.to_thread(tmp.unlink, True)
     for row in rows:
-        spawn(pipeline.resume(row, admission.resume_ticket()), row.rel_path)
+        spawn(pipeline.resume(row), row.rel_path)
     for path in strays:
         claimed = await asyncio.to_thread(spool.claimed_from_path, path)
         if claimed is None:
             log.warning("recovery.unknown_file", path=str(path))
             continue
+        instance = pipeline.checks.route(claimed.rel).instance
         await ledger.add_claim(claimed.claim_id, str(claimed.rel), spool.to_stored(path),
-                               utcnow(), claimed.problem)
-        spawn(pipeline.process(Work(claimed, utcnow()), admission.resume_ticket()),
-              str(claimed.rel))
+                               utcnow(), claimed.problem, instance)
+        spawn(pipeline.process(Work(claimed, utcnow(), instance),
+                               pipeline.resume_ticket(instance)), str(claimed.rel))
     report_ledger(ledger, len(strays))
     if rows or strays:
         log.info("recovery.started", resumed=len(rows), reclaimed=len(strays),

@@ -37,7 +37,8 @@ class Outcome:
 def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None,
                  job_id: str | None, sha256: str | None, size: int | None, attempts: int,
                  csv_info: dict[str, Any] | None, received_at: str, submitted_at: str | None,
-                 finished_at: str, possible_duplicate: bool = False) -> dict[str, Any]:
+                 finished_at: str, possible_duplicate: bool = False,
+                 instance: str | None = None) -> dict[str, Any]:
     counted = Records(outcome.records_total, outcome.records_failed)
     records = {"total": counted.total, "failed": counted.failed,
                "succeeded": counted.succeeded}
@@ -46,6 +47,7 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
     errors = list(listed) if outcome.status == REJECTED else [described(e) for e in listed]
     result = {
         "file": rel,
+        "instance": instance,
         "object": obj or None,
         "hub": hub,
         "status": outcome.status,

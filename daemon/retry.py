@@ -102,12 +102,14 @@ class AuthGate:
     success opens the gate again for everyone.
     """
 
-    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
+    def __init__(self, base: float = 1.0, cap: float = 60.0, instance: str | None = None) -> None:
         self._open = asyncio.Event()
         self._open.set()
         self._probing = asyncio.Lock()
         self.base, self.cap = base, cap
         self.failures = 0
+        self.refusal: str | None = None  # the API's last word on our credentials, while shut
+        self.log = log.bind(instance=instance) if instance else log
 
     @property
     def is_open(self) -> bool:
@@ -122,8 +124,9 @@ class AuthGate:
 
     def ok(self) -> None:
         if not self._open.is_set():
-            log.info("auth.restored", failed_attempts=self.failures)
+            self.log.info("auth.restored", failed_attempts=self.failures)
         self.failures = 0
+        self.refusal = None
         self._open.set()
 
     async def failed(self, error: AuthError) -> bool:
@@ -137,10 +140,13 @@ class AuthGate:
             return False
         async with self._probing:
             self._open.clear()
+            self.refusal = f"HTTP {error.status}: {error.message}"
             delay = backoff_delay(self.failures, self.base, self.cap) + self.base / 2
             self.failures += 1
-            log.warning("auth.refused", status=error.status, error=error.message,
-                        attempt=self.failures, retry_in=round(delay, 2))
+            self.log.warning("auth.refused", status=error.status, error=error.message,
+                             attempt=self.failures, retry_in=round(delay, 2),
+                             note="uploads and polls of this instance wait until the API "
+                                  "takes its credentials again")
             try:
                 await asyncio.sleep(delay)
             except BaseException:
@@ -151,9 +157,10 @@ class AuthGate:
 
 class RetryPolicy:
     def __init__(self, deadline_seconds: float, gate: AuthGate | None = None,
-                 base: float = 1.0, cap: float = 60.0) -> None:
+                 base: float = 1.0, cap: float = 60.0, instance: str | None = None) -> None:
         self.deadline_seconds = deadline_seconds
-        self.gate = gate or AuthGate(base, cap)
+        self.gate = gate or AuthGate(base, cap, instance)
+        self.log = log.bind(instance=instance) if instance else log
         self.base, self.cap = base, cap
         self.on_retry: Callable[[str], None] = lambda reason: None
 
@@ -199,7 +206,7 @@ class RetryPolicy:
                         delay = max(delay, exc.retry_after)
                     delay = min(delay, left)
                     self.on_retry(exc.kind if exc.kind != "timeout" else "connection")
-                    log.info("api.retry", request=what, error=exc.message, attempt=attempt,
+                    self.log.info("api.retry", request=what, error=exc.message, attempt=attempt,
                              retry_in=round(delay, 2), seconds_left=round(left), **log_context)
                     await asyncio.sleep(delay)
                     continue

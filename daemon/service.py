@@ -18,29 +18,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from daemon import csvfile
-from daemon.admission import Admission, Claimer
+from daemon.admission import Admission, Claimer, Ticket
 from daemon.checks import Checks
-from daemon.client import OpenConnectorsClient
 from daemon.fileref import hard_links_protected
 from daemon.filing import Filer
 from daemon.http_server import HttpServer, raise_descriptor_limit
 from daemon.http_server import serve as serve_http
-from daemon.jobs import Jobs
+from daemon.instances import Instance
 from daemon.ledger import Ledger
 from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
 from daemon.recovery import recover
-from daemon.retry import RetryPolicy
-from daemon.settings import Settings
+from daemon.settings import DEFAULT_INSTANCE, Settings
 from daemon.spool import Spool, SpoolError
 from daemon.store import StoreError
 from daemon.systemd import Notifier
 from daemon.tasks import Tasks
-from daemon.tracker import Tracker
 from daemon.trouble import Troubles
 from daemon.watcher import Watcher
-from daemon.web import Host, Readiness, create_app
+from daemon.web import ApiReadiness, Host, Readiness, create_app
 
 log = get_logger()
 # Claims, small files' checks and filing run on two threads of their own. On 2,000 small
@@ -78,36 +75,32 @@ class Daemon:
         csvfile.set_line_limit(s.spool.max_line_length)
         self.spool = Spool(s.spool.root, s.spool.node_id)
         self.ledger = Ledger(s.spool.state_dir / "bulkdrop.db")
-        self.client = OpenConnectorsClient.from_settings(s.api)
-        self.policy = RetryPolicy(s.api.retry_deadline_seconds)
-        self.tracker = Tracker(self.client, self.policy,
-                               poll_interval=s.workers.poll_interval_seconds,
-                               poll_max_interval=s.workers.poll_max_interval_seconds,
-                               job_timeout=s.workers.job_timeout_seconds)
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.troubles = Troubles()
-        self.client.on_answer = self.metrics.api_answer
-        self.policy.on_retry = self.metrics.retry
         self.ledger.on_trouble = self._ledger_trouble
         self.ledger.on_broken = self.fail
         self._quick = ThreadPoolExecutor(QUICK_THREADS, thread_name_prefix="bulkdrop-files")
         self.tasks = Tasks(_file_crashed)
-        self.admission = Admission(s.workers.uploads, s.workers.max_active_jobs)
         self.checks = Checks(s, self.troubles, self.metrics)
-        self.jobs = Jobs(s, self.ledger, self.client, self.policy, self.tracker, self.checks,
-                         self.metrics)
+        self.instances = {name: Instance(inst, s, self.ledger, self.checks, self.metrics)
+                          for name, inst in s.instances.items()}
+        # Files that go to no instance have slots of their own, to be rejected.
+        self.unrouted = Admission(s.workers.uploads, s.workers.max_active_jobs)
+        self.lanes: dict[str | None, Admission] = {
+            None: self.unrouted, **{n: i.admission for n, i in self.instances.items()}}
         self.filer = Filer(self.spool, self.ledger, self.quick, self.checks, self.tasks,
                            self.troubles, self.metrics)
-        self.pipeline = Pipeline(self.spool, self.ledger, self.checks, self.jobs, self.filer)
-        self.metrics.watch(lambda: len(self.jobs.active), self.ledger.path, self.troubles)
+        self.pipeline = Pipeline(self.spool, self.ledger, self.checks, self.instances,
+                                 self.filer, self.resume_ticket)
+        self.metrics.watch(self.ledger.path, self.troubles)
         candidates: asyncio.Queue[Path] = asyncio.Queue(maxsize=max(64, s.workers.uploads))
         self.watcher = Watcher(self.spool, candidates, settle_seconds=s.spool.settle_seconds,
                                rescan_seconds=s.spool.rescan_seconds,
                                force_polling=s.spool.force_polling, troubles=self.troubles)
         self.watcher.on_scan = self.metrics.inbox_scanned
-        self.claimer = Claimer(self.admission, self.watcher, self.spool, self.checks.examine,
-                               self.quick, self.tasks.spawn,
+        self.claimer = Claimer(self.lanes, self.lane_of, self.watcher, self.spool,
+                               self.checks.examine, self.quick, self.tasks.spawn,
                                lambda work, ticket: self.pipeline.process(work, ticket, True),
                                self.troubles)
         self.fatal: str | None = None  # why the daemon cannot go on, once it cannot
@@ -117,7 +110,28 @@ class Daemon:
         spool = self.spool
         self.readiness = Readiness(
             self.ready, (spool.inbox, spool.processing, spool.done, spool.failed),
-            self.policy.gate, lambda: self.client.objects(s.api.hub), self.troubles)
+            {n: ApiReadiness(i.policy.gate, i.probe) for n, i in self.instances.items()},
+            self.troubles, s.http.ready_when)
+
+    def instance(self, name: str = DEFAULT_INSTANCE) -> Instance:
+        return self.instances[name]
+
+    def lane_of(self, path: Path) -> str | None:
+        """The instance whose slots a file in inbox/ waits for (None: it goes to none)."""
+        instance = self.checks.route(self.spool.rel_to_inbox(path)).instance
+        return instance if instance in self.instances else None
+
+    def resume_ticket(self, instance: str | None) -> Ticket:
+        """A ticket for a file found at start, in its instance's slots."""
+        return self.lanes[instance if instance in self.lanes else None].resume_ticket()
+
+    def wake(self, job_id: str) -> bool:
+        """A callback says *job_id* changed: check it now at the instance following it."""
+        return any([i.tracker.wake(job_id) for i in self.instances.values()])
+
+    @property
+    def active_jobs(self) -> int:
+        return sum(len(i.jobs.active) for i in self.instances.values())
 
     async def quick(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a short file-system step (a claim, a small file's checks, filing) off the loop."""
@@ -153,8 +167,7 @@ class Daemon:
         try:
             http = await self._serve_http()
             self.notifier.extend_timeout(90)  # recovery may take a while with many rows
-            await recover(self.spool, self.ledger, self.pipeline, self.admission,
-                          self.tasks.spawn)
+            await recover(self.spool, self.ledger, self.pipeline, self.tasks.spawn)
             self.core = [asyncio.create_task(self.watcher.run(self.stop_event), name="watcher"),
                          asyncio.create_task(self.claimer.run(), name="claimer")]
             self._started()
@@ -174,7 +187,8 @@ class Daemon:
                 await asyncio.gather(notifying, return_exceptions=True)
             if http is not None:
                 await http.cleanup()
-            await self.client.close()
+            for instance in self.instances.values():
+                await instance.close()
             await self.ledger.close()
             self._quick.shutdown(wait=False)
             self.notifier.close()
@@ -187,7 +201,7 @@ class Daemon:
                         note="fs.protected_hardlinks is off: anyone may link a file they "
                              "cannot read into inbox/, so files with other links are "
                              "rejected; set fs.protected_hardlinks = 1 to take them")
-        locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_objects)
+        locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_folders)
         for folder in locked:
             log.error("spool.unwritable_dir", path=str(folder),
                       note="files dropped here cannot be claimed: give the daemon's group "
@@ -202,7 +216,7 @@ class Daemon:
         if not http.enabled:
             return None
         app, connections = create_app(Host(
-            self.dead_tasks, self.readiness, self.tracker.wake, self.metrics.registry,
+            self.dead_tasks, self.readiness, self.wake, self.metrics.registry,
             self.settings.callback.signature_key))
         try:
             return await serve_http(app, connections, http.host, http.port,
@@ -217,19 +231,27 @@ class Daemon:
             log.warning("callback.unsigned", public_url=callback.public_url,
                         note="set [callback] signature_key: anyone who can reach "
                              "/callbacks/bulk can make the daemon poll")
-        log.info("daemon.started", spool=str(self.spool.root), node=self.settings.spool.node_id,
-                 api=self.settings.api.base_url, uploads=self.settings.workers.uploads,
+        s = self.settings
+        log.info("daemon.started", spool=str(self.spool.root), node=s.spool.node_id,
+                 instances={n: {"api": i.api.base_url, "hub": i.api.hub, "uploads": i.uploads,
+                                "requests_per_second": i.api.requests_per_second}
+                            for n, i in s.instances.items()},
+                 default_instance=s.default_instance,
                  event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
                  open_files_limit=self.descriptors)
         self.ready.set()
         self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
-        """One line for systemd's STATUS=: what is happening now and what has been done."""
+        """One line for systemd's STATUS=: what each instance is doing now, and what has
+        been done."""
         counts = self.filer.counts
-        return (f"{len(self.jobs.active)} jobs running, {self.jobs.uploads_now} uploading; "
-                f"done {counts.get('COMPLETE', 0)}, failed {counts.get('FAILED', 0)}, "
+        done = (f"done {counts.get('COMPLETE', 0)}, failed {counts.get('FAILED', 0)}, "
                 f"rejected {counts.get('REJECTED', 0)}")
+        if len(self.instances) == 1:
+            (only,) = self.instances.values()
+            return f"{only.status()}; {done}"
+        return "; ".join([*(f"{n}: {i.status()}" for n, i in self.instances.items()), done])
 
     async def _shutdown(self) -> None:
         """Stop intake, let uploads in flight finish within the grace, cancel the rest,
@@ -237,7 +259,8 @@ class Daemon:
         a cut one would be sent again at the next start. Those get their answer (each
         within ``request_timeout_seconds``), the stop timeout extended meanwhile."""
         started = time.monotonic()
-        self.admission.stopping = True
+        for admission in self.lanes.values():
+            admission.stopping = True
         grace = self.settings.workers.shutdown_grace_seconds
         self.notifier.stopping(f"stopping: {self.status_line()}")
         self.notifier.extend_timeout(grace + 15)
@@ -245,9 +268,11 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self.core, return_exceptions=True)
         # Jobs being followed resume from the ledger next time: no need to wait for them.
-        self.tracker.cancel_all()
+        for instance in self.instances.values():
+            instance.tracker.cancel_all()
         await self.tasks.wait(self.tasks.running, grace)
-        answering = [t for t in self.tasks.running if t in self.jobs.answering]
+        answering = [t for t in self.tasks.running
+                     if any(t in i.jobs.answering for i in self.instances.values())]
         if answering:
             wait = self.settings.api.request_timeout_seconds + 5
             self.notifier.extend_timeout(wait + 15)

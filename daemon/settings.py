@@ -70,6 +70,7 @@ class SpoolSettings:
     root: Path = Path("/var/spool/bulkdrop")
     state_dir: Path = Path()  # left as Path(): <root>/.state/<node_id>
     default_object: str = ""
+    default_instance: str = ""  # "": the only instance, else [api]'s when it is one
     settle_seconds: float = 1.0
     node_id: str = field(default_factory=socket.gethostname)
     rescan_seconds: float = 30.0
@@ -130,6 +131,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class HttpSettings:
     listen: str = "127.0.0.1:8470"
+    # /readyz is 503 when any instance is not ready ("all" must be), or only when none is.
+    ready_when: Literal["all", "any"] = "all"
 
     @property
     def enabled(self) -> bool:
@@ -151,6 +154,33 @@ class LogSettings:
 
 
 _DEFAULT_OBJECT = ObjectSettings()
+DEFAULT_INSTANCE = "default"  # [api] as an instance
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """One connector instance: where and as whom to call the API (``api``: its own base
+    URL, hub, secrets and rate, [api]'s timeouts), its own limits and objects."""
+    name: str
+    api: ApiSettings
+    uploads: int = 4
+    max_active_jobs: int = 32
+    default_object: str = ""
+    objects: Mapping[str, ObjectSettings] = field(default_factory=dict)
+
+    def object_settings(self, name: str) -> ObjectSettings:
+        return self.objects.get(name, _DEFAULT_OBJECT)
+
+    def hub_for(self, obj: str) -> str:
+        return self.object_settings(obj).hub or self.api.hub
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a file below inbox/ goes: an instance and an object, or why nowhere."""
+    instance: str | None
+    obj: str | None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,18 +196,78 @@ class Settings:
     # "section.key" -> where its value came from: "file", "env BULKDROP_...",
     # "credential <path>", "command"; keys not listed have their default.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # The connector instances by name: [api] alone is one, "default"; with
+    # [instances.<name>] tables, those (and [api] too when it has an element_token).
+    instances: Mapping[str, InstanceSettings] = field(default_factory=dict)
+    default_instance: str | None = None  # where inbox/<object>/ and inbox/ go
+    instance_folders: bool = False  # [instances.*] given: inbox/<instance>/ routes
+
+    def __post_init__(self) -> None:
+        if not self.instances:  # built by hand (not by load_settings): [api] alone
+            only = InstanceSettings(DEFAULT_INSTANCE, self.api, self.workers.uploads,
+                                    self.workers.max_active_jobs, self.spool.default_object,
+                                    self.objects)
+            object.__setattr__(self, "instances", {DEFAULT_INSTANCE: only})
+            object.__setattr__(self, "default_instance", DEFAULT_INSTANCE)
+
+    def instance(self, name: str | None = None) -> InstanceSettings:
+        """The instance *name* (KeyError if none is so named), else the default one, else
+        the first (for commands that need one: ``validate``, ``submit``)."""
+        if name is not None:
+            return self.instances[name]
+        return self.instances[self.default_instance or next(iter(self.instances))]
+
+    def instance_or_default(self, name: str | None) -> InstanceSettings:
+        """The instance *name* while it is configured, else the default one."""
+        found = self.instances.get(name) if name is not None else None
+        return found or self.instance()
 
     def object_settings(self, name: str) -> ObjectSettings:
-        return self.objects.get(name, _DEFAULT_OBJECT)
+        """An object's settings as the default instance has them."""
+        return self.instance().object_settings(name)
 
     def hub_for(self, obj: str) -> str:
-        return self.object_settings(obj).hub or self.api.hub
+        return self.instance().hub_for(obj)
+
+    def route(self, rel: PurePath) -> Route:
+        """The instance and object of a file dropped as ``inbox/<rel>``: the first folder
+        names an instance when it is one (with ``[instances.*]`` given), else an object of
+        the default instance; a file with no object folder goes to its instance's
+        ``default_object``."""
+        folders = rel.parts[:-1]
+        if self.instance_folders and folders and folders[0] in self.instances:
+            name, rest, where = folders[0], folders[1:], f"inbox/{folders[0]}/"
+        elif self.default_instance is None:
+            names = ", ".join(sorted(self.instances))
+            where = (f"inbox/{folders[0]}/ names no connector instance" if folders else
+                     "files directly in inbox/ go to no connector instance")
+            return Route(None, None, (f"{where} (configured: {names}): drop it into "
+                                      "inbox/<instance>/<object>/, or set [spool] "
+                                      "default_instance"))
+        else:
+            name, rest, where = self.default_instance, folders, "inbox/"
+        if rest:
+            return Route(name, rest[0])
+        obj = self.instances[name].default_object
+        if obj:
+            return Route(name, obj)
+        key = ("[spool] default_object" if where == "inbox/" else
+               f"[instances.{name}] default_object")
+        return Route(name, None, (f"files directly in {where} need an object: drop it into "
+                                  f"{where}<object>/ (e.g. {where}contact/) or set {key}"))
 
     @property
-    def inbox_objects(self) -> list[str]:
-        """The objects named in the config: each gets its ``inbox/<object>/`` at start."""
-        named = [*self.objects, self.spool.default_object]
-        return sorted({name for name in named if name})
+    def inbox_folders(self) -> list[str]:
+        """The folders below inbox/ the config names (``<object>`` of the default
+        instance, ``<instance>/<object>`` of the others): each is made at start."""
+        named: set[str] = set()
+        for name, inst in self.instances.items():
+            objects = [o for o in (*inst.objects, inst.default_object) if o]
+            if name == self.default_instance:
+                named.update(objects)
+            elif self.instance_folders:
+                named.update([name, *(f"{name}/{o}" for o in objects)])
+        return sorted(named)
 
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,

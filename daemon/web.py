@@ -16,7 +16,7 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,36 +36,25 @@ SIGNATURE_HEADER = "Elements-Webhook-Signature"
 log = get_logger()
 
 
-class Readiness:
-    """What ``/readyz`` says: watching, the spool writable, the API answering and taking
-    our credentials (asked at most every :attr:`ttl` seconds), nothing ridden out."""
+class ApiReadiness:
+    """One connector instance's part of readiness: its API answering and taking its
+    credentials, asked at most every :attr:`ttl` seconds."""
 
-    def __init__(self, watching: asyncio.Event, folders: Sequence[Path], gate: AuthGate,
-                 probe: Callable[[], Awaitable[object]], troubles: Troubles,
+    def __init__(self, gate: AuthGate, probe: Callable[[], Awaitable[object]],
                  ttl: float = 10.0) -> None:
-        self.watching = watching
-        self.folders = folders
         self.gate = gate
         self.probe = probe
-        self.troubles = troubles
         self.ttl = ttl  # seconds an answer from the API is trusted
         self.api_problem: str | None = None
         self._checked = -1e9
 
-    async def problems(self) -> list[str]:
-        problems = []
-        if not self.watching.is_set():
-            problems.append("starting")
-        unwritable = await asyncio.to_thread(
-            lambda: [str(f) for f in self.folders if not os.access(f, os.W_OK | os.X_OK)])
-        if unwritable:
-            problems.append(f"spool not writable: {', '.join(unwritable)}")
+    async def problem(self) -> str | None:
+        """None when ready, else what is wrong, in a line."""
+        answers = await self.api_answers()  # a success opens a shut gate at once
         if not self.gate.is_open:
-            problems.append("the API refuses the credentials")
-        elif not await self.api_answers():
-            problems.append(f"the API does not answer: {self.api_problem}")
-        problems.extend(self.troubles.lines())
-        return problems
+            refusal = f" ({self.gate.refusal})" if self.gate.refusal else ""
+            return f"credentials refused{refusal}: its files wait"
+        return None if answers else self.api_problem
 
     async def api_answers(self) -> bool:
         """Ask the API at most every :attr:`ttl` seconds; a success opens the auth gate."""
@@ -76,10 +65,44 @@ class Readiness:
                 self.api_problem = None
                 self.gate.ok()
             except AuthError as exc:
-                self.api_problem = f"HTTP {exc.status}: {exc.message}"
+                self.api_problem = f"credentials refused (HTTP {exc.status}: {exc.message})"
             except ApiError as exc:
-                self.api_problem = exc.message
+                self.api_problem = f"the API does not answer: {exc.message}"
         return self.api_problem is None
+
+
+class Readiness:
+    """What ``/readyz`` says: watching, the spool writable, nothing ridden out, and each
+    connector instance ready; with ``ready_when = "any"``, one ready instance is enough."""
+
+    def __init__(self, watching: asyncio.Event, folders: Sequence[Path],
+                 instances: Mapping[str, ApiReadiness], troubles: Troubles,
+                 ready_when: str = "all") -> None:
+        self.watching = watching
+        self.folders = folders
+        self.instances = instances
+        self.troubles = troubles
+        self.ready_when = ready_when
+
+    async def check(self) -> tuple[list[str], dict[str, str]]:
+        """(what stops the daemon being ready, each instance's state: "ready" or why not)."""
+        problems = []
+        if not self.watching.is_set():
+            problems.append("starting")
+        unwritable = await asyncio.to_thread(
+            lambda: [str(f) for f in self.folders if not os.access(f, os.W_OK | os.X_OK)])
+        if unwritable:
+            problems.append(f"spool not writable: {', '.join(unwritable)}")
+        states = dict(zip(self.instances, await asyncio.gather(
+            *(api.problem() for api in self.instances.values())), strict=True))
+        down = {name: problem for name, problem in states.items() if problem}
+        if down and (self.ready_when == "all" or len(down) == len(states)):
+            problems.extend(f"instance {name}: {problem}" for name, problem in down.items())
+        problems.extend(self.troubles.lines())
+        return problems, {name: problem or "ready" for name, problem in states.items()}
+
+    async def problems(self) -> list[str]:
+        return (await self.check())[0]
 
 
 @dataclass(frozen=True)
@@ -115,10 +138,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready: see :class:`Readiness`."""
-    problems = await request.app[HOST].readiness.problems()
+    problems, instances = await request.app[HOST].readiness.check()
     if problems:
-        return web.json_response({"status": "not ready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready", "checked": round(time.time())})
+        return web.json_response({"status": "not ready", "problems": problems,
+                                  "instances": instances}, status=503)
+    return web.json_response({"status": "ready", "checked": round(time.time()),
+                              "instances": instances})
 
 
 def signature_ok(key: str, body: bytes, header: str | None) -> bool:

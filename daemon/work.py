@@ -16,6 +16,7 @@ from daemon.spool import Claimed
 class Work:
     claimed: Claimed
     received_at: str
+    instance: str | None = None        # the connector instance it goes to
     obj: str | None = None
     hub: str | None = None
     job_id: str | None = None          # its (first part's) job, once created
@@ -35,9 +36,10 @@ class Work:
         self.problem = self.problem or self.claimed.problem
 
     @classmethod
-    def resumed(cls, row: Row, claimed: Claimed) -> Work:
-        return cls(claimed, row.received_at, row.object, row.hub, row.job_id, row.attempts,
-                   row.submitted_at, possible_duplicate=bool(row.possible_duplicate))
+    def resumed(cls, row: Row, claimed: Claimed, instance: str | None) -> Work:
+        return cls(claimed, row.received_at, instance, row.object, row.hub, row.job_id,
+                   row.attempts, row.submitted_at,
+                   possible_duplicate=bool(row.possible_duplicate))
 
     @property
     def examined(self) -> bool:

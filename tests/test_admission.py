@@ -29,7 +29,8 @@ async def test_claimed_files_waiting_are_bounded(make_settings, run_daemon, sim:
     def claimed() -> int:
         return sum(1 for p in processing.rglob("*.csv") if p.is_file())
 
-    await wait_for(lambda: sim.sim.unfinished_jobs == jobs and daemon.admission.intake.locked()
+    intake = daemon.instance().admission.intake
+    await wait_for(lambda: sim.sim.unfinished_jobs == jobs and intake.locked()
                    and claimed() == jobs + waiting,
                    what=f"{jobs} jobs running and {waiting} files waiting")
     assert len(list((spool_root / "inbox" / "contact").glob("*.csv"))) == 10 - jobs - waiting

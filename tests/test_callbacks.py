@@ -76,8 +76,8 @@ async def test_bad_callbacks_are_refused_and_change_nothing(
     sim.sim.config.job_outcome = "NEVER"    # the job stays followed
     daemon = await run_daemon(callback_settings)
     drop(spool_root, "contact/waiting.csv", contacts_csv(2))
-    await wait_for(lambda: daemon.jobs.active, what="a job being followed")
-    (job_id,) = daemon.jobs.active
+    await wait_for(lambda: daemon.instance().jobs.active, what="a job being followed")
+    (job_id,) = daemon.instance().jobs.active
     before = _snapshot(spool_root)
     polls = sim.sim.requests[("GET", "bulk_status")]
     good = json.dumps({"id": job_id, "status": "COMPLETED"}).encode()
@@ -107,7 +107,8 @@ async def test_bad_callbacks_are_refused_and_change_nothing(
 async def test_readyz_follows_the_apis_verdict_on_our_credentials(
         make_settings, run_daemon, sim: SimServer, port: int) -> None:
     daemon = await run_daemon(make_settings(http__listen=f"127.0.0.1:{port}"))
-    daemon.readiness.ttl = 0
+    for api in daemon.readiness.instances.values():
+        api.ttl = 0
     url = f"http://127.0.0.1:{port}/readyz"
     async with aiohttp.ClientSession() as session:
         async with session.get(url) as resp:
@@ -141,16 +142,20 @@ async def test_metrics_parse_and_move_as_files_flow(make_settings, run_daemon, s
                        and sum(daemon.filer.counts.values()) == 2, what="both filed")
         async with session.get(url) as resp:
             after = _samples(await resp.text())
-    complete = ("bulkdrop_files_finished_total", (("object", "contact"), ("outcome", "COMPLETE")))
+    default = ("instance", "default")
+    complete = ("bulkdrop_files_finished_total",
+                (default, ("object", "contact"), ("outcome", "COMPLETE")))
     assert before.get(complete, 0) == 0 and after[complete] == 1
     assert after[("bulkdrop_files_finished_total",
-                  (("object", "contact"), ("outcome", "REJECTED")))] == 1
-    assert after[("bulkdrop_records_failed_total", (("object", "contact"),))] == 2
-    assert after[("bulkdrop_uploaded_bytes_total", ())] == len(contacts_csv(4, bad_every=2))
+                  (default, ("object", "contact"), ("outcome", "REJECTED")))] == 1
+    assert after[("bulkdrop_records_failed_total", (default, ("object", "contact")))] == 2
+    assert after[("bulkdrop_uploaded_bytes_total", (default,))] == len(
+        contacts_csv(4, bad_every=2))
     assert after[("bulkdrop_api_requests_total",
-                  (("code", "200"), ("endpoint", "create_job")))] == 1
+                  (("code", "200"), ("endpoint", "create_job"), default))] == 1
     assert after[("bulkdrop_upload_duration_seconds_count", ())] == 1
     assert after[("bulkdrop_job_duration_seconds_count", ())] == 1
-    assert after[("bulkdrop_uploads_in_flight", ())] == 0
-    assert after[("bulkdrop_unfinished_jobs", ())] == 0
+    assert after[("bulkdrop_uploads_in_flight", (default,))] == 0
+    assert after[("bulkdrop_unfinished_jobs", (default,))] == 0
+    assert after[("bulkdrop_instance_paused", (default,))] == 0
     assert after[("bulkdrop_ledger_bytes", ())] > 0

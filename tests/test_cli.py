@@ -104,21 +104,36 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
     assert proc.stdout is not None and proc.stderr is not None
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     await wait_for(lambda: "drop CSV files into" in out.text(), what="sandbox banner")
-    assert str(tmp_path / "spool" / "inbox") in out.text()
-    assert (tmp_path / "spool" / "inbox" / "contact").is_dir(), "the folder it names exists"
+    inbox = tmp_path / "spool" / "inbox"
+    assert f"{inbox}/contact/" in out.text() and f"{inbox}/marketing/contact/" in out.text()
+    for folder in ("contact", "marketing/contact"):
+        assert (inbox / folder).is_dir(), "the folders it names exist"
     drop(tmp_path / "spool", "people.csv", contacts_csv(5))   # default_object = contact
-    done = tmp_path / "spool" / "done" / "people.csv"
-    await wait_for(lambda: done.with_name("people.csv.result.json").exists(), timeout=30,
-                   what="sandbox result")
-    assert result_of(done)["status"] == "COMPLETE"
-    assert result_of(done)["object"] == "contact"
+    drop(tmp_path / "spool", "marketing/contact/leads.csv", contacts_csv(3))
+    done = tmp_path / "spool" / "done"
+    for rel in ("people.csv", "marketing/contact/leads.csv"):
+        await wait_for(lambda rel=rel: (done / f"{rel}.result.json").exists(), timeout=30,
+                       what=f"sandbox result of {rel}")
+    people, leads = result_of(done / "people.csv"), result_of(done / "marketing/contact/leads.csv")
+    assert people["status"] == leads["status"] == "COMPLETE"
+    assert people["object"] == leads["object"] == "contact"
+    assert (people["instance"], leads["instance"]) == ("crm", "marketing")
+    assert (people["hub"], leads["hub"]) == ("crm", "marketing")
     # The other commands find the sandbox's spool and simulator from its folder.
     code, shown, _ = await finish(await spawn("status", "--sandbox", env=clean_env(),
                                               cwd=tmp_path))
-    assert code == 0 and "COMPLETE 1" in shown and str(tmp_path / "spool") in shown
+    assert code == 0 and "COMPLETE 2" in shown and str(tmp_path / "spool") in shown
+    assert "crm (default): COMPLETE 1" in shown and "marketing: COMPLETE 1" in shown
     code, listed, _ = await finish(await spawn("objects", "--sandbox", env=clean_env(),
                                                cwd=tmp_path))
-    assert code == 0 and "contact" in listed.split()
+    assert code == 0 and "[crm] hub crm" in listed and "[marketing] hub marketing" in listed
+    assert listed.split().count("contact") == 2
+    code, listed, _ = await finish(await spawn("objects", "--sandbox", "--instance",
+                                               "marketing", env=clean_env(), cwd=tmp_path))
+    assert code == 0 and "contact" in listed.split() and "[" not in listed
+    code, _, said = await finish(await spawn("objects", "--sandbox", "--instance", "nope",
+                                             env=clean_env(), cwd=tmp_path))
+    assert code == 2 and "instances: crm, marketing" in said
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     await asyncio.gather(out.task, err.task)

@@ -404,8 +404,14 @@ def test_example_config_loads_with_the_builtin_defaults() -> None:
     s = load_settings(EXAMPLE, {})
     assert s.api.base_url.startswith("https://") and s.api.base_url.endswith("/elements/api-v2")
     builtin = load_settings(None, {"BULKDROP_API_BASE_URL": s.api.base_url})
+
+    def objectless(settings: Settings) -> Settings:
+        return dataclasses.replace(settings, objects={}, source=None, instances={
+            n: dataclasses.replace(i, objects={}) for n, i in settings.instances.items()})
+
     # the example states the defaults: loading it changes nothing but its objects
-    assert dataclasses.replace(s, objects={}, source=None) == builtin
+    assert objectless(s) == objectless(builtin)
+    assert list(s.instances) == ["default"] and not s.instance_folders
     contact = s.object_settings("contact")
     assert contact.metadata == {"identifierFieldName": "email", "action": "upsert"}
 
@@ -422,8 +428,16 @@ def test_example_config_documents_every_key() -> None:
     sections = re.split(r"^\[([\w.]+)\]\s*$", text, flags=re.MULTILINE)
     bodies = dict(zip(sections[1::2], sections[2::2], strict=True))
     assert set(bodies) == set(SECTION_TYPES)
-    assert {f.name for f in dataclasses.fields(Settings)} - {"source", "origins"} == {
-        name.split(".")[0] for name in SECTION_TYPES}
+    derived = {"source", "origins", "default_instance", "instance_folders"}
+    assert {f.name for f in dataclasses.fields(Settings)} - derived == {
+        name.split(".")[0] for name in SECTION_TYPES} | {"instances"}
+    # [instances.<name>] shown commented out (an example instance would be one), every key
+    instance = text.split("# [instances.crm]\n", 1)[1]
+    for key in (*(f.name for f in dataclasses.fields(ApiSettings)
+                  if not f.name.endswith(("timeout_seconds", "deadline_seconds"))),
+                "uploads", "max_active_jobs", "default_object"):
+        assert re.search(rf"^# {key} = ", instance, re.MULTILINE), f"instances.*.{key}"
+    assert "# [instances.crm.objects.contact]" in instance
     for section, cls in SECTION_TYPES.items():
         for f in dataclasses.fields(cls):
             # set, or shown commented out (keys whose default is computed)

@@ -50,7 +50,7 @@ async def test_a_retry_after_a_request_that_may_have_made_a_job_is_named(
     assert len(sim.sim.jobs) == made and result["job_id"] == max(sim.sim.jobs)
     registry = daemon.metrics.registry
     counted = registry.get_sample_value("bulkdrop_create_retries_total",
-                                        {"reason": reason or "5xx"})
+                                        {"instance": "default", "reason": reason or "5xx"})
     assert (counted or 0) == (1 if duplicate else 0)
 
 

@@ -31,7 +31,10 @@ from tests.procs import SECRET_ENV, DaemonProc, daemons, recorded_job_ids, write
 RELEASE_1 = Path(__file__).parent / "data" / "ledger_v1"  # made by its make.py
 
 
-async def test_a_spool_left_by_the_last_release_resumes(sim: SimServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("instances", [False, True], ids=["as-it-was", "instances-added"])
+async def test_a_spool_left_by_the_last_release_resumes(sim: SimServer, tmp_path: Path,
+                                                        instances: bool) -> None:
+    """...and goes on under [api], the instance "default", when [instances] are added."""
     root = tmp_path / "spool"
     shutil.copytree(RELEASE_1 / "spool", root)
     db = root / ".state" / "n1" / "bulkdrop.db"
@@ -48,12 +51,17 @@ async def test_a_spool_left_by_the_last_release_resumes(sim: SimServer, tmp_path
             assert created.id == job["id"]
     finally:
         await client.close()
+    added = {"instances.marketing": {"user_secret": "m-user", "element_token": "m-token"}}
     config = write_config(tmp_path / "c.toml", sim.base_url, root,
-                          **{"objects.contact": {"max_rows_per_job": 2}})
+                          **{"objects.contact": {"max_rows_per_job": 2}},
+                          **(added if instances else {}))
     async with daemons() as started:
         daemon = await DaemonProc(config, tmp_path / "d.log").start()
         started.append(daemon)
         await wait_for(lambda: len(finished(root)) == 3, timeout=30, what="3 files filed")
+        if instances:  # and the instance added takes files of its own
+            drop(root, "marketing/contact/new.csv", contacts_csv(2))
+            await wait_for(lambda: len(finished(root)) == 4, timeout=30, what="new.csv filed")
         daemon.signal(signal.SIGTERM)
         assert await asyncio.wait_for(daemon.wait(), 20) == 0
     done = root / "done" / "contact"
@@ -67,7 +75,16 @@ async def test_a_spool_left_by_the_last_release_resumes(sim: SimServer, tmp_path
     unsent = result_of(done / "unsent.csv")
     assert unsent["status"] == "COMPLETE"
     assert {third, unsent["job_id"]} == {"1005", "1006"}, "both sent now"
-    assert len(sim.sim.jobs) == 6, "no recorded job was created again"
+    assert {single["instance"], parts["instance"], unsent["instance"]} == {"default"}
+    assert len(sim.sim.jobs) == (7 if instances else 6), "no recorded job was created again"
+    if instances:
+        new = result_of(root / "done" / "marketing" / "contact" / "new.csv")
+        assert new["status"] == "COMPLETE" and new["instance"] == "marketing"
+        assert new["object"] == "contact"
+        spaces = {job.space for job in sim.sim.jobs.values()}
+        assert sim.sim.jobs[new["job_id"]].space not in {
+            sim.sim.jobs[single["job_id"]].space}, "made with marketing's token"
+        assert len(spaces) == 2
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("SELECT DISTINCT state FROM files").fetchall() == [("FINISHED",)]

@@ -234,11 +234,11 @@ async def test_a_cancelled_serve_still_drains_before_the_ledger_closes(
         await wait_for(daemon.ready.is_set, what="ready")
         for i in range(2):
             drop(spool_root, f"contact/c{i}.csv", contacts_csv(2, tag=str(i)))
-        await wait_for(lambda: len(daemon.jobs.active) == 2, what="2 jobs followed")
+        await wait_for(lambda: len(daemon.instance().jobs.active) == 2, what="2 jobs followed")
         serving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(serving, 15)
-        assert daemon.tasks.running == [] and not daemon.jobs.active
+        assert daemon.tasks.running == [] and not daemon.instance().jobs.active
         assert daemon.ledger._conn is None, "the ledger is closed, after everything else"
     finally:
         serving.cancel()

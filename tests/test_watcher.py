@@ -52,7 +52,7 @@ async def test_the_inbox_gauges_match_the_inbox_within_one_rescan(
     daemon = await run_daemon(make_settings(spool__rescan_seconds=0.5))
     registry = daemon.metrics.registry
     drop(spool_root, "contact/first.csv", contacts_csv(2))
-    await wait_for(lambda: not daemon.policy.gate.is_open, what="uploads paused")
+    await wait_for(lambda: not daemon.instance().policy.gate.is_open, what="uploads paused")
     oldest = time.time()
     for i in range(300):
         drop(spool_root, f"contact/b{i:03}.csv", contacts_csv(2, tag=str(i)))

@@ -19,7 +19,8 @@ async def test_healthz_and_readyz_follow_the_api(make_settings, run_daemon,
         async with session.get(base + "/readyz") as resp:
             assert resp.status == 200, await resp.text()
         sim.sim.config.auth_broken = True
-        daemon.readiness.ttl = 0  # ask the API at every request
+        for api in daemon.readiness.instances.values():
+            api.ttl = 0  # ask the API at every request
         async with session.get(base + "/readyz") as resp:
             assert resp.status == 503
             assert "401" in str((await resp.json())["problems"])

@@ -12,7 +12,13 @@ from aiohttp.typedefs import Handler
 
 from daemon.sim.api import SIM_KEY, add_routes
 from daemon.sim.config import apply_patch
-from daemon.sim.gate import DROPPED_STATUS, auth_problem, error_response, inject_fault
+from daemon.sim.gate import (
+    DROPPED_STATUS,
+    auth_problem,
+    error_response,
+    inject_fault,
+    space_of,
+)
 from daemon.sim.state import Simulator
 from daemon.sim.upload import drain
 
@@ -49,6 +55,7 @@ async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.name or "unmatched"
     sim.requests[(request.method, route)] += 1
     sim.request_times.append(time.monotonic())
+    sim.request_spaces.append(space_of(request))
     try:
         response = await handler(request)
     except ConnectionResetError:

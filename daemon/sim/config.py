@@ -20,7 +20,7 @@ ErrorShape = Literal["numbered", "plain"]
 CREATE_FAULTS = ("503", "429", "drop", "lost", "504")
 
 DEFAULT_OBJECTS = ("activities", "contact", "campaign", "list", "account")
-SECRET_FIELDS = frozenset({"user_secret", "element_token", "signature_key"})
+SECRET_FIELDS = frozenset({"user_secret", "element_token", "signature_key", "refused_tokens"})
 _RATE_FIELDS = frozenset({"error_rate", "rate_limit_rate", "retry_after_rate", "drop_rate"})
 _NON_NEGATIVE_FIELDS = frozenset({"job_seconds", "latency_seconds", "retry_after_seconds",
                                   "create_delay_seconds", "max_upload_bytes"})
@@ -41,6 +41,8 @@ class SimConfig:
     element_token: str | None = None
     signature_key: str | None = None
     auth_broken: bool = False
+    # Element tokens answered 401, as a connector instance whose token was revoked.
+    refused_tokens: list[str] = field(default_factory=list)
     # Fault injection, decided per API request with random.Random(seed).
     latency_seconds: float = 0.0
     error_rate: float = 0.0
@@ -128,7 +130,7 @@ def public_config(config: SimConfig) -> dict[str, Any]:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in SECRET_FIELDS:
-            out[f"{f.name}_set"] = value is not None
+            out[f"{f.name}_set"] = bool(value) if isinstance(value, list) else value is not None
         else:
             out[f.name] = list(value) if isinstance(value, list) else value
     return out

@@ -111,7 +111,12 @@ def space_of(request: web.Request) -> str:
     """The job space a request works in: its Element token's (each connector instance
     sees only its own jobs), kept as a digest, never the token."""
     element = parse_authorization(request.headers.get("Authorization", "")).get("element", "")
-    return hashlib.sha256(element.encode()).hexdigest()[:16]
+    return token_space(element)
+
+
+def token_space(element_token: str) -> str:
+    """The job space of an Element token."""
+    return hashlib.sha256(element_token.encode()).hexdigest()[:16]
 
 
 def auth_problem(request: web.Request, config: SimConfig) -> str | None:
@@ -126,6 +131,8 @@ def auth_problem(request: web.Request, config: SimConfig) -> str | None:
         return "Invalid user secret"
     if config.element_token is not None and not _same(element, config.element_token):
         return "Invalid element token"
+    if any(_same(element, refused) for refused in config.refused_tokens):
+        return "Invalid element token: it has been revoked"
     return None
 
 

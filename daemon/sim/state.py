@@ -84,8 +84,10 @@ class Simulator:
 
     def reset_counters(self) -> None:
         self.requests: Counter[tuple[str, str]] = Counter()
-        # When each API request arrived (monotonic seconds), the latest 100,000.
+        # When each API request arrived (monotonic seconds), the latest 100,000, and the
+        # job space (Element token digest, see gate.space_of) of each.
         self.request_times: deque[float] = deque(maxlen=100_000)
+        self.request_spaces: deque[str] = deque(maxlen=100_000)
         self.responses: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
         self.creates_attempted = 0

@@ -1,0 +1,272 @@
+"""Several connector instances in one daemon: each with its own credentials (from the file,
+the environment, ``_FILE`` variables and systemd credentials), its own folder below
+inbox/, its own limits and rate, and its own pause: one whose credentials are refused
+holds up only its own files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon import ops
+from daemon.config import load_settings
+from daemon.ratelimit import busiest_second
+from daemon.settings import ConfigError, Route, Settings
+from daemon.sim import SimServer
+from daemon.sim.gate import token_space
+from tests.helpers import contacts_csv, drop, finished, free_port, result_of, wait_for
+
+TOKENS = {"crm": "crm-t0ken", "marketing": "mkt-t0ken"}
+TWO = f"""
+[instances.crm]
+user_secret = "u-crm"
+element_token = "{TOKENS['crm']}"
+hub = "crm"
+
+[instances.marketing]
+user_secret = "u-mkt"
+element_token = "{TOKENS['marketing']}"
+default_object = "contact"
+"""
+
+
+def two_instances(make_settings: Callable[..., Settings], extra: str = "",
+                  **overrides: Any) -> Settings:
+    """crm and marketing, and [api] no instance of its own (no element_token)."""
+    return make_settings(TWO + extra, api__element_token="", api__user_secret="", **overrides)
+
+
+def load(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> Settings:
+    path = tmp_path / "bulkdrop.toml"
+    api = '[api]\nbase_url = "http://127.0.0.1:9"\n'
+    path.write_text(toml.replace("[api]\n", api) if "[api]\n" in toml else api + toml)
+    return load_settings(path, env or {})
+
+
+# -- configuration ----------------------------------------------------------------------
+
+def test_each_instances_secrets_come_from_file_env_file_variables_and_credentials(
+        tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "eloqua-prod.user_secret").write_text("cred-user\n")
+    (tmp_path / "token").write_text("file-token\n")
+    settings = load(tmp_path, """
+[objects.contact]
+partial = "failed"
+max_rows_per_job = 7
+
+[instances.crm]
+element_token = "toml-token"
+user_secret = "toml-user"
+uploads = 2
+requests_per_second = 5
+
+[instances.crm.objects.contact]
+max_rows_per_job = 10
+
+[instances.eloqua-prod]
+base_url = "https://eu.example.com/elements/api-v2/"
+hub = "marketing"
+""", {"BULKDROP_INSTANCES_ELOQUA_PROD_ELEMENT_TOKEN_FILE": str(tmp_path / "token"),
+      "BULKDROP_INSTANCES_CRM_ELEMENT_TOKEN": "env-token",
+      "CREDENTIALS_DIRECTORY": str(creds)})
+    crm, eloqua = settings.instances["crm"], settings.instances["eloqua-prod"]
+    assert list(settings.instances) == ["crm", "eloqua-prod"], "[api] has no token: none"
+    assert settings.default_instance is None and settings.instance_folders
+    assert crm.api.element_token.reveal() == "env-token", "the variable over the file"
+    assert crm.api.user_secret.reveal() == "toml-user"
+    assert eloqua.api.element_token.reveal() == "file-token"
+    assert eloqua.api.user_secret.reveal() == "cred-user"
+    assert eloqua.api.base_url == "https://eu.example.com/elements/api-v2"
+    assert crm.api.base_url == "http://127.0.0.1:9", "[api]'s, shared"
+    assert (crm.uploads, crm.api.requests_per_second, eloqua.uploads) == (2, 5, 4)
+    assert (crm.api.hub, eloqua.api.hub) == ("marketing", "marketing")
+    # An instance's object table goes over the shared one, key by key.
+    assert crm.object_settings("contact").max_rows_per_job == 10
+    assert crm.object_settings("contact").partial == "failed"
+    assert eloqua.object_settings("contact").max_rows_per_job == 7
+    origins = settings.origins
+    assert origins["instances.crm.element_token"] == "env BULKDROP_INSTANCES_CRM_ELEMENT_TOKEN"
+    assert origins["instances.eloqua-prod.user_secret"] == (
+        f"credential {creds / 'eloqua-prod.user_secret'}")
+    shown = "\n".join(f"{k} = {v}  # {o}" for k, v, o in ops.effective_config(settings))
+    for secret in ("env-token", "toml-user", "file-token", "cred-user", "toml-token"):
+        assert secret not in shown and secret not in repr(settings)
+    assert 'instances.crm.element_token = "***"' in shown
+    assert "instances.crm.objects.contact.max_rows_per_job = 10" in shown
+
+
+@pytest.mark.parametrize(("toml", "env", "key", "words"), [
+    ('[instances.CRM]\nelement_token = "t"\n', {}, "instances.CRM", "lower-case"),
+    ('[instances.crm]\nuploadz = 3\n', {}, "instances.crm.uploadz", "did you mean 'uploads'"),
+    ('[instances.crm]\nuploads = 0\n', {}, "instances.crm.uploads", ">= 1"),
+    ('[instances.crm]\nrequests_per_second = -1\n', {}, "instances.crm.requests_per_second",
+     ">= 0"),
+    ('[instances.crm]\nbase_url = "ftp://x"\n', {}, "instances.crm.base_url", "http"),
+    ('[instances.crm]\n[instances.mkt]\n[spool]\ndefault_instance = "crn"\n', {},
+     "spool.default_instance", "did you mean 'crm'"),
+    ('[instances.crm]\n', {"BULKDROP_INSTANCES_CRN_ELEMENT_TOKEN": "t"},
+     "BULKDROP_INSTANCES_CRN_ELEMENT_TOKEN", "BULKDROP_INSTANCES_CRM_ELEMENT_TOKEN"),
+    ('[instances.a-b]\n[instances.a_b]\n', {}, "instances.a_b", "rename one"),
+    ('[api]\nelement_token = "t"\n[instances.default]\n', {}, "instances.default",
+     "[api]'s name"),
+    ('[instances.crm.objects.contact]\nmax_rows = 3\n', {},
+     "instances.crm.objects.contact.max_rows", "did you mean 'max_rows_per_job'"),
+])
+def test_a_bad_instance_setting_names_its_key(tmp_path: Path, toml: str, env: dict[str, str],
+                                              key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, toml, env)
+    assert caught.value.key == key and words in str(caught.value), str(caught.value)
+    assert "\"t\"" not in str(caught.value)
+
+
+def test_an_instance_needs_a_base_url_its_own_or_apis(tmp_path: Path) -> None:
+    path = tmp_path / "bulkdrop.toml"
+    path.write_text('[instances.crm]\nelement_token = "t"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert caught.value.key == "instances.crm.base_url"
+    path.write_text('[instances.crm]\nbase_url = "https://x.example"\n')
+    assert load_settings(path, {}).instances["crm"].api.base_url == "https://x.example"
+
+
+def test_routes(tmp_path: Path) -> None:
+    legacy = load(tmp_path, '[spool]\ndefault_object = "contact"\n')
+    assert list(legacy.instances) == ["default"] and not legacy.instance_folders
+    for rel, route in [("a.csv", Route("default", "contact")),
+                       ("account/a.csv", Route("default", "account")),
+                       ("default/a.csv", Route("default", "default"))]:  # as it always was
+        assert legacy.route(PurePosixPath(rel)) == route
+    with_api = load(tmp_path, '[api]\nelement_token = "t"\n[instances.crm]\n'
+                              '[instances.mkt]\ndefault_object = "lead"\n')
+    assert with_api.default_instance == "default"
+    for rel, route in [("contact/a.csv", Route("default", "contact")),
+                       ("crm/contact/a.csv", Route("crm", "contact")),
+                       ("crm/contact/deeper/a.csv", Route("crm", "contact")),
+                       ("mkt/a.csv", Route("mkt", "lead")),
+                       ("default/account/a.csv", Route("default", "account"))]:
+        assert with_api.route(PurePosixPath(rel)) == route
+    assert with_api.inbox_folders == ["crm", "mkt", "mkt/lead"]
+    assert "set [instances.crm] default_object" in str(
+        with_api.route(PurePosixPath("crm/a.csv")).problem)
+    none = load(tmp_path, "[instances.crm]\n[instances.mkt]\n")
+    assert none.default_instance is None
+    for rel in ("contact/a.csv", "a.csv"):
+        route = none.route(PurePosixPath(rel))
+        assert route.instance is None and "(configured: crm, mkt)" in str(route.problem)
+    only = load(tmp_path, "[instances.crm]\n")
+    assert only.default_instance == "crm"
+    assert only.route(PurePosixPath("contact/a.csv")) == Route("crm", "contact")
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+async def test_each_instance_sends_its_files_with_its_own_token(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    await run_daemon(two_instances(make_settings))
+    inbox = spool_root / "inbox"
+    assert (inbox / "marketing" / "contact").is_dir() and (inbox / "crm").is_dir()
+    drop(spool_root, "crm/contact/a.csv", contacts_csv(3, tag="a"))
+    drop(spool_root, "marketing/contact/b.csv", contacts_csv(2, tag="b"))
+    drop(spool_root, "marketing/c.csv", contacts_csv(2, tag="c"))   # its default object
+    drop(spool_root, "contact/d.csv", contacts_csv(2, tag="d"))     # no default instance
+    drop(spool_root, "e.csv", contacts_csv(2, tag="e"))
+    drop(spool_root, "crm/f.csv", contacts_csv(2, tag="f"))          # crm has no default
+    await wait_for(lambda: len(finished(spool_root)) == 6, what="6 files filed")
+    done, failed = spool_root / "done", spool_root / "failed"
+    a, b = result_of(done / "crm/contact/a.csv"), result_of(done / "marketing/contact/b.csv")
+    c = result_of(done / "marketing/c.csv")
+    assert (a["instance"], b["instance"], c["instance"]) == ("crm", "marketing", "marketing")
+    assert (a["hub"], b["hub"], c["object"]) == ("crm", "marketing", "contact")
+    assert sim.sim.jobs[a["job_id"]].space == token_space(TOKENS["crm"])
+    assert {sim.sim.jobs[r["job_id"]].space for r in (b, c)} == {
+        token_space(TOKENS["marketing"])}
+    for rel in ("contact/d.csv", "e.csv"):
+        rejected = result_of(failed / rel)
+        assert rejected["status"] == "REJECTED" and rejected["instance"] is None
+        assert "no connector instance (configured: crm, marketing)" in rejected["reason"]
+    assert "set [instances.crm] default_object" in result_of(failed / "crm/f.csv")["reason"]
+    assert len(sim.sim.jobs) == 3
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_an_instance_whose_credentials_are_refused_pauses_alone(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    port = free_port()
+    settings = two_instances(make_settings, http__listen=f"127.0.0.1:{port}")
+    sim.sim.config.refused_tokens = [TOKENS["crm"]]
+    daemon = await run_daemon(settings)
+    for api in daemon.readiness.instances.values():
+        api.ttl = 0
+    for i in range(3):
+        drop(spool_root, f"crm/contact/c{i}.csv", contacts_csv(2, tag=f"c{i}"))
+    await wait_for(lambda: daemon.instance("crm").paused, what="crm paused")
+    for i in range(4):
+        drop(spool_root, f"marketing/contact/m{i}.csv", contacts_csv(2, tag=f"m{i}"))
+    await wait_for(lambda: len(finished(spool_root)) == 4, what="marketing's 4 files filed")
+    assert all(p.parts[-3] == "marketing" for p in finished(spool_root))
+    assert daemon.instance("crm").paused and not daemon.instance("marketing").paused
+    assert "crm: 0 jobs running, 0 uploading; paused" in daemon.status_line()
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/readyz") as resp:
+            assert resp.status == 503
+            body = await resp.json()
+        assert body["instances"]["marketing"] == "ready"
+        assert body["instances"]["crm"].startswith("credentials refused (HTTP 401: ")
+        assert any(p.startswith("instance crm: credentials refused") for p in body["problems"])
+        async with http.get(base + "/metrics") as resp:
+            samples = _samples(await resp.text())
+        assert samples[("bulkdrop_instance_paused", (("instance", "crm"),))] == 1
+        assert samples[("bulkdrop_instance_paused", (("instance", "marketing"),))] == 0
+        assert samples[("bulkdrop_files_finished_total", (
+            ("instance", "marketing"), ("object", "contact"), ("outcome", "COMPLETE")))] == 4
+        assert samples[("bulkdrop_api_requests_total", (
+            ("code", "401"), ("endpoint", "create_job"), ("instance", "crm")))] >= 1
+        report = await asyncio.to_thread(ops.status, settings)
+        shown = ops.format_status(report)
+        assert "marketing: COMPLETE 4" in shown and "crm: COMPLETE 0" in shown
+        assert "credentials refused" in shown
+        daemon.readiness.ready_when = "any"
+        async with http.get(base + "/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+        sim.sim.config.refused_tokens = []
+        async with http.get(base + "/readyz") as resp:  # its probe opens crm's gate
+            assert resp.status == 200
+            assert set((await resp.json())["instances"].values()) == {"ready"}
+    await wait_for(lambda: len(finished(spool_root)) == 7, what="crm's files filed too")
+    assert {result_of(spool_root / "done" / f"crm/contact/c{i}.csv")["status"]
+            for i in range(3)} == {"COMPLETE"}
+
+
+async def test_each_instance_keeps_to_its_own_rate(make_settings, run_daemon,
+                                                   sim: SimServer, spool_root: Path) -> None:
+    # crm at 4 requests a second; marketing without a limit.
+    await run_daemon(make_settings(
+        TWO.replace('hub = "crm"', 'hub = "crm"\nrequests_per_second = 4'),
+        api__element_token="", api__user_secret=""))
+    for i in range(8):
+        drop(spool_root, f"crm/contact/c{i}.csv", contacts_csv(2, tag=f"c{i}"))
+        drop(spool_root, f"marketing/contact/m{i}.csv", contacts_csv(2, tag=f"m{i}"))
+    await wait_for(lambda: len(finished(spool_root)) == 16, timeout=60, what="16 files filed")
+    spaces = list(sim.sim.request_spaces)
+    times = list(sim.sim.request_times)
+    crm = [t for t, s in zip(times, spaces, strict=True) if s == token_space(TOKENS["crm"])]
+    mkt = [t for t, s in zip(times, spaces, strict=True)
+           if s == token_space(TOKENS["marketing"])]
+    assert len(crm) >= 16 and len(mkt) >= 16        # a create and a poll at least, each
+    assert busiest_second(crm) <= 4
+    assert crm[-1] - crm[0] >= (len(crm) - 4) / 4 - 0.5
+    assert mkt[-1] < crm[-1], "marketing is not held to crm's rate"
