@@ -45,6 +45,7 @@ class Filer:
         self.troubles = troubles
         self.metrics = metrics
         self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
+        self.instance_counts: dict[str, dict[str, int]] = {}  # the same, by instance
 
     async def finish(self, work: Work, outcome: Outcome) -> None:
         """Make the file's result, record it with the destination, and file it."""
@@ -88,6 +89,8 @@ class Filer:
             work.log.error("file.vanished", path=str(claimed.path))
             return
         self.counts[result["status"]] = self.counts.get(result["status"], 0) + 1
+        by = self.instance_counts.setdefault(work.instance or "", {})
+        by[result["status"]] = by.get(result["status"], 0) + 1
         obj, instance = work.obj or "", work.instance or ""
         self.metrics.files_finished.labels(result["status"], obj, instance).inc()
         if result["records"] and result["records"]["failed"]:

@@ -51,7 +51,7 @@ class Instance:
     def status(self) -> str:
         """What it does now, for systemd's STATUS line."""
         line = f"{len(self.jobs.active)} jobs running, {self.jobs.uploads_now} uploading"
-        return line + ("; paused: the API refuses its credentials" if self.paused else "")
+        return line + (" (paused: credentials refused)" if self.paused else "")
 
     async def close(self) -> None:
         await self.client.close()

@@ -165,7 +165,8 @@ def retry(spool: Spool, path: Path) -> Path:
 
 def retry_failed_rows(spool: Spool, path: Path) -> Path:
     """Drop the failed rows of a filed file (*path*: the file in done/ or failed/, or its
-    ``.failed.csv``) into ``inbox/<object>/`` as ``<name>.retry-N.csv``, the bulkdrop
+    ``.failed.csv``) into the folder of inbox/ it was dropped in (``<object>/``, or
+    ``<instance>/<object>/``) as ``<name>.retry-N.csv``, the bulkdrop
     columns removed, N the first free in inbox/, done/ and failed/; never overwrite.
     The filed file and its sidecars stay."""
     path = path.parent.resolve() / path.name  # the name itself is never followed
@@ -176,10 +177,10 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
     rel = _route_of(filed.with_name(filed.name + RESULT_SUFFIX))
     if rel is None:
         raise ValueError(f"no readable result beside {filed}")
-    obj = rel.parts[0] if len(rel.parts) > 1 else None
+    route = list(rel.parent.parts)  # <object>/, or <instance>/<object>/, as it was dropped
     stem = re.sub(r"\.retry-\d+$", "", PurePosixPath(rel.name).stem)
     # inbox/ is droppers' ground: reached through descriptors, never through a link.
-    folder = open_dirs(spool.inbox, [obj] if obj else [], create=True, mode=0o777)
+    folder = open_dirs(spool.inbox, route, create=True, mode=0o777)
     tmp = f".{stem}.retry.{secrets.token_hex(8)}.tmp"  # ignored until it is whole
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666,
@@ -195,7 +196,7 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
                     writer.writerow([row[i] for i in keep if i < len(row)])
             for n in itertools.count(1):
                 name = f"{stem}.retry-{n}.csv"
-                here = PurePosixPath(*([obj] if obj else []), name)
+                here = PurePosixPath(*route, name)
                 if any(os.path.lexists(base / here) for base in (spool.done, spool.failed)):
                     continue  # an earlier retry, filed already: a name of its own
                 try:  # never overwrites, never follows

@@ -245,13 +245,17 @@ class Daemon:
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what each instance is doing now, and what has
         been done."""
-        counts = self.filer.counts
-        done = (f"done {counts.get('COMPLETE', 0)}, failed {counts.get('FAILED', 0)}, "
-                f"rejected {counts.get('REJECTED', 0)}")
+        def done(counts: dict[str, int]) -> str:
+            return (f"done {counts.get('COMPLETE', 0)}, failed {counts.get('FAILED', 0)}, "
+                    f"rejected {counts.get('REJECTED', 0)}")
+
         if len(self.instances) == 1:
             (only,) = self.instances.values()
-            return f"{only.status()}; {done}"
-        return "; ".join([*(f"{n}: {i.status()}" for n, i in self.instances.items()), done])
+            return f"{only.status()}; {done(self.filer.counts)}"
+        by = self.filer.instance_counts
+        return "; ".join([*(f"{n}: {i.status()}, {done(by.get(n, {}))}"
+                            for n, i in self.instances.items()),
+                          f"all: {done(self.filer.counts)}"])
 
     async def _shutdown(self) -> None:
         """Stop intake, let uploads in flight finish within the grace, cancel the rest,

@@ -20,6 +20,7 @@ from daemon.ratelimit import busiest_second
 from daemon.settings import ConfigError, Route, Settings
 from daemon.sim import SimServer
 from daemon.sim.gate import token_space
+from daemon.spool import Spool
 from tests.helpers import contacts_csv, drop, finished, free_port, result_of, wait_for
 
 TOKENS = {"crm": "crm-t0ken", "marketing": "mkt-t0ken"}
@@ -218,7 +219,10 @@ async def test_an_instance_whose_credentials_are_refused_pauses_alone(
     await wait_for(lambda: len(finished(spool_root)) == 4, what="marketing's 4 files filed")
     assert all(p.parts[-3] == "marketing" for p in finished(spool_root))
     assert daemon.instance("crm").paused and not daemon.instance("marketing").paused
-    assert "crm: 0 jobs running, 0 uploading; paused" in daemon.status_line()
+    assert daemon.status_line() == (
+        "crm: 0 jobs running, 0 uploading (paused: credentials refused), done 0, failed 0, "
+        "rejected 0; marketing: 0 jobs running, 0 uploading, done 4, failed 0, "
+        "rejected 0; all: done 4, failed 0, rejected 0")
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/readyz") as resp:
@@ -270,3 +274,20 @@ async def test_each_instance_keeps_to_its_own_rate(make_settings, run_daemon,
     assert busiest_second(crm) <= 4
     assert crm[-1] - crm[0] >= (len(crm) - 4) / 4 - 0.5
     assert mkt[-1] < crm[-1], "marketing is not held to crm's rate"
+
+
+async def test_failed_rows_go_back_to_the_instance_they_came_from(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    settings = two_instances(make_settings)
+    await run_daemon(settings)
+    drop(spool_root, "marketing/contact/people.csv", contacts_csv(4, bad_every=2))
+    await wait_for(lambda: len(finished(spool_root)) == 1, what="people.csv filed")
+    filed = spool_root / "done" / "marketing" / "contact" / "people.csv"
+    assert result_of(filed)["failed_rows"]["rows"] == 2
+    again = ops.retry_failed_rows(Spool(settings.spool.root, settings.spool.node_id), filed)
+    assert again == spool_root / "inbox" / "marketing" / "contact" / "people.retry-1.csv"
+    await wait_for(lambda: len(finished(spool_root)) == 2, what="the retry filed")
+    # The same bad rows again, unfixed: every record fails, so it is filed in failed/.
+    retried = result_of(spool_root / "failed" / "marketing" / "contact" / "people.retry-1.csv")
+    assert retried["instance"] == "marketing" and retried["records"]["total"] == 2
+    assert sim.sim.jobs[retried["job_id"]].space == token_space(TOKENS["marketing"])
