@@ -39,8 +39,8 @@ from daemon.work import Work
 # A file up to this size is read for its checks in the same trip as its claim.
 QUICK_EXAMINE_BYTES = 1 << 20
 # Settled files an instance's queue holds, waiting for a claim slot; more are left in
-# inbox/ and offered again at the next rescan (an instance that cannot go on does not
-# fill memory with a backlog's names, one that can never waits for a rescan).
+# inbox/ and offered again by a rescan, asked for once the queue is half empty (an
+# instance that cannot go on does not fill memory with a backlog's names).
 WAITING_FILES = 10_000
 
 log = get_logger()
@@ -56,6 +56,7 @@ class Admission:
         self.intake = asyncio.Semaphore(min(2 * uploads, max_active_jobs))
         self.stopping = False
         self.waiting: asyncio.Queue[Path] = asyncio.Queue(WAITING_FILES)
+        self.turned_away = False  # files were left in inbox/ for want of room in `waiting`
 
     async def claim_ticket(self) -> Ticket:
         """A ticket for the next file to claim, once an intake slot is free."""
@@ -97,10 +98,12 @@ class Claimer:
     async def _hand_on(self) -> None:
         while True:
             path = await self.watcher.out.get()
+            lane = self.lanes[self.lane_of(path)]
             try:
-                self.lanes[self.lane_of(path)].waiting.put_nowait(path)
+                lane.waiting.put_nowait(path)
             except asyncio.QueueFull:
-                self.watcher.release(path)  # offered again at the next rescan
+                self.watcher.release(path)  # offered again by a rescan
+                lane.turned_away = True
 
     async def _claim_for(self, instance: str | None, admission: Admission) -> None:
         try:
@@ -111,6 +114,9 @@ class Claimer:
                 except BaseException:
                     ticket.close()
                     raise
+                if admission.turned_away and admission.waiting.qsize() <= WAITING_FILES // 2:
+                    admission.turned_away = False
+                    self.watcher.rescan_soon()  # for the files turned away
                 self.spawn(self._take(path, ticket, instance), path.name)
         finally:
             with contextlib.suppress(asyncio.QueueEmpty):

@@ -86,8 +86,14 @@ class Checks:
         route = self.route(rel)
         if route.instance is None or route.obj is None:
             return Outcome(REJECTED, route.problem or "no route")
-        work.instance, work.obj = route.instance, route.obj
-        work.hub = self.settings.instances[route.instance].hub_for(route.obj)
+        # A file resumed after a restart stays at its instance while that is configured
+        # (a single-instance ledger's files finish under "default"); only its object is
+        # taken from its path.
+        if work.instance not in self.settings.instances:
+            work.instance = route.instance
+        assert work.instance is not None
+        work.obj = route.obj
+        work.hub = self.settings.instances[work.instance].hub_for(route.obj)
         if work.inspection is None:
             return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
                            "export it as CSV and drop it again")

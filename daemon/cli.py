@@ -207,8 +207,9 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     async def both() -> int:
         sim = Simulator(SimConfig(job_seconds=3.0))
         async with SimServer(sim, host="127.0.0.1", port=0) as server:
-            settings = _settings(args, defaults=SANDBOX_DEFAULTS,
-                                 forced={"api.base_url": server.base_url})
+            settings = _settings(args, defaults=SANDBOX_DEFAULTS, forced={
+                "api.base_url": server.base_url, "api.user_secret": "",
+                "api.organization_secret": "", "api.element_token": ""})
             logs.configure(settings.log.format, settings.log.level)
             daemon = Daemon(settings)
             serving = asyncio.create_task(daemon.serve_until_signalled())
@@ -246,9 +247,7 @@ def cmd_objects(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log.format, settings.log.level)
-    if args.instance is not None and args.instance not in settings.instances:
-        print(f"bulkdrop: no instance {args.instance!r} (instances: "
-              f"{', '.join(settings.instances)})", file=sys.stderr)
+    if _no_such_instance(settings, args.instance, needed=False):
         return exits.USAGE
     chosen = [args.instance] if args.instance else list(settings.instances)
     code = exits.OK
@@ -281,15 +280,27 @@ def cmd_objects(args: argparse.Namespace) -> int:
 
 
 
+def _no_such_instance(settings: Settings, name: str | None, needed: bool) -> bool:
+    """Say so (and return True) when *name* is no instance, or when none is given but one
+    is *needed* and there is no default instance to take."""
+    if name is not None and name not in settings.instances:
+        problem = f"no instance {name!r}"
+    elif name is None and needed and settings.default_instance is None:
+        problem = "no default instance: name one with --instance"
+    else:
+        return False
+    print(f"bulkdrop: {problem} (instances: {', '.join(settings.instances)})",
+          file=sys.stderr)
+    return True
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from daemon.spool import has_accepted_suffix
 
     settings = _settings(args, require_base_url=False)
     csvfile.set_line_limit(settings.spool.max_line_length)
     columns = csvfile.Columns()
-    if args.instance is not None and args.instance not in settings.instances:
-        print(f"bulkdrop: no instance {args.instance!r} (instances: "
-              f"{', '.join(settings.instances)})", file=sys.stderr)
+    if _no_such_instance(settings, args.instance, needed=bool(args.object)):
         return exits.USAGE
     inst = settings.instance(args.instance)
     if args.object:
@@ -396,9 +407,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log.format, settings.log.level)
-    if args.instance is not None and args.instance not in settings.instances:
-        print(f"bulkdrop: no instance {args.instance!r} (instances: "
-              f"{', '.join(settings.instances)})", file=sys.stderr)
+    if _no_such_instance(settings, args.instance, needed=True):
         return exits.USAGE
     try:
         code, result = asyncio.run(ops.submit(settings, args.file, args.object, args.wait,

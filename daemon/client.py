@@ -176,30 +176,30 @@ class OpenConnectorsClient:
                        **kwargs: Any) -> tuple[Any, Mapping[str, str]]:
         headers = {"Authorization": self._auth, "Accept": "application/json",
                    **kwargs.pop("headers", {})}
-        await self.rate.wait()
-        try:
-            async with self.session.request(method, self.base_url + path, headers=headers,
-                                            **kwargs) as resp:
-                body = await resp.read()
-                self.on_answer(endpoint, resp.status)
-                if resp.status >= 400:
-                    raise classify(resp.status, body, resp.headers, endpoint)
-                try:
-                    return (json.loads(body) if body else None), resp.headers
-                except ValueError:
-                    # Not retried: for an upload the API may well have made the job.
-                    raise ApiError(f"HTTP {resp.status}: the answer is not JSON",
-                                   resp.status) from None
-        except TimeoutError:
-            self.on_answer(endpoint, "timeout")
-            raise TransientError(f"{method} timed out", maybe_done=True) from None
-        except aiohttp.ClientError as exc:
-            self.on_answer(endpoint, "error")
-            # The exception text may carry the URL but never our headers. A request that
-            # never connected cannot have been acted on; one cut off later may have been.
-            raise TransientError(f"{type(exc).__name__}: {exc}",
-                                 maybe_done=not isinstance(exc, aiohttp.ClientConnectorError)
-                                 ) from None
+        async with self.rate.request():  # every request, answered or not
+            try:
+                async with self.session.request(method, self.base_url + path, headers=headers,
+                                                **kwargs) as resp:
+                    body = await resp.read()
+                    self.on_answer(endpoint, resp.status)
+                    if resp.status >= 400:
+                        raise classify(resp.status, body, resp.headers, endpoint)
+                    try:
+                        return (json.loads(body) if body else None), resp.headers
+                    except ValueError:
+                        # Not retried: for an upload the API may well have made the job.
+                        raise ApiError(f"HTTP {resp.status}: the answer is not JSON",
+                                       resp.status) from None
+            except TimeoutError:
+                self.on_answer(endpoint, "timeout")
+                raise TransientError(f"{method} timed out", maybe_done=True) from None
+            except aiohttp.ClientError as exc:
+                self.on_answer(endpoint, "error")
+                # The exception text may carry the URL but never our headers. A request that
+                # never connected cannot have been acted on; one cut off later may have been.
+                raise TransientError(f"{type(exc).__name__}: {exc}",
+                                     maybe_done=not isinstance(exc, aiohttp.ClientConnectorError)
+                                     ) from None
 
     async def create_job(self, hub: str, obj: str, name: str,
                          body: bytes | Callable[[], AsyncIterator[bytes]], *,

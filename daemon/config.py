@@ -334,6 +334,7 @@ def _instance_env(name: str, key: str) -> str:
 def _instance(layers: _Layers, name: str, table: object, shared: Mapping[str, Any],
               source: Path | None, env: Mapping[str, str], require_base_url: bool
               ) -> InstanceSettings:
+    # (*env* is empty for instances given by the caller: the sandbox's take no secrets.)
     """``[instances.<name>]``: its keys over [api]'s and [workers]', its secrets from the
     file, then ``$CREDENTIALS_DIRECTORY/<name>.<key>``, ``..._FILE``, the variable."""
     here = _in_file(f"instances.{name}", source)
@@ -371,12 +372,16 @@ def _instance(layers: _Layers, name: str, table: object, shared: Mapping[str, An
             layers.origins[dotted] = _from_env(var, dotted)
     _check_instance(layers, name, values, require_base_url)
     if not isinstance(objects, dict):
-        raise here.error(f"expected [instances.{name}.objects.<object>] tables, "
-                         f"got objects = {describe(objects)}")
-    merged = dict(shared)
+        raise _in_file(f"instances.{name}.objects", source).error(
+            f"expected [instances.{name}.objects.<object>] tables, got {describe(objects)}")
+    # An instance with a hub of its own keeps it: a shared object's hub was written for
+    # [api]'s (its own objects table may name one).
+    own_hub = "hub" in table
+    merged = {obj: dataclasses.replace(conf, hub=None) if own_hub else conf
+              for obj, conf in shared.items()}
     for obj, obj_table in objects.items():
         keys = _object_keys(obj, obj_table, source, f"instances.{name}.objects")
-        base = shared.get(obj)
+        base = merged.get(obj)
         merged[obj] = dataclasses.replace(base, **keys) if base else ObjectSettings(**keys)
     api = ApiSettings(
         base_url=values["base_url"].rstrip("/"), hub=values["hub"],
@@ -415,9 +420,11 @@ def _check_instance(layers: _Layers, name: str, values: dict[str, Any],
 
 
 def _instances(layers: _Layers, raw: Mapping[str, Any], shared: Mapping[str, ObjectSettings],
-               source: Path | None, env: Mapping[str, str], require_base_url: bool
+               source: Path | None, env: Mapping[str, str], require_base_url: bool,
+               secrets_from_env: bool = True
                ) -> tuple[dict[str, InstanceSettings], str | None]:
-    """Every instance, and the default one (None: files must name theirs)."""
+    """Every instance, and the default one (None: files must name theirs). Instances the
+    caller gives (the sandbox's) take no secrets from the environment or credentials."""
     api_is_one = not raw or bool(layers.values["api.element_token"])
     if api_is_one and DEFAULT_INSTANCE in raw:
         raise _in_file(f"instances.{DEFAULT_INSTANCE}", source).error(
@@ -432,18 +439,23 @@ def _instances(layers: _Layers, raw: Mapping[str, Any], shared: Mapping[str, Obj
             DEFAULT_INSTANCE, ApiSettings(**layers.section("api")), w["workers.uploads"],
             w["workers.max_active_jobs"], w["spool.default_object"], dict(shared))
     env_names: dict[str, str] = {}
+    objects = {*shared, layers.values["spool.default_object"]} - {""}
     for name, table in raw.items():
         var = _instance_env(name, "")
         if var in env_names:
             raise _in_file(f"instances.{name}", source).error(
                 f"its variables ({var}...) would be those of [instances.{env_names[var]}] too: "
                 "rename one")
+        if name in objects:
+            raise _in_file(f"instances.{name}", source).error(
+                f"{name!r} is an object too ([objects.{name}] or [spool] default_object): "
+                f"inbox/{name}/ would go to the instance; name the instance otherwise")
         env_names[var] = name
-        instances[name] = _instance(layers, name, table, shared, source, env,
-                                    require_base_url)
+        instances[name] = _instance(layers, name, table, shared, source,
+                                    env if secrets_from_env else {}, require_base_url)
     expected = {_instance_env(name, key) + tail for name in raw
                 for key in _INSTANCE_SECRETS for tail in ("", "_FILE")}
-    for var in sorted(env):
+    for var in sorted(env) if secrets_from_env else ():
         if var.startswith(INSTANCES_ENV_PREFIX) and var not in expected:
             hint = suggest(var, expected)
             raise ConfigError(var, f"{var}: no such instance secret{hint} (instances are "
@@ -501,7 +513,7 @@ def load_settings(
     shared = {name: _object(name, table, source) for name, table in objects.items()}
     configured, default = _instances(layers, raw_instances, shared,
                                      source if instances is None else None, env,
-                                     require_base_url)
+                                     require_base_url, secrets_from_env=instances is None)
     return Settings(
         api=ApiSettings(**layers.section("api")),
         spool=SpoolSettings(**layers.section("spool")),

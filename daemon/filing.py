@@ -73,7 +73,8 @@ class Filer:
         stored = await asyncio.to_thread(json.loads, row.result_json)
         errors = stored.pop("errors_all", [])
         dest = self.spool.filed_from_stored(row.dest_path) if row.dest_path else None
-        work.obj, work.instance = stored.get("object"), stored.get("instance")
+        # (A result made before instances has none: the file's is its row's, "default".)
+        work.obj, work.instance = stored.get("object"), stored.get("instance", work.instance)
         await self.tasks.shield(
             self._file(work, stored, errors, row.outcome == COMPLETE, dest, True))
 

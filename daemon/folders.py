@@ -89,6 +89,40 @@ def make_like(folder: Path, model: os.stat_result) -> None:
     like(folder, model)
 
 
+def make_below(base: Path, parts: Iterable[str], model: os.stat_result) -> None:
+    """Make ``base/parts...`` as far as missing, each folder made given the group and mode
+    of *model*, through descriptors: a link or a file on the way is never followed nor
+    replaced (OSError: ``ELOOP``, ``ENOTDIR``)."""
+    fd = os.open(base, DIR_FLAGS)
+    try:
+        for part in parts:
+            made = False
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o777, dir_fd=fd)
+                made = True
+            inner = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            if made:
+                _like_fd(fd, model)
+    finally:
+        os.close(fd)
+
+
+def _like_fd(fd: int, model: os.stat_result) -> None:
+    """:func:`like` for a folder open as *fd*."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_gid != model.st_gid:
+            os.fchown(fd, -1, model.st_gid)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    want = stat.S_IMODE(model.st_mode) & 0o777
+    if mode & 0o777 != want:
+        try:
+            os.fchmod(fd, (mode & ~0o777) | want)
+        except PermissionError:  # RestrictSUIDSGID=: without the setgid bit, then
+            os.fchmod(fd, want)
+
+
 def like(folder: Path, model: os.stat_result) -> None:
     """Give a folder we just made the group and mode of *model*, as far as we may (made
     in a setgid folder with the unit's umask, it has them already)."""

@@ -112,7 +112,8 @@ class Row:
     problem: str | None = None         # why it never becomes a job (found at its claim)
     possible_duplicate: bool = False   # its job was created after a retry that may have
                                        # reached the API
-    instance: str | None = None        # its connector instance (None: [api], "default")
+    instance: str | None = None        # its connector instance (NULL: [api], "default",
+                                       # the one of a single-instance ledger; "": none)
 
 
 class Ledger(Database):
@@ -236,7 +237,8 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
     conn.row_factory = sqlite3.Row
     try:
         names = {r["name"] for r in conn.execute("PRAGMA table_info(files)")}
-        instance = "coalesce(instance, 'default')" if "instance" in names else "'default'"
+        instance = ("CASE WHEN instance IS NULL THEN 'default' WHEN instance = '' THEN '(none)'"
+                    " ELSE instance END" if "instance" in names else "'default'")
         counts: dict[str, int] = {}
         by_instance: dict[str, dict[str, int]] = {}
         for r in conn.execute(

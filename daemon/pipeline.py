@@ -51,7 +51,7 @@ class Pipeline:
             written = self.ledger.add_claim(work.claimed.claim_id, work.rel,
                                             self.spool.to_stored(work.claimed.path),
                                             work.received_at, work.claimed.problem,
-                                            work.instance)
+                                            work.instance or "")
         try:
             try:
                 if not new_claim:
@@ -70,11 +70,7 @@ class Pipeline:
             await self.checks.describe(work)  # for the result: its job exists, no verdict
             instance = self.instances.get(work.instance or "")
             if instance is None:
-                return Outcome(FAILED, (
-                    f"its job was made at connector instance {work.instance!r}, which is no "
-                    "longer configured, so it cannot be followed: configure "
-                    f"[instances.{work.instance}] again, or check the job there and drop "
-                    "the file again if it did not complete"))
+                return Outcome(FAILED, _unfollowable(work.instance))
             return await instance.jobs.run(work, ticket, resumed)
         outcome = await self.checks.check(work, ticket)
         if outcome is not None:
@@ -82,14 +78,13 @@ class Pipeline:
         assert work.instance is not None  # a file that passes its checks has one
         return await self.instances[work.instance].jobs.run(work, ticket, resumed)
 
-    def instance_of(self, row: Row) -> str | None:
+    @staticmethod
+    def instance_of(row: Row) -> str | None:
         """The instance of a file a run left: as recorded; a single-instance ledger's rows
-        (none recorded) are [api]'s, else the file's route now."""
-        if row.instance is not None:
-            return row.instance
-        if DEFAULT_INSTANCE in self.instances:
+        (NULL) are [api]'s, "default"; "" is a file that went to none."""
+        if row.instance is None:
             return DEFAULT_INSTANCE
-        return self.checks.route(PurePosixPath(row.rel_path)).instance
+        return row.instance or None
 
     async def resume(self, row: Row) -> None:
         """Go on with a file a run left unfinished, from its ledger row."""
@@ -115,3 +110,16 @@ class Pipeline:
             await self.ledger.mark_finished(row.claim_id, utcnow())
         else:
             await self.process(work, ticket)
+
+
+def _unfollowable(instance: str | None) -> str:
+    """Why a file whose job was made at an instance no longer configured fails."""
+    if instance == DEFAULT_INSTANCE:
+        made = ("its job was made with [api]'s credentials (before [instances] were set up), "
+                "and [api] is no instance now (it has no element_token)")
+        fix = "put [api] element_token back until such files are finished"
+    else:
+        made = f"its job was made at connector instance {instance!r}, no longer configured"
+        fix = f"configure [instances.{instance}] again"
+    return (f"{made}, so the job cannot be followed: {fix}, or check the job there and "
+            "drop the file again if it did not complete")

@@ -34,7 +34,7 @@ async def recover(spool: Spool, ledger: Ledger, pipeline: Pipeline,
             continue
         instance = pipeline.checks.route(claimed.rel).instance
         await ledger.add_claim(claimed.claim_id, str(claimed.rel), spool.to_stored(path),
-                               utcnow(), claimed.problem, instance)
+                               utcnow(), claimed.problem, instance or "")
         spawn(pipeline.process(Work(claimed, utcnow(), instance),
                                pipeline.resume_ticket(instance)), str(claimed.rel))
     report_ledger(ledger, len(strays))

@@ -187,8 +187,8 @@ class Daemon:
                 await asyncio.gather(notifying, return_exceptions=True)
             if http is not None:
                 await http.cleanup()
-            for instance in self.instances.values():
-                await instance.close()
+            await asyncio.gather(*(i.close() for i in self.instances.values()),
+                                 return_exceptions=True)
             await self.ledger.close()
             self._quick.shutdown(wait=False)
             self.notifier.close()
@@ -202,10 +202,10 @@ class Daemon:
                              "cannot read into inbox/, so files with other links are "
                              "rejected; set fs.protected_hardlinks = 1 to take them")
         locked = await asyncio.to_thread(self.spool.ensure_layout, self.settings.inbox_folders)
-        for folder in locked:
-            log.error("spool.unwritable_dir", path=str(folder),
-                      note="files dropped here cannot be claimed: give the daemon's group "
-                           "write access (droppers need umask 002)")
+        for folder, why in locked:
+            log.error("spool.unwritable_dir", path=str(folder), error=why,
+                      note="files dropped here cannot be claimed: make it a folder the "
+                           "daemon's group may write to (droppers need umask 002)")
         try:
             await self.ledger.open()
         except (StoreError, OSError) as exc:

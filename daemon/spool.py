@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from daemon.fileref import FileRef, kind_problem, links_problem
-from daemon.folders import give_back, keep_private, lexists, make_like, open_dirs, rename_at
+from daemon.folders import (
+    give_back,
+    keep_private,
+    lexists,
+    make_below,
+    make_like,
+    open_dirs,
+    rename_at,
+)
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 ACCEPTED_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -131,11 +139,12 @@ class Spool:
         # Without fs.protected_hardlinks, a file with other links is refused at its claim.
         self.refuse_hard_links = False
 
-    def ensure_layout(self, objects: Iterable[str] = ()) -> list[Path]:
-        """Make the folders the daemon needs, and ``inbox/<object>/`` for each of *objects*
-        with the group and mode of ``inbox/`` (so droppers rarely make folders themselves,
-        with a umask that would lock the daemon out). Returns the object folders it cannot
-        write to (made by someone else), which a person must fix."""
+    def ensure_layout(self, folders: Iterable[str] = ()) -> list[tuple[Path, str]]:
+        """Make the folders the daemon needs, and each of *folders* below inbox/
+        (``<object>``, ``<instance>/<object>``) with the group and mode of ``inbox/`` (so
+        droppers rarely make folders themselves, with a umask that would lock the daemon
+        out). Returns those it cannot make or write to, each with why (made by someone
+        else, a link or a file in the way), which a person must fix."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             root = os.stat(self.root)
@@ -153,19 +162,22 @@ class Spool:
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise SpoolError(f"cannot write to {folder}: permission denied")
         keep_private(self.processing)
-        return self._object_folders(objects)
+        return self._object_folders(folders)
 
-    def _object_folders(self, objects: Iterable[str]) -> list[Path]:
+    def _object_folders(self, folders: Iterable[str]) -> list[tuple[Path, str]]:
         inbox = os.stat(self.inbox)
         locked = []
-        for name in objects:
+        for name in folders:
             folder = self.inbox / name
-            try:
-                make_like(folder, inbox)
+            try:  # inbox/ is droppers' ground: never through a link
+                make_below(self.inbox, PurePosixPath(name).parts, inbox)
             except OSError as exc:
-                raise SpoolError(f"cannot create {folder}: {exc.strerror}") from exc
+                why = ("a file or a link is in the way" if exc.errno in (errno.ELOOP,
+                       errno.ENOTDIR) else exc.strerror)
+                locked.append((folder, f"cannot make it: {why}"))
+                continue
             if not os.access(folder, os.W_OK | os.X_OK):
-                locked.append(folder)
+                locked.append((folder, "not writable by the daemon"))
         return locked
 
     def rel_to_inbox(self, path: Path) -> PurePosixPath:

@@ -59,6 +59,10 @@ class Watcher:
         """(size, mtime_ns) of *path* when it was judged settled."""
         return self._handed.get(path)
 
+    def rescan_soon(self) -> None:
+        """Rescan inbox/ now, not at the next ``rescan_seconds``."""
+        self._kick.set()
+
     def recheck(self, path: Path) -> None:
         """*path* changed after it was handed on: watch it settle again."""
         self._handed.pop(path, None)

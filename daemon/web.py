@@ -31,6 +31,9 @@ from daemon.settings import Secret
 from daemon.trouble import Troubles
 
 CALLBACK_MAX_BYTES = 1024 * 1024
+# An instance's API that takes longer to list its objects is "not answering": /readyz
+# never waits on one slow instance longer than this (the instances are asked at once).
+PROBE_SECONDS = 3.0
 SIGNATURE_HEADER = "Elements-Webhook-Signature"
 
 log = get_logger()
@@ -49,8 +52,9 @@ class ApiReadiness:
         self._checked = -1e9
 
     async def problem(self) -> str | None:
-        """None when ready, else what is wrong, in a line."""
-        answers = await self.api_answers()  # a success opens a shut gate at once
+        """None when ready, else what is wrong, in a line. The API is asked while the
+        gate is shut too (once per :attr:`ttl` at most): a success opens it at once."""
+        answers = await self.api_answers()
         if not self.gate.is_open:
             refusal = f" ({self.gate.refusal})" if self.gate.refusal else ""
             return f"credentials refused{refusal}: its files wait"
@@ -61,9 +65,12 @@ class ApiReadiness:
         if time.monotonic() - self._checked > self.ttl:
             self._checked = time.monotonic()
             try:
-                await self.probe()
+                async with asyncio.timeout(PROBE_SECONDS):
+                    await self.probe()
                 self.api_problem = None
                 self.gate.ok()
+            except TimeoutError:
+                self.api_problem = f"the API does not answer within {PROBE_SECONDS:g} s"
             except AuthError as exc:
                 self.api_problem = f"credentials refused (HTTP {exc.status}: {exc.message})"
             except ApiError as exc:

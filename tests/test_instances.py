@@ -6,6 +6,7 @@ holds up only its own files."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -15,13 +16,24 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import ops
+from daemon.client import OpenConnectorsClient
 from daemon.config import load_settings
+from daemon.ledger import Ledger, utcnow
 from daemon.ratelimit import busiest_second
-from daemon.settings import ConfigError, Route, Settings
+from daemon.settings import ConfigError, Route, Secret, Settings
 from daemon.sim import SimServer
 from daemon.sim.gate import token_space
 from daemon.spool import Spool
-from tests.helpers import contacts_csv, drop, finished, free_port, result_of, wait_for
+from daemon.web import PROBE_SECONDS
+from tests.helpers import (
+    contacts_csv,
+    drop,
+    finished,
+    free_port,
+    left_in_processing,
+    result_of,
+    wait_for,
+)
 
 TOKENS = {"crm": "crm-t0ken", "marketing": "mkt-t0ken"}
 TWO = f"""
@@ -120,6 +132,8 @@ hub = "marketing"
      "[api]'s name"),
     ('[instances.crm.objects.contact]\nmax_rows = 3\n', {},
      "instances.crm.objects.contact.max_rows", "did you mean 'max_rows_per_job'"),
+    ('[instances.crm]\nobjects = 5\n', {}, "instances.crm.objects", "tables"),
+    ('[objects.contact]\n[instances.contact]\n', {}, "instances.contact", "an object too"),
 ])
 def test_a_bad_instance_setting_names_its_key(tmp_path: Path, toml: str, env: dict[str, str],
                                               key: str, words: str) -> None:
@@ -291,3 +305,133 @@ async def test_failed_rows_go_back_to_the_instance_they_came_from(
     retried = result_of(spool_root / "failed" / "marketing" / "contact" / "people.retry-1.csv")
     assert retried["instance"] == "marketing" and retried["records"]["total"] == 2
     assert sim.sim.jobs[retried["job_id"]].space == token_space(TOKENS["marketing"])
+
+
+# -- upgrades: rows of a single-instance ledger (instance NULL) -------------------------
+
+async def _legacy_rows(settings: Settings, with_job: bool) -> str | None:
+    """A file a single-instance release left in processing/: its row has no instance
+    (and, *with_job*, a job made with [api]'s token). The job's id, if made."""
+    spool, path = left_in_processing(settings, "contact/old.csv", contacts_csv(3))
+    ledger = Ledger(settings.spool.state_dir / "bulkdrop.db")
+    await ledger.open()
+    claimed = spool.claimed_from_path(path)
+    assert claimed is not None
+    await ledger.add_claim(claimed.claim_id, str(claimed.rel), spool.to_stored(path), utcnow())
+    job_id = None
+    if with_job:
+        client = OpenConnectorsClient(settings.api.base_url, user_secret=Secret("u"),
+                                      organization_secret=Secret(""),
+                                      element_token=Secret(API_TOKEN))
+        try:
+            job_id = (await client.create_job("marketing", "contact", "old.csv",
+                                              path.read_bytes())).id
+        finally:
+            await client.close()
+        await ledger.record_job(claimed.claim_id, job_id, utcnow(), "contact", "marketing", 1)
+    await ledger.close()
+    return job_id
+
+
+API_TOKEN = "api-t0ken"
+
+
+@pytest.mark.parametrize("with_job", [False, True], ids=["claimed", "job-recorded"])
+async def test_a_single_instance_ledgers_files_finish_under_default(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path, with_job: bool) -> None:
+    # [api] keeps its token (so it is "default"), but new files go to crm by default.
+    settings = make_settings(TWO + '[spool]\ndefault_instance = "crm"\n',
+                             api__element_token=API_TOKEN, api__user_secret="u")
+    job_id = await _legacy_rows(settings, with_job)
+    await run_daemon(settings)
+    await wait_for(lambda: len(finished(spool_root)) == 1, what="old.csv filed")
+    result = result_of(spool_root / "done" / "contact" / "old.csv")
+    assert result["status"] == "COMPLETE" and result["instance"] == "default"
+    if job_id is not None:
+        assert result["job_id"] == job_id and len(sim.sim.jobs) == 1
+    assert {job.space for job in sim.sim.jobs.values()} == {token_space(API_TOKEN)}
+
+
+async def test_a_legacy_job_without_api_credentials_fails_saying_what_to_do(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path) -> None:
+    before = make_settings(api__element_token=API_TOKEN, api__user_secret="u")
+    job_id = await _legacy_rows(before, with_job=True)
+    await run_daemon(two_instances(make_settings))  # [api] has no token any more
+    await wait_for(lambda: len(finished(spool_root)) == 1, what="old.csv filed")
+    result = result_of(spool_root / "failed" / "contact" / "old.csv")
+    assert result["status"] == "FAILED" and result["job_id"] == job_id
+    assert "put [api] element_token back" in result["reason"]
+    assert len(sim.sim.jobs) == 1, "never sent again"
+
+
+# -- what stands in the way -------------------------------------------------------------
+
+async def test_a_link_or_file_where_an_instance_folder_goes_is_not_followed(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (spool_root / "inbox").mkdir(parents=True)
+    (spool_root / "inbox" / "marketing").symlink_to(outside)
+    (spool_root / "inbox" / "crm").write_text("not a folder")
+    daemon = await run_daemon(two_instances(make_settings))
+    assert list(outside.iterdir()) == [], "nothing made through the link"
+    assert daemon.ready.is_set()
+    # Both are files of inbox/ like any other: claimed and rejected, never followed.
+    failed = spool_root / "failed"
+    await wait_for(lambda: len(list(failed.glob("*.result.json"))) == 2, what="both filed")
+    assert {result_of(failed / name)["status"] for name in ("crm", "marketing")} == {
+        "REJECTED"}
+    assert (failed / "marketing").is_symlink()
+    assert outside.exists() and list(outside.iterdir()) == []
+
+
+async def test_readyz_never_waits_long_on_a_slow_api(make_settings, run_daemon,
+                                                     sim: SimServer) -> None:
+    port = free_port()
+    daemon = await run_daemon(two_instances(make_settings, http__listen=f"127.0.0.1:{port}"))
+    sim.sim.config.latency_seconds = 30
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+        body = await resp.json()
+    assert resp.status == 503 and time.monotonic() - started < PROBE_SECONDS + 2
+    assert set(body["instances"].values()) == {
+        f"the API does not answer within {PROBE_SECONDS:g} s"}
+    sim.sim.config.latency_seconds = 0
+    for api in daemon.readiness.instances.values():
+        api.ttl = 0
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+        assert resp.status == 200
+
+
+def test_the_sandbox_takes_no_instance_secrets_from_the_environment(tmp_path: Path) -> None:
+    from daemon.cli import SANDBOX_INSTANCES
+
+    env = {"BULKDROP_INSTANCES_CRM_ELEMENT_TOKEN": "REAL-TOKEN",
+           "BULKDROP_INSTANCES_SALES_ELEMENT_TOKEN": "another-real-one"}
+    settings = load_settings(None, env, forced={"api.base_url": "http://127.0.0.1:9"},
+                             instances=SANDBOX_INSTANCES)
+    assert settings.instances["crm"].api.element_token.reveal() == "sandbox-crm"
+
+
+def test_submit_needs_an_instance_when_there_is_no_default(tmp_path: Path, capsys) -> None:
+    from daemon.cli import main
+
+    config = tmp_path / "bulkdrop.toml"
+    config.write_text('[api]\nbase_url = "http://127.0.0.1:9"\n[instances.crm]\n'
+                      '[instances.mkt]\n')
+    data = tmp_path / "a.csv"
+    data.write_text(contacts_csv(1))
+    assert main(["submit", "--config", str(config), str(data), "--object", "contact"]) == 2
+    assert "name one with --instance (instances: crm, mkt)" in capsys.readouterr().err
+
+
+def test_an_instance_with_a_hub_of_its_own_keeps_it(tmp_path: Path) -> None:
+    settings = load(tmp_path, '[objects.contact]\nhub = "marketing"\n'
+                              '[instances.crm]\nhub = "crm"\n[instances.other]\n'
+                              '[instances.third]\nhub = "crm"\n'
+                              '[instances.third.objects.contact]\nhub = "ecommerce"\n')
+    assert settings.instances["crm"].hub_for("contact") == "crm"
+    assert settings.instances["other"].hub_for("contact") == "marketing"
+    assert settings.instances["third"].hub_for("contact") == "ecommerce"

@@ -25,8 +25,8 @@ async def test_concurrent_requests_are_spaced_to_the_limit() -> None:
     sent: list[float] = []
 
     async def one() -> None:
-        await limit.wait()
-        sent.append(time.monotonic())
+        async with limit.request():
+            sent.append(time.monotonic())
 
     started = time.monotonic()
     await asyncio.gather(*(one() for _ in range(120)))
@@ -35,8 +35,34 @@ async def test_concurrent_requests_are_spaced_to_the_limit() -> None:
     unlimited = RateLimit(0)
     started = time.monotonic()
     for _ in range(1000):
-        await unlimited.wait()
+        async with unlimited.request():
+            pass
     assert time.monotonic() - started < 0.5
+
+
+async def test_a_request_counts_from_its_answer_or_half_a_second_after_it_left() -> None:
+    """Each goes once the one two before it was answered a second ago, or, still
+    unanswered, left 1.5 s ago: by then it surely arrived."""
+    limit = RateLimit(2)
+    went: list[float] = []
+    answered = asyncio.Event()
+
+    async def one(hold: float | None) -> None:
+        async with limit.request():
+            went.append(time.monotonic())
+            if hold is None:
+                await answered.wait()
+            else:
+                await asyncio.sleep(hold)
+
+    started = time.monotonic()
+    slow = asyncio.create_task(one(None))     # a long upload: no answer for a while
+    await asyncio.gather(one(0.3), one(0.0), one(0.0))
+    # the third waited for the first to be 0.5 s on its way, plus a second; the fourth
+    # for the second's answer (0.3 s after it left) plus a second
+    assert went[2] - started >= 1.5 and went[3] - started >= 1.3
+    answered.set()
+    await slow
 
 
 async def test_the_daemon_keeps_to_requests_per_second(make_settings, run_daemon,
