@@ -132,7 +132,8 @@ class Claimer:
         if work is None:
             ticket.close()  # another node took it, it vanished, or it changed
             return
-        log.info("file.claimed", file=work.rel, claim_id=work.claimed.claim_id)
+        log.info("file.claimed", file=work.rel, claim_id=work.claimed.claim_id,
+                 instance=instance)
         await self.carry(work, ticket)
 
     async def _claim(self, path: Path, instance: str | None) -> Work | None:

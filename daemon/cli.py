@@ -246,9 +246,9 @@ def cmd_objects(args: argparse.Namespace) -> int:
     from daemon.retry import ApiError, AuthError
 
     settings = _settings(args)
-    logs.configure(settings.log.format, settings.log.level)
     if _no_such_instance(settings, args.instance, needed=False):
         return exits.USAGE
+    logs.configure(settings.log.format, settings.log.level)
     chosen = [args.instance] if args.instance else list(settings.instances)
     code = exits.OK
     for name in chosen:
@@ -406,9 +406,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.retry import ApiError
 
     settings = _settings(args)
-    logs.configure(settings.log.format, settings.log.level)
     if _no_such_instance(settings, args.instance, needed=True):
         return exits.USAGE
+    logs.configure(settings.log.format, settings.log.level)
     try:
         code, result = asyncio.run(ops.submit(settings, args.file, args.object, args.wait,
                                               args.instance))

@@ -43,7 +43,7 @@ class Pipeline:
     async def process(self, work: Work, ticket: Ticket, new_claim: bool = False) -> None:
         """Carry one claimed file to done/ or failed/. Its *ticket* holds its slots until
         its jobs have ended (see :mod:`daemon.admission`); filing needs none."""
-        work.log = work.log or get_logger(file=work.rel)
+        work.log = work.log or get_logger(file=work.rel, instance=work.instance)
         written = None
         if new_claim:
             # Queued now, ahead of anything else about the file; nothing needs to wait
@@ -91,7 +91,7 @@ class Pipeline:
         instance = self.instance_of(row)
         ticket = self.resume_ticket(instance)
         path = self.spool.from_stored(row.claimed_path)
-        log = get_logger(file=row.rel_path, job_id=row.job_id)
+        log = get_logger(file=row.rel_path, instance=instance, job_id=row.job_id)
         if path is None:
             ticket.close()
             log.error("recovery.foreign_path", path=row.claimed_path,

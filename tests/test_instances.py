@@ -28,6 +28,7 @@ from daemon.web import PROBE_SECONDS
 from tests.helpers import (
     contacts_csv,
     drop,
+    finish,
     finished,
     free_port,
     left_in_processing,
@@ -415,16 +416,16 @@ def test_the_sandbox_takes_no_instance_secrets_from_the_environment(tmp_path: Pa
     assert settings.instances["crm"].api.element_token.reveal() == "sandbox-crm"
 
 
-def test_submit_needs_an_instance_when_there_is_no_default(tmp_path: Path, capsys) -> None:
-    from daemon.cli import main
-
+async def test_submit_needs_an_instance_when_there_is_no_default(spawn,
+                                                                 tmp_path: Path) -> None:
     config = tmp_path / "bulkdrop.toml"
     config.write_text('[api]\nbase_url = "http://127.0.0.1:9"\n[instances.crm]\n'
                       '[instances.mkt]\n')
     data = tmp_path / "a.csv"
     data.write_text(contacts_csv(1))
-    assert main(["submit", "--config", str(config), str(data), "--object", "contact"]) == 2
-    assert "name one with --instance (instances: crm, mkt)" in capsys.readouterr().err
+    code, _, said = await finish(await spawn("submit", "--config", str(config), str(data),
+                                             "--object", "contact"))
+    assert code == 2 and "name one with --instance (instances: crm, mkt)" in said
 
 
 def test_an_instance_with_a_hub_of_its_own_keeps_it(tmp_path: Path) -> None:
