@@ -247,13 +247,16 @@ def _check_url(layers: _Layers, dotted: str, *, required: bool) -> None:
             where = f"set it in the config file or {_env_name(dotted)}"
             raise layers.error(dotted, f"required; {where}")
         return
+    if not _is_url(url):
+        raise layers.error(dotted, f"expected an http:// or https:// URL, got {describe(url)}")
+
+
+def _is_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:
-        ok = False
-    if not ok:
-        raise layers.error(dotted, f"expected an http:// or https:// URL, got {describe(url)}")
+        return False
 
 
 def _validate(layers: _Layers, require_base_url: bool) -> None:
@@ -402,14 +405,8 @@ def _check_instance(layers: _Layers, name: str, values: dict[str, Any],
     url = values["base_url"]
     if not url and require_base_url:
         raise error("base_url", "required (or [api] base_url, which instances share)")
-    if url:
-        try:
-            parts = urlsplit(url)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise error("base_url", f"expected an http:// or https:// URL, got {describe(url)}")
+    if url and not _is_url(url):
+        raise error("base_url", f"expected an http:// or https:// URL, got {describe(url)}")
     for key, bound in (("uploads", 1), ("max_active_jobs", 1), ("requests_per_second", 0)):
         if values[key] < bound:
             raise error(key, f"must be >= {bound}, got {values[key]!r}")
