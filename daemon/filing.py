@@ -64,7 +64,7 @@ class Filer:
         dest = Placing(self.spool, work.claimed, outcome.ok, ()).natural()
         await asyncio.shield(self.ledger.mark_finishing(
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
-            self.spool.to_stored(dest)))
+            self.spool.to_stored(dest), (result["records"]["total"], result["records"]["failed"])))
         await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False))
 
     async def refile(self, work: Work, row: Row) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from daemon.admission import Ticket
@@ -39,6 +40,23 @@ NOT_SENT = "NOT_SENT"
 # character; CRLF line ends and quotes add a little): a file this much under
 # max_bytes_per_job needs no measuring.
 BYTES_GROWTH = 4
+
+
+@dataclass
+class Following:
+    """A job being followed, as the web view shows it."""
+    claim_id: str
+    file: str
+    instance: str
+    obj: str | None
+    job_id: str
+    submitted_at: str
+    api_status: str | None = None  # the last status word polled
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"claim_id": self.claim_id, "file": self.file, "instance": self.instance,
+                "object": self.obj, "job_id": self.job_id, "submitted_at": self.submitted_at,
+                "api_status": self.api_status}
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,7 @@ class Jobs:
         # Uploads whose body has gone out: the API may be acting on it, so a stop waits
         # for the answer instead of cutting them (a cut one would be sent again).
         self.answering: set[asyncio.Task[Any]] = set()
-        self.active: set[str] = set()   # jobs being followed now
+        self.active: dict[str, Following] = {}   # jobs being followed now, by id
         self.uploads_now = 0
 
     async def run(self, work: Work, ticket: Ticket, resumed: bool) -> Outcome:
@@ -248,14 +266,16 @@ class Jobs:
     async def follow(self, work: Work, job_id: str, submitted_at: str) -> Outcome:
         """Follow one job to its end (cancelled at shutdown: it resumes from the ledger)."""
         assert work.hub is not None
-        self.active.add(job_id)
+        following = self.active[job_id] = Following(
+            work.claimed.claim_id, work.rel, self.name, work.obj, job_id, submitted_at)
         try:
-            end = await self.tracker.follow(work.hub, job_id, submitted_at, work.log)
+            end = await self.tracker.follow(work.hub, job_id, submitted_at, work.log,
+                                            on_status=partial(setattr, following, "api_status"))
             self.metrics.job_seconds.observe(
                 time.time() - datetime.fromisoformat(submitted_at).timestamp())
             return await self.tracker.conclude(work.hub, job_id, end)
         finally:
-            self.active.discard(job_id)
+            self.active.pop(job_id, None)
 
 
 def _settled(outcome: Outcome) -> Outcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,9 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at   TEXT NOT NULL,
     problem      TEXT,
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
-    instance     TEXT
+    instance     TEXT,
+    records_total  INTEGER,
+    records_failed INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE TABLE IF NOT EXISTS parts (
@@ -74,7 +77,12 @@ ADDED_COLUMNS = (
     ("files", "possible_duplicate", "INTEGER NOT NULL DEFAULT 0"),
     ("parts", "possible_duplicate", "INTEGER NOT NULL DEFAULT 0"),
     ("files", "instance", "TEXT"),  # NULL: a single-instance ledger's, i.e. [api]'s
+    ("files", "records_total", "INTEGER"),
+    ("files", "records_failed", "INTEGER"),
 )
+# Made after the columns (an older ledger gets them first): the web view's pages of
+# finished files, newest first.
+INDEXES = "CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);"
 def utcnow() -> str:
     """Now in UTC as ISO 8601 with milliseconds, e.g. ``2026-01-02T03:04:05.678+00:00``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -127,6 +135,7 @@ class Ledger(Database):
             names = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
             if column not in names:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        conn.executescript(INDEXES)
         return created
 
     def _submit(self, claim_id: str, state: str, detail: str | None, sql: str,
@@ -165,13 +174,14 @@ class Ledger(Database):
              instance, utcnow(), claim_id))
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
-                             reason: str, result_json: str, dest_path: str | None) -> None:
+                             reason: str, result_json: str, dest_path: str | None,
+                             records: tuple[int | None, int | None] = (None, None)) -> None:
         await self._commit(
             claim_id, FINISHING, outcome,
             "UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
-            " dest_path=?, updated_at=? WHERE claim_id=?",
-            (FINISHING, outcome, api_status, reason, result_json, dest_path, utcnow(),
-             claim_id))
+            " dest_path=?, records_total=?, records_failed=?, updated_at=? WHERE claim_id=?",
+            (FINISHING, outcome, api_status, reason, result_json, dest_path, *records,
+             utcnow(), claim_id))
 
     async def record_dest(self, claim_id: str, dest_path: str) -> None:
         await self._commit(
@@ -253,3 +263,83 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
     finally:
         conn.close()
     return {"counts": counts, "instances": by_instance, "latest": [dict(r) for r in rows]}
+
+
+# -- what the web view reads: its own read-only connection, its own thread ---------------
+
+FINISHED_COLUMNS = ("claim_id, rel_path, instance, object, outcome, api_status, job_id,"
+                    " reason, received_at, finished_at, records_total, records_failed")
+
+
+class LedgerView:
+    """Read-only queries for the web view, on a connection and a thread of their own (WAL:
+    they never wait for the ledger's writes, nor hold them up). Every query is bounded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-view")
+        self._conn: sqlite3.Connection | None = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
+        self._pool.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._query, sql,
+                                                                params)
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                         check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+        return [dict(r) for r in self._conn.execute(sql, params)]
+
+    async def counts_since(self, since: str) -> list[dict[str, Any]]:
+        """Files finished since *since* by outcome, partial (some records failed) apart."""
+        return await self._run(
+            "SELECT outcome, coalesce(records_failed, 0) > 0 AS some_failed, count(*) AS n"
+            " FROM files WHERE finished_at >= ? GROUP BY outcome, some_failed", (since,))
+
+    async def minutes_since(self, since: str) -> list[dict[str, Any]]:
+        """Files finished and records failed per minute (``YYYY-MM-DDTHH:MM``)."""
+        return await self._run(
+            "SELECT substr(finished_at, 1, 16) AS minute, count(*) AS files,"
+            " coalesce(sum(records_failed), 0) AS records_failed FROM files"
+            " WHERE finished_at >= ? GROUP BY minute", (since,))
+
+    async def finished(self, limit: int, before: tuple[str, str] | None = None,
+                       outcome: str | None = None, obj: str | None = None,
+                       instance: str | None = None) -> list[dict[str, Any]]:
+        """Finished files, newest first, *limit* at most, older than *before*
+        (finished_at, claim_id) when given."""
+        where, params = ["finished_at IS NOT NULL"], []
+        if before is not None:
+            where.append("(finished_at, claim_id) < (?, ?)")
+            params += list(before)
+        for column, value in (("outcome", outcome), ("object", obj)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if instance is not None:
+            where.append("coalesce(instance, 'default') = ?")
+            params.append(instance)
+        return await self._run(
+            f"SELECT {FINISHED_COLUMNS} FROM files WHERE {' AND '.join(where)}"
+            " ORDER BY finished_at DESC, claim_id DESC LIMIT ?", (*params, limit))
+
+    async def file(self, claim_id: str) -> dict[str, Any] | None:
+        rows = await self._run(
+            f"SELECT {FINISHED_COLUMNS}, state, submitted_at, dest_path, result_json, hub"
+            " FROM files WHERE claim_id = ?", (claim_id,))
+        return rows[0] if rows else None
+
+    async def parts(self, claim_id: str) -> list[dict[str, Any]]:
+        return await self._run(
+            "SELECT part, first_row, rows, job_id, submitted_at FROM parts"
+            " WHERE claim_id = ? ORDER BY part LIMIT 10000", (claim_id,))

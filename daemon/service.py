@@ -14,10 +14,11 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon import csvfile
+from daemon import csvfile, ops
 from daemon.admission import Admission, Claimer, Ticket
 from daemon.checks import Checks
 from daemon.fileref import hard_links_protected
@@ -25,7 +26,7 @@ from daemon.filing import Filer
 from daemon.http_server import HttpServer, raise_descriptor_limit
 from daemon.http_server import serve as serve_http
 from daemon.instances import Instance
-from daemon.ledger import Ledger
+from daemon.ledger import Ledger, LedgerView
 from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
@@ -36,6 +37,7 @@ from daemon.store import StoreError
 from daemon.systemd import Notifier
 from daemon.tasks import Tasks
 from daemon.trouble import Troubles
+from daemon.view import Live, ViewHost
 from daemon.watcher import Watcher
 from daemon.web import ApiReadiness, Host, Readiness, create_app
 
@@ -98,7 +100,8 @@ class Daemon:
         self.watcher = Watcher(self.spool, candidates, settle_seconds=s.spool.settle_seconds,
                                rescan_seconds=s.spool.rescan_seconds,
                                force_polling=s.spool.force_polling, troubles=self.troubles)
-        self.watcher.on_scan = self.metrics.inbox_scanned
+        self.watcher.on_scan = self._scanned
+        self.inbox: tuple[int, float | None] = (0, None)  # files waiting, oldest's arrival
         self.claimer = Claimer(self.lanes, self.lane_of, self.watcher, self.spool,
                                self.checks.examine, self.quick, self.tasks.spawn,
                                lambda work, ticket: self.pipeline.process(work, ticket, True),
@@ -112,6 +115,19 @@ class Daemon:
             self.ready, (spool.inbox, spool.processing, spool.done, spool.failed),
             {n: ApiReadiness(i.policy.gate, i.probe) for n, i in self.instances.items()},
             self.troubles, s.http.ready_when)
+
+    def _scanned(self, waiting: int, oldest: float | None) -> None:
+        self.inbox = (waiting, oldest)
+        self.metrics.inbox_scanned(waiting, oldest)
+
+    def live(self) -> Live:
+        """What the web view shows of the present."""
+        waiting, oldest = self.inbox
+        return Live({n: api.state() for n, api in self.readiness.instances.items()},
+                    waiting, None if oldest is None else max(0.0, time.time() - oldest),
+                    sum(i.jobs.uploads_now for i in self.instances.values()),
+                    [f.as_dict() for i in self.instances.values()
+                     for f in i.jobs.active.values()])
 
     def instance(self, name: str = DEFAULT_INSTANCE) -> Instance:
         return self.instances[name]
@@ -187,6 +203,7 @@ class Daemon:
                 await asyncio.gather(notifying, return_exceptions=True)
             if http is not None:
                 await http.cleanup()
+                await self.ledger_view.close()
             await asyncio.gather(*(i.close() for i in self.instances.values()),
                                  return_exceptions=True)
             await self.ledger.close()
@@ -215,9 +232,13 @@ class Daemon:
         http = self.settings.http
         if not http.enabled:
             return None
+        self.ledger_view = LedgerView(self.ledger.path)
+        spool = self.spool
+        view = ViewHost(self.ledger_view, spool, self.live, http.actions,
+                        partial(ops.retry, spool), partial(ops.retry_failed_rows, spool))
         app, connections = create_app(Host(
             self.dead_tasks, self.readiness, self.wake, self.metrics.registry,
-            self.settings.callback.signature_key))
+            self.settings.callback.signature_key, view))
         try:
             return await serve_http(app, connections, http.host, http.port,
                                     self.metrics.http_refused)

@@ -133,6 +133,8 @@ class HttpSettings:
     listen: str = "127.0.0.1:8470"
     # /readyz is 503 when any instance is not ready ("all" must be), or only when none is.
     ready_when: Literal["all", "any"] = "all"
+    # The web view's buttons (retry, send failed rows again): POST routes exist only then.
+    actions: bool = False
 
     @property
     def enabled(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -47,17 +48,20 @@ class Tracker:
         for task in self._following:
             task.cancel()
 
-    async def follow(self, hub: str, job_id: str, submitted_at: str, log: Any) -> JobEnd:
-        """Poll until the job ends or its time is up; poll errors never end it early."""
+    async def follow(self, hub: str, job_id: str, submitted_at: str, log: Any,
+                     on_status: Callable[[str | None], object] = lambda word: None) -> JobEnd:
+        """Poll until the job ends or its time is up; poll errors never end it early.
+        *on_status* is told each status word polled."""
         task = asyncio.current_task()
         assert task is not None
         self._following.add(task)
         try:
-            return await self._follow(hub, job_id, submitted_at, log)
+            return await self._follow(hub, job_id, submitted_at, log, on_status)
         finally:
             self._following.discard(task)
 
-    async def _follow(self, hub: str, job_id: str, submitted_at: str, log: Any) -> JobEnd:
+    async def _follow(self, hub: str, job_id: str, submitted_at: str, log: Any,
+                      on_status: Callable[[str | None], object]) -> JobEnd:
         started = datetime.fromisoformat(submitted_at).timestamp()
         event = self._wake.setdefault(job_id, asyncio.Event())
         delay = self.poll_interval
@@ -100,6 +104,7 @@ class Tracker:
                 last = body
                 status = read_status(body)
                 log.debug("job.status", api_status=status.word)
+                on_status(status.word)
                 if status.ended:
                     return JobEnd(status.word, status.ended_well, body)
                 if not status.known and status.word not in unknown:

@@ -29,6 +29,7 @@ from daemon.logs import get_logger
 from daemon.retry import ApiError, AuthError, AuthGate
 from daemon.settings import Secret
 from daemon.trouble import Troubles
+from daemon.view import ViewHost, add_routes
 
 CALLBACK_MAX_BYTES = 1024 * 1024
 # An instance's API that takes longer to list its objects is "not answering": /readyz
@@ -50,6 +51,13 @@ class ApiReadiness:
         self.ttl = ttl  # seconds an answer from the API is trusted
         self.api_problem: str | None = None
         self._checked = -1e9
+
+    def state(self) -> str:
+        """"ready", or why not, as last known (asks nothing)."""
+        if not self.gate.is_open:
+            refusal = f" ({self.gate.refusal})" if self.gate.refusal else ""
+            return f"credentials refused{refusal}: its files wait"
+        return self.api_problem or "ready"
 
     async def problem(self) -> str | None:
         """None when ready, else what is wrong, in a line. The API is asked while the
@@ -120,6 +128,7 @@ class Host:
     wake: Callable[[str], bool]           # check this job now; False: not followed here
     registry: CollectorRegistry
     signature_key: Secret
+    view: ViewHost | None = None          # the web view's, when it is served
 
 
 HOST: web.AppKey[Host] = web.AppKey("host", Host)
@@ -132,6 +141,8 @@ def create_app(host: Host) -> tuple[web.Application, Connections]:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(host.registry))
     app.router.add_post("/callbacks/bulk", callback)
+    if host.view is not None:
+        add_routes(app, host.view)
     return app, connections
 
 

@@ -1,0 +1,510 @@
+"""The web view on the daemon's listener: ``GET /`` (each instance, today's counts, what
+waits and runs, the latest files, a chart of the last hour), ``GET /files/<claim id>``
+(one file's story, its errors, its sidecars to download), the JSON API the page reads
+(``/api/status``, ``/api/files``), and, with ``[http] actions = true`` only, two POST
+actions (retry a failed file, send its failed rows again) guarded by a CSRF token.
+
+Pages are rendered here, escaped, readable without JavaScript; ``webui/view.js`` keeps
+``/`` current from the JSON API every 2 s. No path from a request reaches the file
+system: a file is found by its claim id in the ledger, and its sidecars by the
+destination the ledger recorded (below done/ or failed/ only), opened without following
+a link. Every ledger query is bounded; what ``/`` shows is made at most once a second,
+however many people watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from daemon.failedrows import FAILED_SUFFIX
+from daemon.fileref import FileRef
+from daemon.ledger import LedgerView
+from daemon.placing import ERRORS_SUFFIX
+from daemon.results import COMPLETE, FAILED, REJECTED, flatten
+from daemon.spool import Spool
+
+CLAIM_ID = r"[0-9a-f]{20}"
+PAGE_FILES = 100          # the latest files on /, and a page of /api/files by default
+MAX_PAGE = 500
+ERRORS_SHOWN = 100
+STATUS_TTL = 1.0          # seconds what / shows is reused
+TOKEN_SECONDS = 3600      # how long an action's form stays good
+OUTCOMES = (COMPLETE, FAILED, REJECTED)
+HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+                                      "style-src 'self'; img-src 'self'; connect-src 'self'; "
+                                      "form-action 'self'; frame-ancestors 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+           "Cache-Control": "no-store"}
+
+
+@dataclass(frozen=True)
+class Live:
+    """What the daemon knows in memory, now."""
+    instances: Mapping[str, str]          # name -> "ready" or why not
+    waiting: int                          # files in inbox/ at the last scan
+    oldest_seconds: float | None          # how long the oldest of them has waited
+    uploads: int                          # uploads in flight
+    following: Sequence[Mapping[str, Any]]  # jobs being followed
+
+
+@dataclass(frozen=True)
+class ViewHost:
+    """What the view needs of the daemon, and no more."""
+    ledger: LedgerView
+    spool: Spool
+    live: Callable[[], Live]
+    actions: bool
+    retry: Callable[[Path], Path]             # a file in failed/ back into inbox/
+    retry_failed_rows: Callable[[Path], Path]  # its failed rows into inbox/
+
+
+VIEW: web.AppKey[View] = web.AppKey("view")
+
+
+def add_routes(app: web.Application, host: ViewHost) -> None:
+    view = View(host)
+    app[VIEW] = view
+    app.router.add_get("/", view.index)
+    app.router.add_get("/api/status", view.api_status)
+    app.router.add_get("/api/files", view.api_files)
+    app.router.add_get(f"/files/{{claim_id:{CLAIM_ID}}}", view.file_page)
+    app.router.add_get(f"/files/{{claim_id:{CLAIM_ID}}}/{{sidecar:errors|failed}}.csv",
+                       view.sidecar)
+    app.router.add_get("/static/{name:view\\.(css|js)}", view.static)
+    if host.actions:  # with actions off, no route changes anything
+        app.router.add_post(f"/files/{{claim_id:{CLAIM_ID}}}/{{action:retry|failed-rows}}",
+                            view.act)
+
+
+class View:
+    def __init__(self, host: ViewHost) -> None:
+        self.host = host
+        self._key = secrets.token_bytes(32)  # signs action forms; new at every start
+        self._status: tuple[float, dict[str, Any]] | None = None
+        self._making: asyncio.Task[dict[str, Any]] | None = None
+
+    # -- data --------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """What / shows but the files, made at most once per :data:`STATUS_TTL`."""
+        now = time.monotonic()
+        if self._status is not None and now - self._status[0] < STATUS_TTL:
+            return self._status[1]
+        if self._making is None or self._making.done():  # one query at a time
+            self._making = asyncio.ensure_future(self._make_status())
+        made = await asyncio.shield(self._making)
+        self._status = (time.monotonic(), made)
+        return made
+
+    async def _make_status(self) -> dict[str, Any]:
+        live = self.host.live()
+        now = datetime.now(UTC)
+        midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        hour_ago = (now - timedelta(minutes=59)).replace(second=0, microsecond=0)
+        counts, minutes = await asyncio.gather(
+            self.host.ledger.counts_since(_stamp(midnight)),
+            self.host.ledger.minutes_since(_stamp(hour_ago)))
+        today = {"COMPLETE": 0, "partial": 0, "FAILED": 0, "REJECTED": 0}
+        for row in counts:
+            key = "partial" if row["outcome"] == COMPLETE and row["some_failed"] else row["outcome"]
+            if key in today:
+                today[key] += row["n"]
+        per_minute = {r["minute"]: r for r in minutes}
+        chart = []
+        for i in range(60):
+            minute = (hour_ago + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M")
+            row = per_minute.get(minute, {})
+            chart.append({"minute": minute, "files": row.get("files", 0),
+                          "records_failed": row.get("records_failed", 0)})
+        return {"generated_at": _stamp(now), "instances": dict(live.instances),
+                "ready": all(v == "ready" for v in live.instances.values()),
+                "today": today, "since": _stamp(midnight),
+                "inbox": {"waiting": live.waiting,
+                          "oldest_seconds": None if live.oldest_seconds is None
+                          else round(live.oldest_seconds)},
+                "uploads_in_flight": live.uploads,
+                "following": [{**f, "age_seconds": _age(f["submitted_at"], now)}
+                              for f in sorted(live.following,
+                                              key=lambda f: f["submitted_at"])[:500]],
+                "following_total": len(live.following),
+                "per_minute": chart}
+
+    async def files(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """A page of finished files, newest first, filtered; ``next`` pages on."""
+        limit = _int(query.get("limit"), PAGE_FILES, 1, MAX_PAGE)
+        status = query.get("status") or None
+        if status is not None and status not in OUTCOMES:
+            raise web.HTTPBadRequest(text=f"status must be one of {', '.join(OUTCOMES)}")
+        before = _cursor(query.get("before"))
+        rows = await self.host.ledger.finished(
+            limit + 1, before, status, query.get("object") or None,
+            query.get("instance") or None)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        files = [_file_summary(r) for r in rows]
+        return {"files": files,
+                "next": f"{rows[-1]['finished_at']}|{rows[-1]['claim_id']}" if more else None}
+
+    # -- pages -------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        status, page = await asyncio.gather(self.status(), self.files(request.query))
+        return _html(render_index(status, page, dict(request.query)))
+
+    async def api_status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.status(), headers=HEADERS)
+
+    async def api_files(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.files(request.query), headers=HEADERS)
+
+    async def file_page(self, request: web.Request) -> web.Response:
+        claim_id = request.match_info["claim_id"]
+        row = await self._row(claim_id)
+        story = await self._story(row)
+        done = request.query.get("done")
+        note = {"retry": "Moved back into inbox/: it is claimed again as a new file.",
+                "failed-rows": "Its failed rows were dropped into inbox/ as a new file."}
+        return _html(render_file(story, self._forms(story), note.get(done or "")))
+
+    async def sidecar(self, request: web.Request) -> web.StreamResponse:
+        claim_id, which = request.match_info["claim_id"], request.match_info["sidecar"]
+        row = await self._row(claim_id)
+        path = self._sidecar_path(row, ERRORS_SUFFIX if which == "errors" else FAILED_SUFFIX)
+        try:
+            data = await asyncio.to_thread(_read, path) if path is not None else None
+        except OSError:
+            data = None
+        if data is None:
+            raise web.HTTPNotFound(text=f"this file has no {which}.csv")
+        name = Path(row["rel_path"]).name + (ERRORS_SUFFIX if which == "errors"
+                                             else FAILED_SUFFIX)
+        return web.Response(body=data, content_type="text/csv", charset="utf-8", headers={
+            **HEADERS, "Content-Disposition": _attachment(name)})
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]  # view.css or view.js, nothing else matches
+        data = resources.files("daemon").joinpath("webui", name).read_bytes()
+        kind = "text/css" if name.endswith(".css") else "text/javascript"
+        return web.Response(body=data, content_type=kind, charset="utf-8",
+                            headers={**HEADERS, "Cache-Control": "max-age=300"})
+
+    async def act(self, request: web.Request) -> web.Response:
+        claim_id, action = request.match_info["claim_id"], request.match_info["action"]
+        form = await request.post()
+        token = form.get("csrf")
+        if not isinstance(token, str) or not self._token_ok(token, claim_id, action):
+            raise web.HTTPForbidden(text="the form is stale or not ours: open the file's "
+                                         "page again and press the button there")
+        row = await self._row(claim_id)
+        story = await self._story(row)
+        if action not in self._forms(story):
+            raise web.HTTPConflict(text=f"nothing to {action.replace('-', ' ')} for this file")
+        path = self.host.spool.filed_from_stored(row["dest_path"] or "")
+        assert path is not None  # _forms offers actions only for a file in place
+        act = self.host.retry if action == "retry" else self.host.retry_failed_rows
+        try:
+            await asyncio.to_thread(act, path)
+        except (OSError, ValueError) as exc:
+            raise web.HTTPConflict(text=f"cannot {action.replace('-', ' ')}: {exc}") from exc
+        raise web.HTTPSeeOther(f"/files/{claim_id}?{urlencode({'done': action})}")
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _row(self, claim_id: str) -> dict[str, Any]:
+        row = await self.host.ledger.file(claim_id)
+        if row is None:
+            raise web.HTTPNotFound(text=f"no file {claim_id} in the ledger")
+        return row
+
+    async def _story(self, row: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if row.get("result_json"):
+            result = await asyncio.to_thread(json.loads, row["result_json"])
+        parts = await self.host.ledger.parts(row["claim_id"])
+        errors = (result.get("errors_all") or result.get("errors") or [])[:ERRORS_SHOWN]
+        sidecars = {}
+        for name, suffix in (("errors", ERRORS_SUFFIX), ("failed", FAILED_SUFFIX)):
+            path = self._sidecar_path(row, suffix)
+            sidecars[name] = path is not None and await asyncio.to_thread(_is_file, path)
+        return {**_file_summary(row), "state": row["state"], "hub": row.get("hub"),
+                "submitted_at": row.get("submitted_at"),
+                "dest": row.get("dest_path"),
+                "placed": await asyncio.to_thread(self._placed, row),
+                "csv": result.get("csv"), "jobs": result.get("jobs"), "parts": parts,
+                "errors": [flatten(e) for e in errors],
+                "errors_total": result.get("errors_total", len(errors)),
+                "failed_rows": result.get("failed_rows"), "sidecars": sidecars}
+
+    def _placed(self, row: dict[str, Any]) -> bool:
+        path = self.host.spool.filed_from_stored(row.get("dest_path") or "")
+        return path is not None and _is_file(path)
+
+    def _sidecar_path(self, row: dict[str, Any], suffix: str) -> Path | None:
+        dest = self.host.spool.filed_from_stored(row.get("dest_path") or "")
+        return None if dest is None else dest.with_name(dest.name + suffix)
+
+    def _forms(self, story: dict[str, Any]) -> dict[str, str]:
+        """The actions this file offers now, each with its form's token."""
+        if not self.host.actions or not story["placed"]:
+            return {}
+        offered = []
+        if story["status"] in (FAILED, REJECTED) and str(story["dest"]).startswith("failed/"):
+            offered.append("retry")
+        if story["sidecars"]["failed"]:
+            offered.append("failed-rows")
+        return {a: self._token(story["claim_id"], a) for a in offered}
+
+    def _token(self, claim_id: str, action: str, issued: int | None = None) -> str:
+        issued = int(time.time()) if issued is None else issued
+        mac = hmac.new(self._key, f"{issued}:{claim_id}:{action}".encode(), hashlib.sha256)
+        return f"{issued}.{mac.hexdigest()}"
+
+    def _token_ok(self, token: str, claim_id: str, action: str) -> bool:
+        issued, _, _mac = token.partition(".")
+        if not issued.isdigit() or time.time() - int(issued) > TOKEN_SECONDS:
+            return False
+        return hmac.compare_digest(token, self._token(claim_id, action, int(issued)))
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+def _stamp(when: datetime) -> str:
+    """As the ledger writes times: UTC, ISO 8601, milliseconds."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _age(stamp: str | None, now: datetime) -> int | None:
+    if not stamp:
+        return None
+    try:
+        return max(0, round((now - datetime.fromisoformat(stamp)).total_seconds()))
+    except ValueError:
+        return None
+
+
+def _int(raw: str | None, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(text="limit must be a whole number")
+    return max(low, min(high, int(raw)))
+
+
+def _cursor(raw: str | None) -> tuple[str, str] | None:
+    if not raw:
+        return None
+    stamp, sep, claim_id = raw.partition("|")
+    if not sep or not re.fullmatch(CLAIM_ID, claim_id) or len(stamp) > 40:
+        raise web.HTTPBadRequest(text="before must be a cursor from 'next'")
+    return stamp, claim_id
+
+
+def _file_summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    failed = row.get("records_failed")
+    return {"claim_id": row["claim_id"], "file": row["rel_path"],
+            "instance": _instance(row.get("instance")), "object": row.get("object"),
+            "status": row.get("outcome") or row.get("state"),
+            "partial": row.get("outcome") == COMPLETE and bool(failed),
+            "api_status": row.get("api_status"), "job_id": row.get("job_id"),
+            "records": {"total": row.get("records_total"), "failed": failed},
+            "reason": row.get("reason"), "received_at": row.get("received_at"),
+            "finished_at": row.get("finished_at")}
+
+
+def _instance(stored: str | None) -> str | None:
+    return "default" if stored is None else (stored or None)
+
+
+def _read(path: Path) -> bytes:
+    with FileRef(path).open("rb") as fh:  # never through a link
+        data: bytes = fh.read()
+        return data
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        with FileRef(path).open("rb"):
+            return True
+    except OSError:
+        return False
+
+
+def _attachment(name: str) -> str:
+    ascii_name = re.sub(r'[^A-Za-z0-9._-]', "_", name)
+    return f"attachment; filename=\"{ascii_name}\""
+
+
+def _html(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=HEADERS)
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+def h(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{h(title)}</title><link rel="stylesheet" href="/static/view.css">'
+            f'</head><body>{body}</body></html>\n')
+
+
+def _table(head: Iterable[str], rows: Iterable[Iterable[str]], body_id: str = "") -> str:
+    """A table; the cells of *rows* are HTML already (escaped by the caller)."""
+    ths = "".join(f"<th>{h(c)}</th>" for c in head)
+    trs = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    tbody = f'<tbody id="{body_id}">' if body_id else "<tbody>"
+    return f"<table><thead><tr>{ths}</tr></thead>{tbody}{trs}</tbody></table>"
+
+
+def _status_badge(status: str | None, partial: bool = False) -> str:
+    word = "partial" if partial else (status or "")
+    return f'<span class="badge {h(word.lower())}">{h(word)}</span>'
+
+
+def _file_link(claim_id: str, name: str) -> str:
+    return f'<a href="/files/{h(claim_id)}">{h(name)}</a>'
+
+
+def render_chart(per_minute: Sequence[Mapping[str, Any]]) -> str:
+    """Files (bars) and records failed (red bars) per minute, as an inline SVG."""
+    top = max([1, *(m["files"] for m in per_minute), *(m["records_failed"] for m in per_minute)])
+    bars = []
+    for i, m in enumerate(per_minute):
+        for value, cls, dx in ((m["files"], "files", 0), (m["records_failed"], "failed", 2)):
+            height = round(58 * value / top, 1)
+            if value:
+                bars.append(f'<rect class="{cls}" x="{i * 5 + dx}" y="{60 - height}" '
+                            f'width="2" height="{height}"><title>{h(m["minute"])}: {value} '
+                            f'{"files" if cls == "files" else "records failed"}</title></rect>')
+    return (f'<svg id="chart" viewBox="0 0 300 60" preserveAspectRatio="none" role="img" '
+            f'aria-label="files finished and records failed per minute, last hour; '
+            f'highest {top}">{"".join(bars)}</svg>')
+
+
+def render_index(status: Mapping[str, Any], page: Mapping[str, Any],
+                 query: dict[str, str]) -> str:
+    instances = "".join(
+        f'<li><b>{h(name)}</b> <span class="{"ok" if state == "ready" else "bad"}">'
+        f'{h(state)}</span></li>' for name, state in status["instances"].items())
+    today = status["today"]
+    counts = "".join(f'<div class="count {k.lower()}"><b id="today-{k.lower()}">{today[k]}</b>'
+                     f'<span>{h(k)}</span></div>' for k in today)
+    inbox = status["inbox"]
+    oldest = (f", oldest waiting {ago(inbox['oldest_seconds'])}"
+              if inbox["oldest_seconds"] is not None and inbox["waiting"] else "")
+    following = _table(
+        ("file", "instance", "object", "job", "API status", "age"),
+        ([_file_link(f["claim_id"], f["file"]), h(f["instance"]), h(f["object"]),
+          h(f["job_id"]), h(f["api_status"] or "…"), ago(f["age_seconds"])]
+         for f in status["following"]), "following")
+    latest = _table(
+        ("finished", "file", "instance", "status", "records", "failed"),
+        ([h((f["finished_at"] or "")[:19].replace("T", " ")),
+          _file_link(f["claim_id"], f["file"]), h(f["instance"]),
+          _status_badge(f["status"], f["partial"]), h(f["records"]["total"]),
+          h(f["records"]["failed"])] for f in page["files"]), "latest")
+    older = ""
+    if page["next"]:
+        older = (f'<p><a id="older" href="/?{h(urlencode({**query, "before": page["next"]}))}">'
+                 "older files →</a></p>")
+    first_page = "before" not in query
+    as_of = h(status["generated_at"][:19].replace("T", " "))
+    total = status["following_total"]
+    return _page("bulkdrop", f"""
+<header><h1>bulkdrop</h1><p id="updated">as of {as_of} UTC
+<noscript> · reload to update</noscript></p></header>
+<main data-live="{'yes' if first_page else 'no'}">
+<section><h2>Instances</h2><ul id="instances" class="instances">{instances}</ul></section>
+<section><h2>Today</h2><div class="counts">{counts}</div>
+<p id="inbox"><b>{inbox['waiting']}</b> waiting in inbox/{h(oldest)};
+<b>{status['uploads_in_flight']}</b> uploads in flight</p></section>
+<section><h2>Last hour</h2>{render_chart(status['per_minute'])}
+<p class="legend"><span class="files">■</span> files finished per minute
+<span class="failed">■</span> records failed per minute</p></section>
+<section><h2>Jobs being followed (<span id="following-total">{total}</span>)</h2>
+{following}</section>
+<section><h2>Latest finished files</h2>{latest}{older}</section>
+</main><script src="/static/view.js"></script>""")
+
+
+def render_file(story: Mapping[str, Any], forms: Mapping[str, str], note: str | None) -> str:
+    fields = [("file", h(story["file"])), ("instance", h(story["instance"])),
+              ("object", h(story["object"])), ("hub", h(story["hub"])),
+              ("status", _status_badge(story["status"], story["partial"])),
+              ("API status", h(story["api_status"])), ("job", h(story["job_id"])),
+              ("records", h(story["records"]["total"])),
+              ("records failed", h(story["records"]["failed"])),
+              ("reason", h(story["reason"])), ("filed as", h(story["dest"]))]
+    csv = story.get("csv") or {}
+    if csv:
+        fields.append(("dialect", h(", ".join(f"{k} {v}" for k, v in csv.items()))))
+    facts = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in fields)
+    timeline = _table(("received", "submitted", "finished"),
+                      [[h(story["received_at"]), h(story["submitted_at"]),
+                        h(story["finished_at"])]])
+    jobs = ""
+    if story.get("jobs"):
+        jobs = "<h2>Jobs</h2>" + _table(
+            ("part", "rows", "job", "status", "records", "failed"),
+            ([h(j.get("part")), h("–".join(map(str, j.get("rows") or []))), h(j.get("job_id")),
+              h(j.get("status")), h((j.get("records") or {}).get("total")),
+              h((j.get("records") or {}).get("failed"))] for j in story["jobs"]))
+    errors = ""
+    if story["errors"]:
+        columns: dict[str, None] = {}
+        for e in story["errors"]:
+            columns.update(dict.fromkeys(e))
+        shown = f"first {len(story['errors'])} of {story['errors_total']}" if (
+            story["errors_total"] > len(story["errors"])) else f"{len(story['errors'])}"
+        errors = f"<h2>Errors ({h(shown)})</h2>" + _table(
+            columns, ([h(e.get(c, "")) for c in columns] for e in story["errors"]), "errors")
+    links = "".join(
+        f'<li><a href="/files/{h(story["claim_id"])}/{name}.csv" download>{label}</a></li>'
+        for name, label in (("errors", "errors.csv"), ("failed", "failed.csv (the failed rows)"))
+        if story["sidecars"][name])
+    actions = "".join(
+        f'<form method="post" action="/files/{h(story["claim_id"])}/{action}">'
+        f'<input type="hidden" name="csrf" value="{h(token)}">'
+        f'<button type="submit" id="{action}">'
+        f'{"retry" if action == "retry" else "send failed rows again"}</button></form>'
+        for action, token in forms.items())
+    return _page(f"{story['file']} · bulkdrop", f"""
+<header><h1><a href="/">bulkdrop</a> › {h(story['file'])}</h1></header><main>
+{f'<p class="note" id="note">{h(note)}</p>' if note else ''}
+<section><table class="facts">{facts}</table></section>
+<section><h2>Timeline</h2>{timeline}</section>
+{jobs}
+{f'<section><h2>Downloads</h2><ul>{links}</ul></section>' if links else ''}
+{f'<section class="actions">{actions}</section>' if actions else ''}
+{errors}
+</main>""")

@@ -1,0 +1,199 @@
+"""The web view and its JSON API over real HTTP: what / and /api/* say of files run
+through the simulator, one file's page and its downloads, paths that must never reach
+the file system, and the actions: absent unless turned on, then only with the page's
+CSRF token."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon.sim import SimServer
+from tests.helpers import contacts_csv, drop, free_port, wait_for
+
+Fetch = tuple[int, str]
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, dict[str, str]]:
+    async with http.get(url, allow_redirects=False) as resp:
+        return resp.status, await resp.text(), dict(resp.headers)
+
+
+async def files_ready(make_settings, run_daemon, spool_root: Path,
+                      **overrides: Any) -> tuple[str, Any]:
+    """A daemon with its listener, and four files finished: clean, partial, all failed,
+    rejected."""
+    port = free_port()
+    daemon = await run_daemon(make_settings(http__listen=f"127.0.0.1:{port}", **overrides))
+    drop(spool_root, "contact/clean.csv", contacts_csv(3, tag="c"))
+    drop(spool_root, "contact/partial.csv", contacts_csv(4, tag="p", bad_every=2))
+    drop(spool_root, "contact/bad.csv", "email,first_name\nnope,A\nnever,B\n")
+    drop(spool_root, "contact/sheet.xlsx", b"not a csv")
+    # counted once the ledger says finished (a moment after the result is in place)
+    await wait_for(lambda: sum(daemon.filer.counts.values()) == 4, what="4 files filed")
+    return f"http://127.0.0.1:{port}", daemon
+
+
+async def claim_of(http: aiohttp.ClientSession, base: str, name: str) -> str:
+    async with http.get(f"{base}/api/files?limit=500") as resp:
+        files = (await resp.json())["files"]
+    (claim_id,) = [f["claim_id"] for f in files if f["file"] == name]
+    return str(claim_id)
+
+
+async def test_the_json_api_counts_pages_and_filters(make_settings, run_daemon,
+                                                     sim: SimServer, spool_root: Path) -> None:
+    base, daemon = await files_ready(make_settings, run_daemon, spool_root)
+    await wait_for(lambda: daemon.inbox[0] == 0, what="a rescan of the empty inbox")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/api/status") as resp:
+            assert resp.status == 200
+            status = await resp.json()
+        assert status["today"] == {"COMPLETE": 1, "partial": 1, "FAILED": 1, "REJECTED": 1}
+        assert status["instances"] == {"default": "ready"} and status["ready"]
+        assert sum(m["files"] for m in status["per_minute"]) == 4
+        assert sum(m["records_failed"] for m in status["per_minute"]) == 2 + 2
+        assert len(status["per_minute"]) == 60
+        assert status["inbox"]["waiting"] == 0 and status["uploads_in_flight"] == 0
+        async with http.get(base + "/api/files?limit=3") as resp:
+            first = await resp.json()
+        assert len(first["files"]) == 3 and first["next"]
+        async with http.get(base + "/api/files", params={"before": first["next"]}) as resp:
+            rest = await resp.json()
+        assert len(rest["files"]) == 1 and rest["next"] is None
+        names = [f["file"] for f in first["files"] + rest["files"]]
+        assert sorted(names) == ["contact/bad.csv", "contact/clean.csv", "contact/partial.csv",
+                                 "contact/sheet.xlsx"]
+        stamps = [f["finished_at"] for f in first["files"] + rest["files"]]
+        assert stamps == sorted(stamps, reverse=True), "newest first"
+        async with http.get(base + "/api/files?status=COMPLETE") as resp:
+            complete = (await resp.json())["files"]
+        assert {f["file"]: f["partial"] for f in complete} == {
+            "contact/clean.csv": False, "contact/partial.csv": True}
+        partial = next(f for f in complete if f["partial"])
+        assert partial["records"] == {"total": 4, "failed": 2}
+        assert partial["instance"] == "default" and partial["object"] == "contact"
+        for query in ("status=DONE", "before=yesterday", "limit=-1", "before=x|..%2F"):
+            async with http.get(f"{base}/api/files?{query}") as resp:
+                assert resp.status == 400, query
+        async with http.get(base + "/api/files?object=account") as resp:
+            assert (await resp.json())["files"] == []
+
+
+async def test_the_page_and_a_files_story(make_settings, run_daemon, sim: SimServer,
+                                          spool_root: Path) -> None:
+    base, _daemon = await files_ready(make_settings, run_daemon, spool_root)
+    async with aiohttp.ClientSession() as http:
+        code, page, headers = await get(http, base + "/")
+        assert code == 200 and headers["Content-Type"].startswith("text/html")
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        for text in ("contact/partial.csv", "contact/sheet.xlsx", 'id="today-complete">1<',
+                     'id="today-partial">1<', "default", "ready"):
+            assert text in page, text
+        claim_id = await claim_of(http, base, "contact/partial.csv")
+        code, story, _ = await get(http, f"{base}/files/{claim_id}")
+        assert code == 200
+        assert "Errors (2)" in story and "Invalid email address" in story
+        assert f'href="/files/{claim_id}/errors.csv"' in story
+        assert f'href="/files/{claim_id}/failed.csv"' in story
+        assert "<form" not in story, "no actions unless turned on"
+        code, errors_csv, headers = await get(http, f"{base}/files/{claim_id}/errors.csv")
+        assert code == 200 and "Invalid email address" in errors_csv
+        assert headers["Content-Disposition"] == 'attachment; filename="partial.csv.errors.csv"'
+        async with http.get(f"{base}/files/{claim_id}/failed.csv") as resp:
+            failed_csv = await resp.read()
+        done = spool_root / "done" / "contact"
+        assert failed_csv == (done / "partial.csv.failed.csv").read_bytes()
+        clean = await claim_of(http, base, "contact/clean.csv")
+        assert (await get(http, f"{base}/files/{clean}/errors.csv"))[0] == 404
+        assert (await get(http, f"{base}/files/{'0' * 20}"))[0] == 404
+        for static in ("/static/view.css", "/static/view.js"):
+            assert (await get(http, base + static))[0] == 200
+
+
+@pytest.mark.parametrize("path", [
+    "/files/..%2F..%2Fetc%2Fpasswd", "/files/../../etc/passwd", "/files/%2Fetc%2Fpasswd",
+    "/files/{id}/..%2F..%2F..%2Fetc%2Fpasswd", "/files/{id}%2F..%2Ferrors.csv",
+    "/files/{id}/errors.csv%00", "/static/..%2Fview.py", "/static/%2E%2E/__init__.py",
+    "/files//etc/passwd", "/files/{id}/result.json", "/static/view.py",
+])
+async def test_no_path_from_a_request_reaches_the_file_system(
+        make_settings, run_daemon, sim: SimServer, spool_root: Path, path: str) -> None:
+    base, _daemon = await files_ready(make_settings, run_daemon, spool_root)
+    async with aiohttp.ClientSession() as http:
+        claim_id = await claim_of(http, base, "contact/partial.csv")
+        async with http.get(base + path.replace("{id}", claim_id),
+                            allow_redirects=False) as resp:
+            text = await resp.text()
+    assert resp.status in (400, 404), (resp.status, text[:200])
+    assert "root:" not in text and "import" not in text
+
+
+async def test_a_sidecar_swapped_for_a_link_is_not_served(make_settings, run_daemon,
+                                                          sim: SimServer,
+                                                          spool_root: Path) -> None:
+    base, _daemon = await files_ready(make_settings, run_daemon, spool_root)
+    errors = spool_root / "done" / "contact" / "partial.csv.errors.csv"
+    errors.unlink()
+    errors.symlink_to("/etc/passwd")
+    async with aiohttp.ClientSession() as http:
+        claim_id = await claim_of(http, base, "contact/partial.csv")
+        code, text, _ = await get(http, f"{base}/files/{claim_id}/errors.csv")
+        assert code == 404 and "root:" not in text
+        assert f"/files/{claim_id}/errors.csv" not in (await get(
+            http, f"{base}/files/{claim_id}"))[1]
+
+
+async def test_without_actions_nothing_changes_state(make_settings, run_daemon,
+                                                     sim: SimServer, spool_root: Path) -> None:
+    base, _daemon = await files_ready(make_settings, run_daemon, spool_root)
+    async with aiohttp.ClientSession() as http:
+        claim_id = await claim_of(http, base, "contact/bad.csv")
+        for action in ("retry", "failed-rows"):
+            async with http.post(f"{base}/files/{claim_id}/{action}",
+                                 data={"csrf": "x"}, allow_redirects=False) as resp:
+                assert resp.status in (404, 405)
+    assert (spool_root / "failed" / "contact" / "bad.csv").exists()
+
+
+async def test_actions_need_the_pages_own_token(make_settings, run_daemon, sim: SimServer,
+                                                spool_root: Path) -> None:
+    base, daemon = await files_ready(make_settings, run_daemon, spool_root,
+                                     http__actions=True)
+    failed = spool_root / "failed" / "contact" / "bad.csv"
+    async with aiohttp.ClientSession() as http:
+        bad = await claim_of(http, base, "contact/bad.csv")
+        clean = await claim_of(http, base, "contact/clean.csv")
+        _, story, _ = await get(http, f"{base}/files/{bad}")
+        tokens = dict(re.findall(r'action="/files/[0-9a-f]+/([a-z-]+)">'
+                                 r'<input type="hidden" name="csrf" value="([^"]+)"', story))
+        assert set(tokens) == {"retry", "failed-rows"}
+        assert "retry" not in (await get(http, f"{base}/files/{clean}"))[1].split("<main>")[1]
+        other = dict(re.findall(r'action="/files/[0-9a-f]+/([a-z-]+)">'
+                                r'<input type="hidden" name="csrf" value="([^"]+)"',
+                                (await get(http, f"{base}/files/"
+                                           f"{await claim_of(http, base, 'contact/partial.csv')}")
+                                 )[1]))
+        issued = tokens["retry"].split(".")[0]
+        for token in (None, "", "123.abc", f"{issued}.{'0' * 64}", tokens["failed-rows"],
+                      other.get("failed-rows", "x")):
+            data = {} if token is None else {"csrf": token}
+            async with http.post(f"{base}/files/{bad}/retry", data=data,
+                                 allow_redirects=False) as resp:
+                assert resp.status == 403, token
+        assert failed.exists()
+        async with http.post(f"{base}/files/{clean}/retry", data={"csrf": tokens["retry"]},
+                             allow_redirects=False) as resp:
+            assert resp.status == 403, "a token is for one file and one action"
+        async with http.post(f"{base}/files/{bad}/retry", data={"csrf": tokens["retry"]},
+                             allow_redirects=False) as resp:
+            assert resp.status == 303
+            assert resp.headers["Location"] == f"/files/{bad}?done=retry"
+    # Back in inbox/, claimed again as a new file, and filed again (it fails again).
+    await wait_for(lambda: daemon.filer.counts["FAILED"] == 2,
+                   what="the retried file filed again")
+    assert failed.exists()
