@@ -81,8 +81,9 @@ ADDED_COLUMNS = (
     ("files", "records_failed", "INTEGER"),
 )
 # Made after the columns (an older ledger gets them first): the web view's pages of
-# finished files, newest first.
-INDEXES = "CREATE INDEX IF NOT EXISTS files_finished ON files(finished_at);"
+# finished files, newest first, and its counts, read from the index alone.
+INDEXES = ("CREATE INDEX IF NOT EXISTS files_finished"
+           " ON files(finished_at, outcome, records_failed);")
 def utcnow() -> str:
     """Now in UTC as ISO 8601 with milliseconds, e.g. ``2026-01-02T03:04:05.678+00:00``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
