@@ -207,7 +207,8 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     async def both() -> int:
         sim = Simulator(SimConfig(job_seconds=3.0))
         async with SimServer(sim, host="127.0.0.1", port=0) as server:
-            settings = _settings(args, defaults=SANDBOX_DEFAULTS, forced={
+            settings = _settings(args, defaults={**SANDBOX_DEFAULTS,
+                                                 "http.listen": "127.0.0.1:0"}, forced={
                 "api.base_url": server.base_url, "api.user_secret": "",
                 "api.organization_secret": "", "api.element_token": ""})
             logs.configure(settings.log.format, settings.log.level)
@@ -231,6 +232,8 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                       + "".join(f"  or into {inbox}/{name}/contact/ (instance {name})\n"
                                 for name in others) +
                       f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
+                      + (f"  web view: http://127.0.0.1:{daemon.http.port}/\n"
+                         if daemon.http is not None else "") +
                       f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops\n"
                       f"  the API's other answer shapes: curl -X PATCH {server.root_url}"
                       "/_sim/config -d '{\"status_shape\": \"v3\", \"error_shape\": "

@@ -104,6 +104,11 @@ class HttpServer:
         self.runner = runner
         self.server = server
 
+    @property
+    def port(self) -> int:
+        """The port it listens on (chosen by the OS when asked for 0)."""
+        return int(self.server.sockets[0].getsockname()[1])
+
     async def cleanup(self) -> None:
         self.server.close()
         await self.runner.cleanup()

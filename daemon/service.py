@@ -107,6 +107,7 @@ class Daemon:
                                lambda work, ticket: self.pipeline.process(work, ticket, True),
                                self.troubles)
         self.fatal: str | None = None  # why the daemon cannot go on, once it cannot
+        self.http: HttpServer | None = None  # the listener, while it serves
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()   # set once watching
         self.core: list[asyncio.Task[None]] = []   # watcher and claimer: /healthz watches
@@ -181,7 +182,7 @@ class Daemon:
         await self._startup()
         http = notifying = None
         try:
-            http = await self._serve_http()
+            http = self.http = await self._serve_http()
             self.notifier.extend_timeout(90)  # recovery may take a while with many rows
             await recover(self.spool, self.ledger, self.pipeline, self.tasks.spawn)
             self.core = [asyncio.create_task(self.watcher.run(self.stop_event), name="watcher"),

@@ -446,7 +446,7 @@ def render_index(status: Mapping[str, Any], page: Mapping[str, Any],
 <main data-live="{'yes' if first_page else 'no'}">
 <section><h2>Instances</h2><ul id="instances" class="instances">{instances}</ul></section>
 <section><h2>Today</h2><div class="counts">{counts}</div>
-<p id="inbox"><b>{inbox['waiting']}</b> waiting in inbox/{h(oldest)};
+<p id="inbox"><b>{inbox['waiting']}</b> waiting in inbox/ at the last scan{h(oldest)};
 <b>{status['uploads_in_flight']}</b> uploads in flight</p></section>
 <section><h2>Last hour</h2>{render_chart(status['per_minute'])}
 <p class="legend"><span class="files">■</span> files finished per minute

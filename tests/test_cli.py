@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -119,6 +120,11 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
     assert people["object"] == leads["object"] == "contact"
     assert (people["instance"], leads["instance"]) == ("crm", "marketing")
     assert (people["hub"], leads["hub"]) == ("crm", "marketing")
+    view = re.search(r"web view: (http://127\.0\.0\.1:\d+/)", out.text())
+    assert view is not None, out.text()
+    async with aiohttp.ClientSession() as http, http.get(view[1] + "api/status") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["today"]["COMPLETE"] == 2
     # The other commands find the sandbox's spool and simulator from its folder.
     code, shown, _ = await finish(await spawn("status", "--sandbox", env=clean_env(),
                                               cwd=tmp_path))

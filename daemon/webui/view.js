@@ -84,7 +84,8 @@
     uploads.textContent = status.uploads_in_flight;
     const oldest = inbox.waiting && inbox.oldest_seconds !== null
       ? ", oldest waiting " + ago(inbox.oldest_seconds) : "";
-    p.replaceChildren(waiting, " waiting in inbox/" + oldest + "; ", uploads, " uploads in flight");
+    p.replaceChildren(waiting, " waiting in inbox/ at the last scan" + oldest + "; ", uploads,
+      " uploads in flight");
     chart(status.per_minute);
     byId("following-total").textContent = status.following_total;
     rows("following", status.following, (f) => [
