@@ -11,6 +11,7 @@ aside and a new one started (the files in processing/ are then claimed afresh).
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ ADDED_COLUMNS = (
     ("files", "records_total", "INTEGER"),
     ("files", "records_failed", "INTEGER"),
 )
+BACKFILLED = {"records_total": "$.records.total", "records_failed": "$.records.failed"}
 # Made after the columns (an older ledger gets them first): the web view's pages of
 # finished files, newest first, and its counts, read from the index alone.
 INDEXES = ("CREATE INDEX IF NOT EXISTS files_finished"
@@ -136,6 +138,9 @@ class Ledger(Database):
             names = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
             if column not in names:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                if column in BACKFILLED:  # from what finished files recorded before
+                    conn.execute(f"UPDATE files SET {column} = json_extract(result_json,"
+                                 f" '{BACKFILLED[column]}') WHERE json_valid(result_json)")
         conn.executescript(INDEXES)
         return created
 
@@ -268,6 +273,13 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
 
 # -- what the web view reads: its own read-only connection, its own thread ---------------
 
+VIEW_QUEUE = 32  # queries waiting for the view's thread, at most; more are refused
+
+
+class ViewBusy(Exception):
+    """Too many of the web view's queries wait already: answer 503, try again later."""
+
+
 FINISHED_COLUMNS = ("claim_id, rel_path, instance, object, outcome, api_status, job_id,"
                     " reason, received_at, finished_at, records_total, records_failed")
 
@@ -280,6 +292,7 @@ class LedgerView:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-view")
         self._conn: sqlite3.Connection | None = None
+        self._queued = 0
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
@@ -291,13 +304,19 @@ class LedgerView:
             self._conn = None
 
     async def _run(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._query, sql,
-                                                                params)
+        if self._queued >= VIEW_QUEUE:
+            raise ViewBusy(f"{self._queued} ledger queries wait already")
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._query,
+                                                                    sql, params)
+        finally:
+            self._queued -= 1
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro",
+                                         uri=True, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
         return [dict(r) for r in self._conn.execute(sql, params)]
 
@@ -335,10 +354,21 @@ class LedgerView:
             " ORDER BY finished_at DESC, claim_id DESC LIMIT ?", (*params, limit))
 
     async def file(self, claim_id: str) -> dict[str, Any] | None:
+        """One file's row, its result without the error records (see :meth:`errors`)."""
         rows = await self._run(
-            f"SELECT {FINISHED_COLUMNS}, state, submitted_at, dest_path, result_json, hub"
+            f"SELECT {FINISHED_COLUMNS}, state, submitted_at, dest_path, hub,"
+            " json_remove(result_json, '$.errors_all') AS result_json"
             " FROM files WHERE claim_id = ?", (claim_id,))
         return rows[0] if rows else None
+
+    async def errors(self, claim_id: str, limit: int) -> list[Any]:
+        """The first *limit* error records of a file's result."""
+        rows = await self._run(
+            "SELECT json_each.type AS type, json_each.value AS value FROM files,"
+            " json_each(files.result_json, '$.errors_all') WHERE files.claim_id = ?"
+            " AND json_valid(files.result_json) LIMIT ?", (claim_id, limit))
+        return [json.loads(r["value"]) if r["type"] in ("object", "array") else r["value"]
+                for r in rows]
 
     async def parts(self, claim_id: str) -> list[dict[str, Any]]:
         return await self._run(

@@ -6,6 +6,7 @@ Each reads or changes only what a person could by hand, and says what it did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -27,7 +28,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.csvfile import BULKDROP_COLUMNS
 from daemon.failedrows import FAILED_SUFFIX
 from daemon.fileref import FileRef
-from daemon.folders import open_dirs
+from daemon.folders import lexists, open_dirs
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
 from daemon.normalise import upload_body
@@ -149,18 +150,49 @@ def retry(spool: Spool, path: Path) -> Path:
     file again as a new drop.
     """
     path = path.parent.resolve() / path.name  # the name itself is never followed
-    if spool.failed.resolve() not in path.parents:
+    failed = spool.failed.resolve()
+    if failed not in path.parents:
         raise ValueError(f"{path} is not below {spool.failed}")
-    if not stat.S_ISREG(os.lstat(path).st_mode) or path.name.endswith(SIDECARS):
-        raise ValueError(f"{path} is not a failed data file")
-    result = path.with_name(path.name + RESULT_SUFFIX)
-    rel = _route_of(result) or PurePosixPath(path.relative_to(spool.failed.resolve()).as_posix())
-    target = _free(spool.inbox / rel)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(path, target)  # a free name: checked just above
-    for suffix in SIDECARS:
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
-    return target
+    below = PurePosixPath(path.relative_to(failed).as_posix())
+    # failed/ and inbox/ are reached through descriptors: a link put in place of a
+    # folder on either side is never followed (droppers may write to both).
+    src = open_dirs(failed, below.parent.parts)
+    try:
+        st = os.stat(path.name, dir_fd=src, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or path.name.endswith(SIDECARS):
+            raise ValueError(f"{path} is not a failed data file")
+        rel = _route_at(src, path.name + RESULT_SUFFIX) or below
+        dst = open_dirs(spool.inbox, rel.parent.parts, create=True, mode=0o777)
+        try:
+            name = _move_to_free_name(path.name, src, rel.name, dst)
+        finally:
+            os.close(dst)
+        for suffix in SIDECARS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.name + suffix, dir_fd=src)
+    finally:
+        os.close(src)
+    return spool.inbox / rel.parent / name
+
+
+def _move_to_free_name(name: str, src: int, wanted: str, dst: int) -> str:
+    """Move *name* from folder *src* into folder *dst* under *wanted* or the first free
+    name after it (``a-1.csv`` ...), never replacing anything; the name it got."""
+    for candidate in suffixed_names(wanted):
+        if lexists(candidate, dst):
+            continue
+        try:  # a link fails rather than replace a name taken meanwhile
+            os.link(name, candidate, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except PermissionError:
+            # fs.protected_hardlinks: a file of the dropper's the daemon may not write.
+            # Renamed instead, the name checked free just above.
+            os.rename(name, candidate, src_dir_fd=src, dst_dir_fd=dst)
+            return candidate
+        os.unlink(name, dir_fd=src)
+        return candidate
+    raise AssertionError("unreachable")
 
 
 def retry_failed_rows(spool: Spool, path: Path) -> Path:
@@ -218,17 +250,29 @@ def _route_of(result: Path) -> PurePosixPath | None:
     planted in its place is not followed)."""
     try:
         with FileRef(result).open("r", encoding="utf-8") as fh:
-            rel = PurePosixPath(json.load(fh)["file"])
+            return _sane_route(json.load(fh))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _route_at(folder: int, name: str) -> PurePosixPath | None:
+    """:func:`_route_of` for the result *name* in the folder open as *folder*."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=folder)
+        with open(fd, encoding="utf-8") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            return _sane_route(json.loads(fh.read(1 << 20)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _sane_route(result: Any) -> PurePosixPath | None:
+    rel = PurePosixPath(result["file"])
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         return None
     return rel
-
-
-def _free(path: Path) -> Path:
-    return next(path.with_name(n) for n in suffixed_names(path.name)
-                if not os.path.lexists(path.with_name(n)))
 
 
 # -- submit -------------------------------------------------------------------------------

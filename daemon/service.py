@@ -37,7 +37,7 @@ from daemon.store import StoreError
 from daemon.systemd import Notifier
 from daemon.tasks import Tasks
 from daemon.trouble import Troubles
-from daemon.view import Live, ViewHost
+from daemon.view import Live, ViewHost, allowed_hosts
 from daemon.watcher import Watcher
 from daemon.web import ApiReadiness, Host, Readiness, create_app
 
@@ -239,7 +239,8 @@ class Daemon:
                         partial(ops.retry, spool), partial(ops.retry_failed_rows, spool))
         app, connections = create_app(Host(
             self.dead_tasks, self.readiness, self.wake, self.metrics.registry,
-            self.settings.callback.signature_key, view))
+            self.settings.callback.signature_key, view),
+            allowed_hosts(http.host, http.view_hosts))
         try:
             return await serve_http(app, connections, http.host, http.port,
                                     self.metrics.http_refused)

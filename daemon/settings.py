@@ -135,6 +135,9 @@ class HttpSettings:
     ready_when: Literal["all", "any"] = "all"
     # The web view's buttons (retry, send failed rows again): POST routes exist only then.
     actions: bool = False
+    # Names besides loopback and the listen address the web view answers to, comma
+    # separated (the name people open it by); any other Host gets 421.
+    view_hosts: str = ""
 
     @property
     def enabled(self) -> bool:

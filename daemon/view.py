@@ -19,23 +19,26 @@ import hashlib
 import hmac
 import html
 import json
+import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from daemon.failedrows import FAILED_SUFFIX
-from daemon.fileref import FileRef
-from daemon.ledger import LedgerView
-from daemon.placing import ERRORS_SUFFIX
+from daemon.folders import open_dirs
+from daemon.http_server import REQUEST_SECONDS
+from daemon.ledger import LedgerView, ViewBusy
+from daemon.placing import ERRORS_SUFFIX, RESULT_SUFFIX
 from daemon.results import COMPLETE, FAILED, REJECTED, flatten
 from daemon.spool import Spool
 
@@ -43,6 +46,9 @@ CLAIM_ID = r"[0-9a-f]{20}"
 PAGE_FILES = 100          # the latest files on /, and a page of /api/files by default
 MAX_PAGE = 500
 ERRORS_SHOWN = 100
+DOWNLOADS = 4             # sidecar downloads at once
+DOWNLOAD_CHUNK = 1 << 16
+RESULT_READ_BYTES = 4 << 20  # a result is read to check a file is still the row's
 STATUS_TTL = 1.0          # seconds what / shows is reused
 TOKEN_SECONDS = 3600      # how long an action's form stays good
 OUTCOMES = (COMPLETE, FAILED, REJECTED)
@@ -96,8 +102,13 @@ class View:
     def __init__(self, host: ViewHost) -> None:
         self.host = host
         self._key = secrets.token_bytes(32)  # signs action forms; new at every start
+        self._used: dict[str, float] = {}    # tokens pressed, until they expire
         self._status: tuple[float, dict[str, Any]] | None = None
         self._making: asyncio.Task[dict[str, Any]] | None = None
+        self._downloads = asyncio.Semaphore(DOWNLOADS)
+        webui = resources.files("daemon").joinpath("webui")  # a few KiB, read once
+        self._static = {name: webui.joinpath(name).read_bytes()
+                        for name in ("view.css", "view.js")}
 
     # -- data --------------------------------------------------------------------------
 
@@ -115,7 +126,7 @@ class View:
     async def _make_status(self) -> dict[str, Any]:
         live = self.host.live()
         now = datetime.now(UTC)
-        midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        midnight = _local_midnight(now)
         hour_ago = (now - timedelta(minutes=59)).replace(second=0, microsecond=0)
         counts, minutes = await asyncio.gather(
             self.host.ledger.counts_since(_stamp(midnight)),
@@ -185,38 +196,53 @@ class View:
     async def sidecar(self, request: web.Request) -> web.StreamResponse:
         claim_id, which = request.match_info["claim_id"], request.match_info["sidecar"]
         row = await self._row(claim_id)
-        path = self._sidecar_path(row, ERRORS_SUFFIX if which == "errors" else FAILED_SUFFIX)
-        try:
-            data = await asyncio.to_thread(_read, path) if path is not None else None
-        except OSError:
-            data = None
-        if data is None:
+        suffix = ERRORS_SUFFIX if which == "errors" else FAILED_SUFFIX
+        spool = self.host.spool
+        fh = None
+        if await asyncio.to_thread(_placed, spool, row):
+            fh = await asyncio.to_thread(open_filed, spool, row["dest_path"], suffix)
+        if fh is None:
             raise web.HTTPNotFound(text=f"this file has no {which}.csv")
-        name = Path(row["rel_path"]).name + (ERRORS_SUFFIX if which == "errors"
-                                             else FAILED_SUFFIX)
-        return web.Response(body=data, content_type="text/csv", charset="utf-8", headers={
-            **HEADERS, "Content-Disposition": _attachment(name)})
+        try:
+            async with self._downloads:  # a few at once: each may be as large as a file
+                response = web.StreamResponse(headers={
+                    **HEADERS, "Content-Type": "text/csv; charset=utf-8",
+                    "Content-Disposition": _attachment(Path(row["rel_path"]).name + suffix)})
+                await response.prepare(request)
+                while chunk := await asyncio.to_thread(fh.read, DOWNLOAD_CHUNK):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        finally:
+            fh.close()
 
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]  # view.css or view.js, nothing else matches
-        data = resources.files("daemon").joinpath("webui", name).read_bytes()
         kind = "text/css" if name.endswith(".css") else "text/javascript"
-        return web.Response(body=data, content_type=kind, charset="utf-8",
+        return web.Response(body=self._static[name], content_type=kind, charset="utf-8",
                             headers={**HEADERS, "Cache-Control": "max-age=300"})
 
     async def act(self, request: web.Request) -> web.Response:
         claim_id, action = request.match_info["claim_id"], request.match_info["action"]
-        form = await request.post()
+        if not _same_origin(request):
+            raise web.HTTPForbidden(text="a form from another site")
+        try:
+            async with asyncio.timeout(REQUEST_SECONDS):
+                form = await request.post()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text="the form was not sent in time") from None
         token = form.get("csrf")
         if not isinstance(token, str) or not self._token_ok(token, claim_id, action):
-            raise web.HTTPForbidden(text="the form is stale or not ours: open the file's "
-                                         "page again and press the button there")
+            raise web.HTTPForbidden(text="the form is stale, used already or not ours: "
+                                         "open the file's page again and press the button "
+                                         "there")
+        self._spend(token)
         row = await self._row(claim_id)
         story = await self._story(row)
         if action not in self._forms(story):
             raise web.HTTPConflict(text=f"nothing to {action.replace('-', ' ')} for this file")
         path = self.host.spool.filed_from_stored(row["dest_path"] or "")
-        assert path is not None  # _forms offers actions only for a file in place
+        assert path is not None  # _forms offers actions only for a file in its place
         act = self.host.retry if action == "retry" else self.host.retry_failed_rows
         try:
             await asyncio.to_thread(act, path)
@@ -234,30 +260,24 @@ class View:
 
     async def _story(self, row: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        if row.get("result_json"):
+        if row.get("result_json"):  # without errors_all (it can be large): see errors()
             result = await asyncio.to_thread(json.loads, row["result_json"])
         parts = await self.host.ledger.parts(row["claim_id"])
-        errors = (result.get("errors_all") or result.get("errors") or [])[:ERRORS_SHOWN]
+        errors = await self.host.ledger.errors(row["claim_id"], ERRORS_SHOWN)
+        spool = self.host.spool
+        placed = await asyncio.to_thread(_placed, spool, row)
         sidecars = {}
         for name, suffix in (("errors", ERRORS_SUFFIX), ("failed", FAILED_SUFFIX)):
-            path = self._sidecar_path(row, suffix)
-            sidecars[name] = path is not None and await asyncio.to_thread(_is_file, path)
+            sidecars[name] = placed and await asyncio.to_thread(
+                _is_filed, spool, row["dest_path"], suffix)
         return {**_file_summary(row), "state": row["state"], "hub": row.get("hub"),
                 "submitted_at": row.get("submitted_at"),
                 "dest": row.get("dest_path"),
-                "placed": await asyncio.to_thread(self._placed, row),
+                "placed": placed,
                 "csv": result.get("csv"), "jobs": result.get("jobs"), "parts": parts,
                 "errors": [flatten(e) for e in errors],
                 "errors_total": result.get("errors_total", len(errors)),
                 "failed_rows": result.get("failed_rows"), "sidecars": sidecars}
-
-    def _placed(self, row: dict[str, Any]) -> bool:
-        path = self.host.spool.filed_from_stored(row.get("dest_path") or "")
-        return path is not None and _is_file(path)
-
-    def _sidecar_path(self, row: dict[str, Any], suffix: str) -> Path | None:
-        dest = self.host.spool.filed_from_stored(row.get("dest_path") or "")
-        return None if dest is None else dest.with_name(dest.name + suffix)
 
     def _forms(self, story: dict[str, Any]) -> dict[str, str]:
         """The actions this file offers now, each with its form's token."""
@@ -277,12 +297,27 @@ class View:
 
     def _token_ok(self, token: str, claim_id: str, action: str) -> bool:
         issued, _, _mac = token.partition(".")
-        if not issued.isdigit() or time.time() - int(issued) > TOKEN_SECONDS:
+        if not re.fullmatch(r"[0-9]{1,12}", issued) or token in self._used:
+            return False
+        if time.time() - int(issued) > TOKEN_SECONDS:
             return False
         return hmac.compare_digest(token, self._token(claim_id, action, int(issued)))
 
+    def _spend(self, token: str) -> None:
+        """A token works once: a second press (a double click, a replay) is refused."""
+        now = time.time()
+        if len(self._used) > 1000:
+            self._used = {t: until for t, until in self._used.items() if until > now}
+        self._used[token] = now + TOKEN_SECONDS
+
 
 # -- small helpers ------------------------------------------------------------------------
+
+def _local_midnight(now: datetime) -> datetime:
+    """Today's start where the daemon runs (right on days the clocks change too)."""
+    local = now.astimezone().replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    return local.astimezone()
+
 
 def _stamp(when: datetime) -> str:
     """As the ledger writes times: UTC, ISO 8601, milliseconds."""
@@ -301,9 +336,56 @@ def _age(stamp: str | None, now: datetime) -> int | None:
 def _int(raw: str | None, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
         raise web.HTTPBadRequest(text="limit must be a whole number")
     return max(low, min(high, int(raw)))
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A browser says where a form comes from (``Origin``, ``Sec-Fetch-Site``): it must be
+    this page's own site. (Without either, it is no browser: the token decides.)"""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin in (f"http://{request.host}", f"https://{request.host}")
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header: without its port, an IPv6 address without brackets."""
+    host = host.lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0] if host.count(":") == 1 else host
+
+
+def allowed_hosts(listen_host: str, extra: str) -> frozenset[str]:
+    """The names the view answers to: loopback, the listen address, ``[http] view_hosts``
+    (so a page on another name, through DNS rebinding, gets nothing)."""
+    names = {"localhost", "127.0.0.1", "::1", listen_host.strip("[]")}
+    names.update(n.strip().lower() for n in extra.split(",") if n.strip())
+    return frozenset(names - {"", "0.0.0.0", "::"})
+
+
+def host_guard(allowed: frozenset[str]) -> Any:
+    """Middleware: the view's routes answer only to the names *allowed* (the probes,
+    /metrics and callbacks answer to any)."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        if not (path == "/" or path.startswith(("/files/", "/api/", "/static/"))):
+            return await handler(request)
+        if _host_name(request.host or "") not in allowed:
+            raise web.HTTPMisdirectedRequest(
+                text=f"the web view answers to {', '.join(sorted(allowed))} only: add "
+                     "this name to [http] view_hosts")
+        try:
+            return await handler(request)
+        except ViewBusy as exc:
+            raise web.HTTPServiceUnavailable(text=f"busy: {exc}; try again shortly",
+                                             headers={"Retry-After": "2"}) from None
+
+    return guard
 
 
 def _cursor(raw: str | None) -> tuple[str, str] | None:
@@ -331,18 +413,53 @@ def _instance(stored: str | None) -> str | None:
     return "default" if stored is None else (stored or None)
 
 
-def _read(path: Path) -> bytes:
-    with FileRef(path).open("rb") as fh:  # never through a link
-        data: bytes = fh.read()
-        return data
-
-
-def _is_file(path: Path) -> bool:
+def open_filed(spool: Spool, stored: str | None, suffix: str = "") -> BinaryIO | None:
+    """The file a ledger row says was filed (with *suffix*: a sidecar of it), opened
+    through descriptors from done/ or failed/, no link anywhere below them followed;
+    None unless it is a regular file there."""
+    dest = spool.filed_from_stored(stored or "")
+    if dest is None:
+        return None
+    base = spool.done if spool.done in dest.parents else spool.failed
+    parts = dest.relative_to(base).parts
     try:
-        with FileRef(path).open("rb"):
-            return True
+        folder = open_dirs(base, parts[:-1])
     except OSError:
+        return None
+    try:
+        fd = os.open(parts[-1] + suffix,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return None
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return open(fd, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def _is_filed(spool: Spool, stored: str | None, suffix: str = "") -> bool:
+    fh = open_filed(spool, stored, suffix)
+    if fh is None:
         return False
+    fh.close()
+    return True
+
+
+def _placed(spool: Spool, row: Mapping[str, Any]) -> bool:
+    """Is the file the row names still where it was filed? Its result there must be its
+    own: a later file filed under the same name (after a retry) is not this one."""
+    fh = open_filed(spool, row.get("dest_path"), RESULT_SUFFIX)
+    if fh is None:
+        return False
+    try:
+        with fh:
+            result = json.loads(fh.read(RESULT_READ_BYTES))
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and result.get("file") == row["rel_path"] and (
+        result.get("received_at") == row["received_at"])
 
 
 def _attachment(name: str) -> str:

@@ -29,7 +29,7 @@ from daemon.logs import get_logger
 from daemon.retry import ApiError, AuthError, AuthGate
 from daemon.settings import Secret
 from daemon.trouble import Troubles
-from daemon.view import ViewHost, add_routes
+from daemon.view import ViewHost, add_routes, host_guard
 
 CALLBACK_MAX_BYTES = 1024 * 1024
 # An instance's API that takes longer to list its objects is "not answering": /readyz
@@ -134,8 +134,11 @@ class Host:
 HOST: web.AppKey[Host] = web.AppKey("host", Host)
 
 
-def create_app(host: Host) -> tuple[web.Application, Connections]:
+def create_app(host: Host, view_hosts: frozenset[str] = frozenset()
+               ) -> tuple[web.Application, Connections]:
     app, connections = guarded_app(client_max_size=CALLBACK_MAX_BYTES)
+    if host.view is not None:
+        app.middlewares.append(host_guard(view_hosts))
     app[HOST] = host
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

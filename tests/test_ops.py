@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from daemon.sim import SimServer
 from tests.helpers import SECRETS, clean_env, contacts_csv, drop, finish, result_of, wait_for
 
@@ -98,3 +100,26 @@ async def test_config_shows_values_origins_and_masks_secrets(spawn, tmp_path: Pa
     assert lines["api.organization_secret"] == '""  # default'
     assert lines["objects.contact.max_rows_per_job"] == "5  # file"
     assert "env-secret-2" not in out and "cred-token-1" not in out
+
+
+def test_retry_never_follows_a_link_in_the_inbox(tmp_path: Path) -> None:
+    """A dropper who puts a link where the file's inbox folder goes gets nothing moved
+    through it."""
+    from daemon import ops
+    from daemon.spool import Spool
+
+    spool = Spool(tmp_path / "spool", "n1")
+    spool.ensure_layout()
+    (spool.failed / "contact").mkdir()
+    failed = spool.failed / "contact" / "bad.csv"
+    failed.write_text("email\nnope\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (spool.inbox / "contact").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        ops.retry(spool, failed)
+    assert failed.exists() and list(elsewhere.iterdir()) == []
+    (spool.inbox / "contact").unlink()
+    moved = ops.retry(spool, failed)
+    assert moved == spool.inbox / "contact" / "bad.csv" and moved.read_text() == "email\nnope\n"
+    assert not failed.exists()

@@ -190,10 +190,58 @@ async def test_actions_need_the_pages_own_token(make_settings, run_daemon, sim: 
                              allow_redirects=False) as resp:
             assert resp.status == 403, "a token is for one file and one action"
         async with http.post(f"{base}/files/{bad}/retry", data={"csrf": tokens["retry"]},
+                             headers={"Origin": "http://evil.example"},
                              allow_redirects=False) as resp:
+            assert resp.status == 403, "a form posted from another site"
+        async with http.post(f"{base}/files/{bad}/retry", data={"csrf": tokens["retry"]},
+                             headers={"Origin": base}, allow_redirects=False) as resp:
             assert resp.status == 303
             assert resp.headers["Location"] == f"/files/{bad}?done=retry"
+        async with http.post(f"{base}/files/{bad}/retry", data={"csrf": tokens["retry"]},
+                             allow_redirects=False) as resp:
+            assert resp.status == 403, "a token works once"
     # Back in inbox/, claimed again as a new file, and filed again (it fails again).
     await wait_for(lambda: daemon.filer.counts["FAILED"] == 2,
                    what="the retried file filed again")
     assert failed.exists()
+    async with aiohttp.ClientSession() as http:
+        # The old claim's page: the file now in its place is the new claim's, not its own.
+        _, story, _ = await get(http, f"{base}/files/{bad}")
+        assert "<form" not in story and "errors.csv</a>" not in story
+
+
+async def test_the_view_answers_to_its_own_names_only(make_settings, run_daemon,
+                                                      sim: SimServer, spool_root: Path) -> None:
+    """A page of another site reaching the port through DNS rebinding gets nothing."""
+    port = free_port()
+    await run_daemon(make_settings(http__listen=f"127.0.0.1:{port}",
+                                   http__view_hosts="ops-box, bulkdrop.example.com"))
+    async with aiohttp.ClientSession() as http:
+        for host, code in (("evil.example", 421), (f"evil.example:{port}", 421),
+                           (f"localhost:{port}", 200), ("127.0.0.1", 200),
+                           ("ops-box:8470", 200), ("BULKDROP.EXAMPLE.COM", 200)):
+            for path in ("/", "/api/status"):
+                async with http.get(f"http://127.0.0.1:{port}{path}",
+                                    headers={"Host": host}) as resp:
+                    assert resp.status == code, (host, path)
+        async with http.get(f"http://127.0.0.1:{port}/healthz",
+                            headers={"Host": "10.1.2.3:8470"}) as resp:
+            assert resp.status == 200, "probes answer to any name"
+        async with http.get(f"http://127.0.0.1:{port}/api/files?limit=²") as resp:
+            assert resp.status == 400
+
+
+async def test_a_sidecar_below_a_linked_folder_is_not_served(make_settings, run_daemon,
+                                                             sim: SimServer,
+                                                             spool_root: Path) -> None:
+    base, _daemon = await files_ready(make_settings, run_daemon, spool_root)
+    done = spool_root / "done"
+    (done / "contact").rename(done / "real")
+    (done / "contact").symlink_to(done / "real")
+    async with aiohttp.ClientSession() as http:
+        claim_id = await claim_of(http, base, "contact/partial.csv")
+        assert (await get(http, f"{base}/files/{claim_id}/errors.csv"))[0] == 404
+        assert (await get(http, f"{base}/files/{claim_id}/failed.csv"))[0] == 404
+        _, story, _ = await get(http, f"{base}/files/{claim_id}")
+        assert "errors.csv</a>" not in story
+        assert "Invalid email address" in story, "its errors come from the ledger"

@@ -95,17 +95,34 @@
       (f.finished_at || "").slice(0, 19).replace("T", " "), link(f.claim_id, f.file),
       f.instance, badge(f.status, f.partial), f.records.total, f.records.failed]);
   }
+  // The page's own filters (?status=, ?object=, ?instance=, ?limit=) go on applying.
+  const filters = new URLSearchParams(location.search);
+  filters.delete("before");
+  if (!filters.has("limit")) filters.set("limit", "100");
+
+  async function json(url, signal) {
+    const answer = await fetch(url, {signal});
+    if (!answer.ok) throw new Error(url + ": HTTP " + answer.status);
+    return answer.json();
+  }
   async function tick() {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 10000);
     try {
       const [status, page] = await Promise.all([
-        fetch("/api/status").then((r) => r.json()),
-        fetch("/api/files?limit=100").then((r) => r.json()),
-      ]);
+        json("/api/status", abort.signal), json("/api/files?" + filters, abort.signal)]);
       render(status, page);
       main.dataset.updated = status.generated_at;
     } catch (error) {
-      byId("updated").textContent = "the daemon does not answer (" + error + ")";
+      byId("updated").textContent = "the daemon does not answer (" + error.message + ")";
+    } finally {
+      clearTimeout(timer);
     }
   }
-  setInterval(tick, 2000);
+  // One request at a time, 2 s after the last answer; none while the tab is hidden.
+  async function loop() {
+    if (!document.hidden) await tick();
+    setTimeout(loop, 2000);
+  }
+  setTimeout(loop, 2000);
 })();
