@@ -231,7 +231,9 @@ async def test_an_instance_whose_credentials_are_refused_pauses_alone(
     await wait_for(lambda: daemon.instance("crm").paused, what="crm paused")
     for i in range(4):
         drop(spool_root, f"marketing/contact/m{i}.csv", contacts_csv(2, tag=f"m{i}"))
-    await wait_for(lambda: len(finished(spool_root)) == 4, what="marketing's 4 files filed")
+    # counted once the ledger says finished (a moment after the result is in place)
+    await wait_for(lambda: sum(daemon.filer.counts.values()) == 4,
+                   what="marketing's 4 files filed")
     assert all(p.parts[-3] == "marketing" for p in finished(spool_root))
     assert daemon.instance("crm").paused and not daemon.instance("marketing").paused
     assert daemon.status_line() == (
