@@ -81,6 +81,10 @@ class ViewHost:
 
 
 VIEW: web.AppKey[View] = web.AppKey("view")
+# The page's stylesheet and script (a few KiB): read once, at import, like the code (a
+# daemon that gives up root after loading reads nothing from its package later).
+STATIC = {name: resources.files("daemon").joinpath("webui", name).read_bytes()
+          for name in ("view.css", "view.js")}
 
 
 def add_routes(app: web.Application, host: ViewHost) -> None:
@@ -106,9 +110,6 @@ class View:
         self._status: tuple[float, dict[str, Any]] | None = None
         self._making: asyncio.Task[dict[str, Any]] | None = None
         self._downloads = asyncio.Semaphore(DOWNLOADS)
-        webui = resources.files("daemon").joinpath("webui")  # a few KiB, read once
-        self._static = {name: webui.joinpath(name).read_bytes()
-                        for name in ("view.css", "view.js")}
 
     # -- data --------------------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class View:
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]  # view.css or view.js, nothing else matches
         kind = "text/css" if name.endswith(".css") else "text/javascript"
-        return web.Response(body=self._static[name], content_type=kind, charset="utf-8",
+        return web.Response(body=STATIC[name], content_type=kind, charset="utf-8",
                             headers={**HEADERS, "Cache-Control": "max-age=300"})
 
     async def act(self, request: web.Request) -> web.Response:
