@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from daemon.settings import (
     CONVERTERS,
     DEFAULT_INSTANCE,
+    NOTIFY_ON,
     OBJECT_CONVERTERS,
     ApiSettings,
     BadValue,
@@ -30,6 +31,8 @@ from daemon.settings import (
     HttpSettings,
     InstanceSettings,
     LogSettings,
+    NotifySettings,
+    NotifyTarget,
     ObjectSettings,
     Secret,
     Settings,
@@ -108,6 +111,7 @@ class _Layers:
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.origins: dict[str, _Origin] = {}
+        self.notify: Mapping[str, Any] = {}  # the file's [notify] table, as read
         for section, cls in _SECTIONS.items():
             for f in dataclasses.fields(cls):
                 if f.default is not dataclasses.MISSING:
@@ -156,7 +160,7 @@ def _apply_file(layers: _Layers, data: Mapping[str, Any], source: Path
                 ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
     """Apply the flat sections; return the raw ``[objects]`` and ``[instances]`` tables."""
     where = f" (in {source})"
-    tables: dict[str, Mapping[str, Any]] = {"objects": {}, "instances": {}}
+    tables: dict[str, Mapping[str, Any]] = {"objects": {}, "instances": {}, "notify": {}}
     for section, table in data.items():
         if section in tables and isinstance(table, dict):
             tables[section] = table
@@ -177,6 +181,7 @@ def _apply_file(layers: _Layers, data: Mapping[str, Any], source: Path
                 hint = suggest(key, keys)
                 raise ConfigError(dotted, f"{dotted}: unknown key{hint}{where}")
             layers.set(dotted, value, _in_file(dotted, source))
+    layers.notify = tables["notify"]
     return tables["objects"], tables["instances"]
 
 
@@ -211,8 +216,8 @@ def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
             continue
         dotted = _ENV_NAMES.get(var)
         if dotted is None:
-            if var.startswith(INSTANCES_ENV_PREFIX):
-                continue  # an instance's secret: read with its instance
+            if var.startswith((INSTANCES_ENV_PREFIX, ENV_PREFIX + "NOTIFY_")):
+                continue  # an instance's or a target's secret: read with it
             if var.startswith(ENV_PREFIX + "OBJECTS_"):
                 raise ConfigError(var, f"{var}: objects are configured in the TOML file only, "
                                        "as [objects.<name>] tables")
@@ -470,6 +475,102 @@ def _instances(layers: _Layers, raw: Mapping[str, Any], shared: Mapping[str, Obj
     return instances, chosen or None
 
 
+# --- notifications (file; their signature keys also from the environment) -------------
+
+_NOTIFY_KEYS = {"name", "url", "on", "format", "signature_key", "instances", "objects"}
+
+
+def _notify(layers: _Layers, source: Path | None, env: Mapping[str, str],
+            instances: Mapping[str, InstanceSettings]) -> NotifySettings:
+    """``[notify] retry_deadline_seconds`` and its ``[[notify.targets]]``."""
+    raw = dict(layers.notify)
+    deadline = 86400.0
+    if "retry_deadline_seconds" in raw:
+        origin = _in_file("notify.retry_deadline_seconds", source)
+        deadline = float(_convert(float, raw.pop("retry_deadline_seconds"), origin))  # type: ignore[arg-type]
+        if deadline <= 0:
+            raise origin.error(f"must be > 0, got {deadline!r}")
+    tables = raw.pop("targets", [])
+    for key in raw:
+        raise _in_file(f"notify.{key}", source).error(
+            f"unknown key{suggest(key, ['retry_deadline_seconds', 'targets'])}")
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise _in_file("notify.targets", source).error(
+            "expected [[notify.targets]] tables, one per target")
+    targets: list[NotifyTarget] = []
+    for index, table in enumerate(tables, 1):
+        targets.append(_target(index, table, source, env, instances))
+    names = [t.name for t in targets]
+    for name in names:
+        if names.count(name) > 1:
+            raise _in_file("notify.targets", source).error(f"two targets are named {name!r}")
+    expected = {f"{ENV_PREFIX}NOTIFY_{n.upper().replace('-', '_')}_SIGNATURE_KEY{tail}"
+                for n in names for tail in ("", "_FILE")}
+    for var in sorted(env):
+        if var.startswith(ENV_PREFIX + "NOTIFY_") and var not in expected:
+            raise ConfigError(var, f"{var}: no such target's signature key"
+                                   f"{suggest(var, expected)} (targets: {', '.join(names)})")
+    return NotifySettings(deadline, tuple(targets))
+
+
+def _target(index: int, table: Mapping[str, Any], source: Path | None,
+            env: Mapping[str, str], instances: Mapping[str, InstanceSettings]) -> NotifyTarget:
+    where = f"notify.targets[{index}]"
+    for key in table:
+        if key not in _NOTIFY_KEYS:
+            raise _in_file(f"{where}.{key}", source).error(
+                f"unknown key{suggest(key, _NOTIFY_KEYS)}")
+    name = table.get("name", str(index))
+    if not isinstance(name, str) or not INSTANCE_NAME.fullmatch(name):
+        raise _in_file(f"{where}.name", source).error(
+            f"a name of a-z, 0-9, '_' and '-', got {describe(name)}")
+    url = table.get("url", "")
+    if not isinstance(url, str) or not _is_url(url):
+        raise _in_file(f"{where}.url", source).error(
+            f"required: an http:// or https:// URL, got {describe(url)}")
+    on = table.get("on", ["FAILED", "REJECTED", "partial"])
+    if not isinstance(on, list) or not on or not set(on) <= set(NOTIFY_ON):
+        raise _in_file(f"{where}.on", source).error(
+            f"expected a list of {', '.join(NOTIFY_ON)}, got {describe(on)}")
+    fmt = table.get("format", "json")
+    if fmt not in ("json", "slack"):
+        raise _in_file(f"{where}.format", source).error(
+            f"expected 'json' or 'slack', got {describe(fmt)}")
+    filters: dict[str, tuple[str, ...]] = {}
+    for key in ("instances", "objects"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise _in_file(f"{where}.{key}", source).error(
+                f"expected a list of names, got {describe(value)}")
+        unknown = [v for v in value if key == "instances" and v not in instances]
+        if unknown:
+            raise _in_file(f"{where}.{key}", source).error(
+                f"no instance {unknown[0]!r} (instances: {', '.join(instances)})")
+        filters[key] = tuple(value)
+    secret = _target_secret(name, where, table, source, env)
+    return NotifyTarget(name, url, tuple(on), fmt, secret,  # type: ignore[arg-type]
+                        filters["instances"], filters["objects"])
+
+
+def _target_secret(name: str, where: str, table: Mapping[str, Any], source: Path | None,
+                   env: Mapping[str, str]) -> Secret:
+    """A target's signature key: the file, ``$CREDENTIALS_DIRECTORY/notify-<name>.
+    signature_key``, ``BULKDROP_NOTIFY_<NAME>_SIGNATURE_KEY_FILE``, the variable."""
+    secret = _convert(Secret, table.get("signature_key", ""),
+                      _in_file(f"{where}.signature_key", source))
+    var = f"{ENV_PREFIX}NOTIFY_{name.upper().replace('-', '_')}_SIGNATURE_KEY"
+    credentials = env.get("CREDENTIALS_DIRECTORY", "")
+    if credentials and (path := Path(credentials) / f"notify-{name}.signature_key").exists():
+        secret = Secret(_read_secret(path, _Origin(var, f"{where}.signature_key",
+                                                   f" (credential {path})")))
+    if env.get(var + "_FILE"):
+        secret = Secret(_read_secret(Path(env[var + "_FILE"]), _from_env(var + "_FILE", where)))
+    if var in env:
+        secret = Secret(env[var])
+    assert isinstance(secret, Secret)
+    return secret
+
+
 # --- public entry points ------------------------------------------------------------
 
 def find_config_path(cli_path: str | None, env: Mapping[str, str]) -> Path | None:
@@ -511,6 +612,7 @@ def load_settings(
     configured, default = _instances(layers, raw_instances, shared,
                                      source if instances is None else None, env,
                                      require_base_url, secrets_from_env=instances is None)
+    notify = _notify(layers, source, env, configured)
     return Settings(
         api=ApiSettings(**layers.section("api")),
         spool=SpoolSettings(**layers.section("spool")),
@@ -524,6 +626,7 @@ def load_settings(
         instances=configured,
         default_instance=default,
         instance_folders=bool(raw_instances),
+        notify=notify,
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from daemon import csvfile
+from daemon import csvfile, notify
 from daemon.checks import Checks, csv_info
 from daemon.failedrows import FAILED_SUFFIX, plan_of, write_failed_rows
 from daemon.ledger import Ledger, Row, utcnow
@@ -45,6 +45,7 @@ class Filer:
         self.troubles = troubles
         self.metrics = metrics
         self.counts: dict[str, int] = {COMPLETE: 0, FAILED: 0, REJECTED: 0}
+        self.on_recorded: Callable[[], None] = lambda: None  # notifications may wait
         self.instance_counts: dict[str, dict[str, int]] = {}  # the same, by instance
 
     async def finish(self, work: Work, outcome: Outcome) -> None:
@@ -64,7 +65,9 @@ class Filer:
         dest = Placing(self.spool, work.claimed, outcome.ok, ()).natural()
         await asyncio.shield(self.ledger.mark_finishing(
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
-            self.spool.to_stored(dest), (result["records"]["total"], result["records"]["failed"])))
+            self.spool.to_stored(dest), (result["records"]["total"], result["records"]["failed"]),
+            notify.recorded(self.checks.settings.notify, result)))
+        self.on_recorded()
         await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False))
 
     async def refile(self, work: Work, row: Row) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,19 @@ CREATE TABLE IF NOT EXISTS parts (
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (claim_id, part)
 );
+CREATE TABLE IF NOT EXISTS notifications (
+    claim_id   TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'PENDING',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    next_at    TEXT NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (claim_id, target)
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications(state, next_at);
 CREATE TABLE IF NOT EXISTS events (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     claim_id TEXT NOT NULL,
@@ -181,13 +195,52 @@ class Ledger(Database):
 
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
                              reason: str, result_json: str, dest_path: str | None,
-                             records: tuple[int | None, int | None] = (None, None)) -> None:
-        await self._commit(
-            claim_id, FINISHING, outcome,
-            "UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
-            " dest_path=?, records_total=?, records_failed=?, updated_at=? WHERE claim_id=?",
-            (FINISHING, outcome, api_status, reason, result_json, dest_path, *records,
-             utcnow(), claim_id))
+                             records: tuple[int | None, int | None] = (None, None),
+                             notify: Sequence[tuple[str, str, str]] = ()) -> None:
+        """The file's end and where it goes, and, in the same commit, a notification for
+        each target that wants it (target, event, payload): sent after, at least once."""
+        now = utcnow()
+        await self.submit([
+            ("UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
+             " dest_path=?, records_total=?, records_failed=?, updated_at=? WHERE claim_id=?",
+             (FINISHING, outcome, api_status, reason, result_json, dest_path, *records, now,
+              claim_id)),
+            *(("INSERT OR IGNORE INTO notifications (claim_id, target, event, payload,"
+               " created_at, next_at) VALUES (?, ?, ?, ?, ?, ?)",
+               (claim_id, target, event, payload, now, now))
+              for target, event, payload in notify),
+            ("INSERT INTO events (claim_id, at, state, detail) VALUES (?, ?, ?, ?)",
+             (claim_id, now, FINISHING, outcome))])
+
+    # -- notifications: the outbox --------------------------------------------------------
+
+    async def due_notifications(self, now: str, limit: int) -> list[dict[str, Any]]:
+        rows = await self.run(self.query,
+                              "SELECT n.claim_id, n.target, n.event, n.payload, n.attempts,"
+                              " n.created_at, f.dest_path FROM notifications n"
+                              " LEFT JOIN files f ON f.claim_id = n.claim_id"
+                              " WHERE n.state = 'PENDING' AND n.next_at <= ?"
+                              " ORDER BY n.next_at LIMIT ?", (now, limit))
+        return [dict(r) for r in rows]
+
+    async def next_notification_at(self) -> tuple[str | None, int]:
+        """When the next pending notification is due, and how many are pending."""
+        rows = await self.run(self.query,
+                              "SELECT min(next_at) AS due, count(*) AS n FROM notifications"
+                              " WHERE state = 'PENDING'")
+        return rows[0]["due"], rows[0]["n"]
+
+    async def notification_done(self, claim_id: str, target: str, state: str,
+                                attempts: int, error: str | None) -> None:
+        await self.submit([("UPDATE notifications SET state=?, attempts=?, last_error=?"
+                            " WHERE claim_id=? AND target=?",
+                            (state, attempts, error, claim_id, target))])
+
+    async def notification_later(self, claim_id: str, target: str, attempts: int,
+                                 next_at: str, error: str) -> None:
+        await self.submit([("UPDATE notifications SET attempts=?, next_at=?, last_error=?"
+                            " WHERE claim_id=? AND target=?",
+                            (attempts, next_at, error, claim_id, target))])
 
     async def record_dest(self, claim_id: str, dest_path: str) -> None:
         await self._commit(
@@ -266,9 +319,14 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
             f"SELECT rel_path, {instance} AS instance, state, outcome, job_id, api_status,"
             " reason, received_at, updated_at FROM files ORDER BY updated_at DESC LIMIT ?",
             (latest,)).fetchall()
+        pending = 0
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'notifications'").fetchone():
+            pending = conn.execute("SELECT count(*) FROM notifications"
+                                   " WHERE state = 'PENDING'").fetchone()[0]
     finally:
         conn.close()
-    return {"counts": counts, "instances": by_instance, "latest": [dict(r) for r in rows]}
+    return {"counts": counts, "instances": by_instance, "latest": [dict(r) for r in rows],
+            "notifications_pending": pending}
 
 
 # -- what the web view reads: its own read-only connection, its own thread ---------------

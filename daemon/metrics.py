@@ -83,6 +83,14 @@ class Metrics:
         self._retrying = Gauge(
             "bulkdrop_files_retrying", "Files whose reading or filing fails now for a "
             "reason not theirs, and is being retried, by step.", ["step"], registry=r)
+        self.notifications = Counter(
+            "bulkdrop_notifications_total",
+            "Notification attempts by target and outcome: sent, retry, gave_up.",
+            ["target", "outcome"], registry=r)
+        self._pending = Gauge(
+            "bulkdrop_notifications_pending",
+            "Notifications recorded and not yet answered (as of the sender's last look).",
+            registry=r)
         self._http_refused = Counter(
             "bulkdrop_http_connections_refused_total",
             "HTTP connections refused because every connection was busy.", registry=r)
@@ -107,6 +115,9 @@ class Metrics:
             for step in ("reading", "filing"):
                 self._retrying.labels(step).set_function(
                     lambda step=step: float(troubles.count(step)))  # type: ignore[misc]
+
+    def watch_notifications(self, pending: Callable[[], int]) -> None:
+        self._pending.set_function(lambda: float(pending()))
 
     def inbox_scanned(self, waiting: int, oldest_mtime: float | None) -> None:
         self.inbox_files.set(waiting)

@@ -109,6 +109,8 @@ def format_status(report: dict[str, Any]) -> str:
                 else None)
             lines.append(f"  {name}{default}: {_counts_line(by_instance.get(name, {}))}"
                          + (f"; {state}" if state else ""))
+    if report.get("notifications_pending"):
+        lines.append(f"notifications: {report['notifications_pending']} waiting to be sent")
     inbox = report["inbox"]
     oldest = inbox["oldest"]
     lines.append(f"inbox: {inbox['waiting']} waiting" + (

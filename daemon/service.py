@@ -29,6 +29,7 @@ from daemon.instances import Instance
 from daemon.ledger import Ledger, LedgerView
 from daemon.logs import describe_error, get_logger
 from daemon.metrics import Metrics
+from daemon.notify import Outbox
 from daemon.pipeline import Pipeline
 from daemon.recovery import recover
 from daemon.settings import DEFAULT_INSTANCE, Settings
@@ -96,6 +97,10 @@ class Daemon:
         self.pipeline = Pipeline(self.spool, self.ledger, self.checks, self.instances,
                                  self.filer, self.resume_ticket)
         self.metrics.watch(self.ledger.path, self.troubles)
+        self.outbox = Outbox(s.notify, self.ledger, self.metrics) if s.notify.targets else None
+        if self.outbox is not None:
+            self.filer.on_recorded = self.outbox.wake
+            self.metrics.watch_notifications(lambda: self.outbox.pending if self.outbox else 0)
         candidates: asyncio.Queue[Path] = asyncio.Queue(maxsize=max(64, s.workers.uploads))
         self.watcher = Watcher(self.spool, candidates, settle_seconds=s.spool.settle_seconds,
                                rescan_seconds=s.spool.rescan_seconds,
@@ -108,6 +113,7 @@ class Daemon:
                                self.troubles)
         self.fatal: str | None = None  # why the daemon cannot go on, once it cannot
         self.http: HttpServer | None = None  # the listener, while it serves
+        self.sending: asyncio.Task[None] | None = None  # the notifications' sender
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()   # set once watching
         self.core: list[asyncio.Task[None]] = []   # watcher and claimer: /healthz watches
@@ -190,6 +196,10 @@ class Daemon:
             self._started()
             notifying = asyncio.create_task(self.notifier.run(self.stop_event, self.status_line),
                                             name="notifier")
+            if self.outbox is not None:  # pending notifications resume from the ledger
+                self.sending = asyncio.create_task(self.outbox.run(self.stop_event),
+                                                   name="notifications")
+                self.sending.add_done_callback(_sender_ended)
             stopper = asyncio.create_task(self.stop_event.wait())
             done, _ = await asyncio.wait({*self.core, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -202,6 +212,9 @@ class Daemon:
             if notifying is not None:
                 notifying.cancel()
                 await asyncio.gather(notifying, return_exceptions=True)
+            if self.sending is not None:  # what is unsent is sent at the next start
+                self.sending.cancel()
+                await asyncio.gather(self.sending, return_exceptions=True)
             if http is not None:
                 await http.cleanup()
                 await self.ledger_view.close()
@@ -354,3 +367,11 @@ def _file_crashed(task: asyncio.Task[Any], exc: BaseException) -> None:
     # A bug, not the file's doing: it stays in processing/ and is resumed at the next
     # start. (Trouble that passes is retried inside; input never raises.)
     log.error("file.crashed", file=task.get_name(), error=repr(exc), exc_info=exc)
+
+
+def _sender_ended(task: asyncio.Task[None]) -> None:
+    # A bug: what is unsent stays in the ledger and is sent at the next start.
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("notify.crashed", error=repr(exc), exc_info=exc,
+                  note="notifications wait in the ledger until the next start")

@@ -158,6 +158,31 @@ class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+NOTIFY_ON = ("FAILED", "REJECTED", "partial", "COMPLETE")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One ``[[notify.targets]]`` table: where a finished file is told, and when."""
+    name: str
+    url: str
+    on: tuple[str, ...] = ("FAILED", "REJECTED", "partial")
+    format: Literal["json", "slack"] = "json"
+    signature_key: Secret = Secret()
+    instances: tuple[str, ...] = ()  # only files of these instances (none: all)
+    objects: tuple[str, ...] = ()    # only files of these objects (none: all)
+
+    def wants(self, event: str, instance: str | None, obj: str | None) -> bool:
+        return event in self.on and (not self.instances or instance in self.instances) and (
+            not self.objects or obj in self.objects)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    retry_deadline_seconds: float = 86400.0
+    targets: tuple[NotifyTarget, ...] = ()
+
+
 _DEFAULT_OBJECT = ObjectSettings()
 DEFAULT_INSTANCE = "default"  # [api] as an instance
 
@@ -206,6 +231,7 @@ class Settings:
     instances: Mapping[str, InstanceSettings] = field(default_factory=dict)
     default_instance: str | None = None  # where inbox/<object>/ and inbox/ go
     instance_folders: bool = False  # [instances.*] given: inbox/<instance>/ routes
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     def __post_init__(self) -> None:
         if not self.instances:  # built by hand (not by load_settings): [api] alone

@@ -430,7 +430,7 @@ def test_example_config_documents_every_key() -> None:
     assert set(bodies) == set(SECTION_TYPES)
     derived = {"source", "origins", "default_instance", "instance_folders"}
     assert {f.name for f in dataclasses.fields(Settings)} - derived == {
-        name.split(".")[0] for name in SECTION_TYPES} | {"instances"}
+        name.split(".")[0] for name in SECTION_TYPES} | {"instances", "notify"}
     # [instances.<name>] shown commented out (an example instance would be one), every key
     instance = text.split("# [instances.crm]\n", 1)[1]
     for key in (*(f.name for f in dataclasses.fields(ApiSettings)
@@ -438,6 +438,9 @@ def test_example_config_documents_every_key() -> None:
                 "uploads", "max_active_jobs", "default_object"):
         assert re.search(rf"^# {key} = ", instance, re.MULTILINE), f"instances.*.{key}"
     assert "# [instances.crm.objects.contact]" in instance
+    target = text.split("# [[notify.targets]]\n", 1)[1]
+    for key in ("name", "url", "on", "format", "signature_key", "instances", "objects"):
+        assert re.search(rf"^# {key} = ", target, re.MULTILINE), f"notify.targets.{key}"
     for section, cls in SECTION_TYPES.items():
         for f in dataclasses.fields(cls):
             # set, or shown commented out (keys whose default is computed)

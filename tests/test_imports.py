@@ -16,7 +16,7 @@ TIERS: list[tuple[str, set[str]]] = [
     ("the daemon and the commands", {"service", "ops"}),
     ("the flow of a file", {"recovery", "pipeline"}),
     ("rooms", {"admission", "checks", "jobs", "filing", "tracker", "watcher", "web",
-               "instances", "view"}),
+               "instances", "view", "notify"}),
     ("what they work on", {"work", "placing", "ledger", "client", "failedrows",
                            "normalise", "csvfile", "spool"}),
     ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "answers",
