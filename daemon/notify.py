@@ -31,6 +31,7 @@ from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.retry import parse_retry_after
 from daemon.settings import NotifySettings, NotifyTarget
+from daemon.watcher import first_of
 
 log = get_logger()
 SIGNATURE_HEADER = "X-Bulkdrop-Signature"
@@ -117,7 +118,7 @@ class Outbox:
                 next_at, self.pending = await self.ledger.next_notification_at()
                 wait = 3600.0 if next_at is None else max(
                     0.05, (datetime.fromisoformat(next_at) - datetime.now(UTC)).total_seconds())
-                await _first_of(self._wake.wait(), stop.wait(), limit=wait)
+                await first_of(self._wake.wait(), stop.wait(), limit=wait)
         finally:
             await self._session.close()
 
@@ -181,12 +182,3 @@ class Outbox:
         flog.warning("notify.retry", file=payload.get("file"), status=status, error=error,
                      attempt=attempts, retry_in=round(delay, 2))
 
-
-async def _first_of(*aws: Any, limit: float) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

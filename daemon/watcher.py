@@ -154,7 +154,7 @@ class Watcher:
     async def _put(self, path: Path) -> None:
         """Wait for room in the queue, unless we are stopping."""
         if self.out.full():
-            await _first(self.out.put(path), self._stop.wait())
+            await first_of(self.out.put(path), self._stop.wait())
         else:
             self.out.put_nowait(path)
 
@@ -245,7 +245,7 @@ def _stat_all(paths: list[Path]) -> list[os.stat_result | None]:
     return [_stat(p) for p in paths]
 
 
-async def _first(*aws: Awaitable[object], limit: float | None = None) -> None:
+async def first_of(*aws: Awaitable[object], limit: float | None = None) -> None:
     """Wait until the first of *aws* is done (or *limit* seconds), cancelling the others."""
     tasks = [asyncio.ensure_future(a) for a in aws]
     try:
@@ -259,7 +259,7 @@ async def _first(*aws: Awaitable[object], limit: float | None = None) -> None:
 async def _wait(stop: asyncio.Event, seconds: float, kick: asyncio.Event | None = None) -> bool:
     """Sleep up to *seconds* or until *kick*; True as soon as *stop* is set."""
     if kick is None:
-        await _first(stop.wait(), limit=seconds)
+        await first_of(stop.wait(), limit=seconds)
     else:
-        await _first(stop.wait(), kick.wait(), limit=seconds)
+        await first_of(stop.wait(), kick.wait(), limit=seconds)
     return stop.is_set()

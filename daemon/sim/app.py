@@ -38,6 +38,8 @@ def create_app(sim: Simulator) -> web.Application:
     app.router.add_patch(f"{CONTROL_PREFIX}/config", _patch_config)
     app.router.add_post(f"{CONTROL_PREFIX}/reset", _reset)
     app.router.add_get(f"{CONTROL_PREFIX}/jobs", _jobs)
+    app.router.add_post(f"{CONTROL_PREFIX}/webhooks", _webhook_in)
+    app.router.add_get(f"{CONTROL_PREFIX}/webhooks", _webhooks)
 
     async def close_sim(_: web.Application) -> None:
         await sim.aclose()
@@ -140,3 +142,24 @@ async def _jobs(request: web.Request) -> web.Response:
             for job in sim.jobs.values()
         ]
     )
+
+
+async def _webhook_in(request: web.Request) -> web.Response:
+    """A webhook sink for bulkdrop's notifications (the sandbox points one at it): each
+    body kept, the latest 1,000, with its headers, and logged."""
+    sim = request.app[SIM_KEY]
+    body = await request.read()
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        data = body.decode("utf-8", "replace")
+    sim.webhooks.append({"received_at": time.time(), "body": data,
+                         "signature": request.headers.get("X-Bulkdrop-Signature")})
+    if isinstance(data, dict):
+        log.info("sim.webhook", file=data.get("file"), event=data.get("event"),
+                 text=data.get("text"))
+    return web.json_response({"ok": True})
+
+
+async def _webhooks(request: web.Request) -> web.Response:
+    return web.json_response(list(request.app[SIM_KEY].webhooks))

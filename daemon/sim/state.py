@@ -80,6 +80,8 @@ class Simulator:
         self._session: aiohttp.ClientSession | None = None
         self.uploads_in_flight = 0
         self.unfinished_jobs = 0
+        # Notifications received at /_sim/webhooks, the latest 1,000.
+        self.webhooks: deque[dict[str, Any]] = deque(maxlen=1000)
         self.reset_counters()
 
     def reset_counters(self) -> None:
