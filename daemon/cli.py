@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true",
                         help="follow the job to its end and print its result")
     command("config", "the effective configuration, secrets masked, with each value's origin")
+    notify = command("notify", "notifications: send a sample to the targets")
+    notify.add_argument("action", choices=["test"])
+    notify.add_argument("--target", metavar="N", help="only this target (its name)")
     sim = command("sim", "serve the Open Connectors simulator on its own")
     sim_cli.add_arguments(sim)
     return parser
@@ -210,7 +213,9 @@ def _run_sandbox(args: argparse.Namespace) -> int:
             settings = _settings(args, defaults={**SANDBOX_DEFAULTS,
                                                  "http.listen": "127.0.0.1:0"}, forced={
                 "api.base_url": server.base_url, "api.user_secret": "",
-                "api.organization_secret": "", "api.element_token": ""})
+                "api.organization_secret": "", "api.element_token": ""},
+                notify={"targets": [{"name": "sandbox", "url": f"{server.root_url}/_sim/webhooks",
+                                     "signature_key": "sandbox-webhook"}]})
             logs.configure(settings.log.format, settings.log.level)
             daemon = Daemon(settings)
             serving = asyncio.create_task(daemon.serve_until_signalled())
@@ -234,6 +239,8 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                       f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
                       + (f"  web view: http://127.0.0.1:{daemon.http.port}/\n"
                          if daemon.http is not None else "") +
+                      f"  failed and rejected files are notified to the simulator's webhook "
+                      f"sink: curl {server.root_url}/_sim/webhooks\n"
                       f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops\n"
                       f"  the API's other answer shapes: curl -X PATCH {server.root_url}"
                       "/_sim/config -d '{\"status_shape\": \"v3\", \"error_shape\": "
@@ -435,5 +442,26 @@ def cmd_config(args: argparse.Namespace) -> int:
     return exits.OK
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    from daemon import ops
+
+    settings = _settings(args, require_base_url=False)
+    names = [t.name for t in settings.notify.targets]
+    if not names:
+        print("bulkdrop: no [[notify.targets]] in the config", file=sys.stderr)
+        return exits.USAGE
+    if args.target is not None and args.target not in names:
+        print(f"bulkdrop: no target {args.target!r} (targets: {', '.join(names)})",
+              file=sys.stderr)
+        return exits.USAGE
+    code = exits.OK
+    for name, status, text in asyncio.run(ops.notify_test(settings, args.target)):
+        ok = status is not None and 200 <= status < 300
+        print(f"{name}: {'HTTP ' + str(status) if status is not None else 'no answer'}"
+              f"{' (sent)' if ok else ''}: {text}")
+        code = code if ok else exits.FAILURE
+    return code
+
+
 OPERATOR_COMMANDS = {"status": cmd_status, "retry": cmd_retry, "submit": cmd_submit,
-                     "config": cmd_config}
+                     "config": cmd_config, "notify": cmd_notify}

@@ -590,10 +590,11 @@ def load_settings(
     forced: Mapping[str, object] | None = None,
     require_base_url: bool = True,
     instances: Mapping[str, Mapping[str, object]] | None = None,
+    notify: Mapping[str, object] | None = None,
 ) -> Settings:
     """Build the settings from every layer; raise ConfigError naming the key at fault.
-    *instances*, when given, are the instance tables, whatever the file says (the
-    sandbox's)."""
+    *instances* and *notify*, when given, are the instance tables and the [notify] table,
+    whatever the file says (the sandbox's)."""
     env = os.environ if env is None else env
     layers = _Layers()
     _apply_mapping(layers, defaults or {})
@@ -612,7 +613,10 @@ def load_settings(
     configured, default = _instances(layers, raw_instances, shared,
                                      source if instances is None else None, env,
                                      require_base_url, secrets_from_env=instances is None)
-    notify = _notify(layers, source, env, configured)
+    if notify is not None:
+        layers.notify = notify
+    notified = _notify(layers, source if notify is None else None,
+                       env if notify is None else {}, configured)
     return Settings(
         api=ApiSettings(**layers.section("api")),
         spool=SpoolSettings(**layers.section("spool")),
@@ -626,7 +630,7 @@ def load_settings(
         instances=configured,
         default_instance=default,
         instance_folders=bool(raw_instances),
-        notify=notify,
+        notify=notified,
     )
 
 

@@ -84,6 +84,18 @@ def _slack(payload: Mapping[str, Any], dest: str | None, event: str,
     return {"text": "\n".join(lines), "sent_at": sent_at}
 
 
+def request_of(target: NotifyTarget, payload: Mapping[str, Any], dest: str | None,
+               event: str) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one notification, signed as of now."""
+    sent_at = utcnow()
+    body = body_of(target, payload, dest, event, sent_at)
+    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: sent_at,
+               "User-Agent": "bulkdrop"}
+    if target.signature_key:
+        headers[SIGNATURE_HEADER] = signed(target.signature_key.reveal(), body)
+    return body, headers
+
+
 def signed(key: str, body: bytes) -> str:
     return "sha256=" + base64.b64encode(
         hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
@@ -141,12 +153,7 @@ class Outbox:
             flog.warning("notify.gave_up", reason="the target is no longer configured")
             return
         payload = json.loads(row["payload"])
-        sent_at = utcnow()
-        body = body_of(target, payload, row["dest_path"], row["event"], sent_at)
-        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: sent_at,
-                   "User-Agent": "bulkdrop"}
-        if target.signature_key:
-            headers[SIGNATURE_HEADER] = signed(target.signature_key.reveal(), body)
+        body, headers = request_of(target, payload, row["dest_path"], row["event"])
         assert self._session is not None
         retry_after = None
         try:

@@ -328,6 +328,43 @@ async def submit(settings: Settings, path: Path, obj: str, wait: bool,
     return code, result(outcome, created.id, submitted)
 
 
+# -- notify test ---------------------------------------------------------------------------
+
+SAMPLE_RESULT = {
+    "file": "contact/sample.csv", "instance": "default", "object": "contact",
+    "hub": "marketing", "status": "FAILED", "api_status": "COMPLETED", "job_id": "0",
+    "records": {"total": 2, "failed": 2, "succeeded": 0}, "partial": False,
+    "errors": [{"message": "Invalid email address 'not-an-email' (a sample)",
+                "raw": {"recordNumber": 1, "message": "Invalid email address 'not-an-email'"}}],
+    "errors_total": 1, "reason": "a sample notification from `bulkdrop notify test`",
+    "claim_id": "0" * 20, "test": True}
+
+
+async def notify_test(settings: Settings, name: str | None = None
+                      ) -> list[tuple[str, int | None, str]]:
+    """Send a sample notification to each target (or the one named): (target, HTTP status
+    or None, the answer or the error)."""
+    import aiohttp
+
+    from daemon.notify import request_of
+
+    answers: list[tuple[str, int | None, str]] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for target in settings.notify.targets:
+            if name is not None and target.name != name:
+                continue
+            body, headers = request_of(target, SAMPLE_RESULT, "failed/contact/sample.csv",
+                                       "FAILED")
+            try:
+                async with session.post(target.url, data=body, headers=headers) as resp:
+                    text = (await resp.read()).decode("utf-8", "replace")[:500]
+                    answers.append((target.name, resp.status, text))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answers.append((target.name, None, f"{type(exc).__name__}: {exc}"))
+    return answers
+
+
 # -- config -------------------------------------------------------------------------------
 
 def effective_config(settings: Settings) -> list[tuple[str, str, str]]:

@@ -115,6 +115,8 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
     for rel in ("people.csv", "marketing/contact/leads.csv"):
         await wait_for(lambda rel=rel: (done / f"{rel}.result.json").exists(), timeout=30,
                        what=f"sandbox result of {rel}")
+    # the ledger says finished a moment after the result is in place: then it is logged
+    await wait_for(lambda: err.text().count("file.finished") >= 2, what="both logged")
     people, leads = result_of(done / "people.csv"), result_of(done / "marketing/contact/leads.csv")
     assert people["status"] == leads["status"] == "COMPLETE"
     assert people["object"] == leads["object"] == "contact"
@@ -125,11 +127,21 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
     async with aiohttp.ClientSession() as http, http.get(view[1] + "api/status") as resp:
         assert resp.status == 200
         assert (await resp.json())["today"]["COMPLETE"] == 2
+    # A file that fails is notified to the simulator's webhook sink.
+    sink = re.search(r"curl (http://127\.0\.0\.1:\d+/_sim/webhooks)", out.text())
+    assert sink is not None, out.text()
+    drop(tmp_path / "spool", "contact/nobody.csv", "email\nnot-an-email\n")
+
+    await wait_for(lambda: "sim.webhook" in err.text() and err.text().count(
+        "file.finished") >= 3, timeout=30, what="the notification")
+    async with aiohttp.ClientSession() as http, http.get(sink[1]) as resp:
+        got = [w["body"] for w in await resp.json()]
+    assert [(b["file"], b["event"]) for b in got] == [("contact/nobody.csv", "FAILED")]
     # The other commands find the sandbox's spool and simulator from its folder.
     code, shown, _ = await finish(await spawn("status", "--sandbox", env=clean_env(),
                                               cwd=tmp_path))
     assert code == 0 and "COMPLETE 2" in shown and str(tmp_path / "spool") in shown
-    assert "crm (default): COMPLETE 1" in shown and "marketing: COMPLETE 1" in shown
+    assert "crm (default): COMPLETE 1, FAILED 1" in shown and "marketing: COMPLETE 1" in shown
     code, listed, _ = await finish(await spawn("objects", "--sandbox", env=clean_env(),
                                                cwd=tmp_path))
     assert code == 0 and "[crm] hub crm" in listed and "[marketing] hub marketing" in listed

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import signal
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ from daemon import ops
 from daemon.config import load_settings
 from daemon.settings import ConfigError
 from daemon.sim import SimServer
-from tests.helpers import contacts_csv, drop, free_port, wait_for
+from tests.helpers import clean_env, contacts_csv, drop, finish, free_port, wait_for
+from tests.procs import DaemonProc, daemons, write_config
 
 KEY = "hook-5ecret"
 
@@ -35,8 +40,11 @@ class Receiver:
         self.tries: dict[str, int] = {}
         self.refuse = 0
         self.bad_signatures = 0
+        self.delay = 0.0
+        self.arrived = 0
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.arrived += 1
         body = await request.read()
         expected = "sha256=" + base64.b64encode(
             hmac.new(KEY.encode(), body, hashlib.sha256).digest()).decode()
@@ -45,6 +53,11 @@ class Receiver:
             return web.Response(status=401)
         data = json.loads(body)
         assert data["sent_at"] == request.headers["X-Bulkdrop-Timestamp"]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if "text" in data:  # a Slack message: no file field of its own
+            self.got.append(data)
+            return web.Response(text="ok")
         self.tries[data["file"]] = self.tries.get(data["file"], 0) + 1
         if self.tries[data["file"]] <= self.refuse:
             return web.Response(status=503, headers={"Retry-After": "0"})
@@ -52,20 +65,25 @@ class Receiver:
         return web.json_response({"ok": True})
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    hooks = Receiver()
+@contextlib.asynccontextmanager
+async def serving(hooks: Receiver, port: int) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/hook", hooks.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
-        yield hooks, f"http://127.0.0.1:{port}/hook"
+        yield f"http://127.0.0.1:{port}/hook"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    hooks = Receiver()
+    async with serving(hooks, free_port()) as url:
+        yield hooks, url
 
 
 def target(url: str, **extra: Any) -> str:
@@ -160,3 +178,85 @@ def test_a_targets_key_comes_from_the_environment_too(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(path, {"BULKDROP_NOTIFY_OPS_SIGNATURE_KEY": "k"})
     assert caught.value.key == "BULKDROP_NOTIFY_OPS_SIGNATURE_KEY"
+
+
+async def test_a_kill_between_filing_and_sending_loses_no_notification(
+        sim: SimServer, tmp_path: Path) -> None:
+    """kill -9 with the file filed and its notification not yet taken: the next start
+    sends it."""
+    hooks, port = Receiver(), free_port()
+    root = tmp_path / "spool"
+    config = write_config(tmp_path / "c.toml", sim.base_url, root)
+    config.write_text(config.read_text() + target(f"http://127.0.0.1:{port}/hook"))
+    db = root / ".state" / "n1" / "bulkdrop.db"
+
+    def pending() -> int:
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0  # not made yet
+        try:
+            return int(conn.execute("SELECT count(*) FROM notifications"
+                                    " WHERE state = 'PENDING'").fetchone()[0])
+        except sqlite3.Error:
+            return 0
+        finally:
+            conn.close()
+
+    async with daemons() as started:
+        first = await DaemonProc(config, tmp_path / "d1.log").start()
+        started.append(first)
+        drop(root, "contact/bad.csv", "email\nnope\n")
+        await wait_for(lambda: pending() == 1 and first.seen("notify.retry") >= 1,
+                       timeout=30, what="filed, its notification refused once")
+        first.signal(signal.SIGKILL)
+        await first.wait()
+        async with serving(hooks, port):
+            second = await DaemonProc(config, tmp_path / "d2.log").start()
+            started.append(second)
+            await wait_for(lambda: len(hooks.got) == 1, timeout=30, what="the notification")
+            await wait_for(lambda: pending() == 0, what="nothing pending")
+    assert hooks.got[0]["file"] == "contact/bad.csv" and hooks.got[0]["event"] == "FAILED"
+
+
+async def test_a_slow_receiver_never_slows_the_files(make_settings, run_daemon,
+                                                     sim: SimServer, spool_root: Path,
+                                                     receiver: tuple[Receiver, str]) -> None:
+    """200 files with every one notified to a receiver taking 2 s an answer, against 200
+    with no notifications, in the same daemon's spool: filing keeps its pace."""
+    hooks, url = receiver
+    hooks.delay = 2.0
+    seconds = {}
+    for run, toml in (("off", ""), ("slow", target(url, on=["COMPLETE"]))):
+        settings = make_settings(toml, spool__root=str(spool_root / run))
+        daemon = await run_daemon(settings)
+        started = time.monotonic()
+        for i in range(200):
+            drop(spool_root / run, f"contact/f{i}.csv", contacts_csv(1, tag=f"{run}{i}"))
+        await wait_for(lambda d=daemon: d.filer.counts["COMPLETE"] == 200, timeout=60,
+                       what=f"200 files filed ({run})")
+        seconds[run] = time.monotonic() - started
+    assert hooks.arrived, "notifications were being sent meanwhile"
+    assert seconds["slow"] < seconds["off"] * 1.5 + 1.0, seconds
+
+
+async def test_slack_messages_and_notify_test(spawn, make_settings, run_daemon,
+                                              sim: SimServer, spool_root: Path,
+                                              receiver: tuple[Receiver, str],
+                                              tmp_path: Path) -> None:
+    hooks, url = receiver
+    await run_daemon(make_settings(target(url, format="slack")))
+    drop(spool_root, "contact/bad.csv", "email,first_name\nnope,A\n")
+    await wait_for(lambda: len(hooks.got) == 1, what="the Slack message")
+    text = hooks.got[0]["text"]
+    assert text.startswith("*FAILED*: `contact/bad.csv` (default / contact)")
+    assert "1 records, 1 failed" in text and "Invalid email address 'nope'" in text
+    config = tmp_path / "notify.toml"
+    config.write_text(f'[api]\nbase_url = "{sim.base_url}"\n' + target(url))
+    code, out, _ = await finish(await spawn("notify", "test", "--config", str(config),
+                                            env=clean_env()))
+    assert code == 0 and out.startswith("ops: HTTP 200 (sent)")
+    assert hooks.got[-1]["file"] == "contact/sample.csv" and hooks.got[-1]["test"] is True
+    code, _, said = await finish(await spawn("notify", "test", "--config", str(config),
+                                             "--target", "nope", env=clean_env()))
+    assert code == 2 and "targets: ops" in said

@@ -156,7 +156,7 @@ async def _webhook_in(request: web.Request) -> web.Response:
     sim.webhooks.append({"received_at": time.time(), "body": data,
                          "signature": request.headers.get("X-Bulkdrop-Signature")})
     if isinstance(data, dict):
-        log.info("sim.webhook", file=data.get("file"), event=data.get("event"),
+        log.info("sim.webhook", file=data.get("file"), on=data.get("event"),
                  text=data.get("text"))
     return web.json_response({"ok": True})
 
