@@ -256,6 +256,15 @@ def _check_url(layers: _Layers, dotted: str, *, required: bool) -> None:
         raise layers.error(dotted, f"expected an http:// or https:// URL, got {describe(url)}")
 
 
+def _idna_ok(url: str) -> bool:
+    """Can the URL's host be looked up at all (``hooks..example.com`` cannot)?"""
+    try:
+        (urlsplit(url).hostname or "").encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _is_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -488,8 +497,8 @@ def _notify(layers: _Layers, source: Path | None, env: Mapping[str, str],
     if "retry_deadline_seconds" in raw:
         origin = _in_file("notify.retry_deadline_seconds", source)
         deadline = float(_convert(float, raw.pop("retry_deadline_seconds"), origin))  # type: ignore[arg-type]
-        if deadline <= 0:
-            raise origin.error(f"must be > 0, got {deadline!r}")
+        if not 0 < deadline <= 10 * 365 * 86400:
+            raise origin.error(f"must be > 0 and at most ten years, got {deadline!r}")
     tables = raw.pop("targets", [])
     for key in raw:
         raise _in_file(f"notify.{key}", source).error(
@@ -499,11 +508,18 @@ def _notify(layers: _Layers, source: Path | None, env: Mapping[str, str],
             "expected [[notify.targets]] tables, one per target")
     targets: list[NotifyTarget] = []
     for index, table in enumerate(tables, 1):
+        if len(tables) > 1 and "name" not in table:  # rows in the ledger name their target
+            raise _in_file(f"notify.targets[{index}].name", source).error(
+                "required with several targets (what is pending keeps going to it)")
         targets.append(_target(index, table, source, env, instances))
     names = [t.name for t in targets]
-    for name in names:
+    variables = [n.upper().replace("-", "_") for n in names]
+    for name, variable in zip(names, variables, strict=True):
         if names.count(name) > 1:
             raise _in_file("notify.targets", source).error(f"two targets are named {name!r}")
+        if variables.count(variable) > 1:
+            raise _in_file("notify.targets", source).error(
+                f"two targets' variables would be BULKDROP_NOTIFY_{variable}_...: rename one")
     expected = {f"{ENV_PREFIX}NOTIFY_{n.upper().replace('-', '_')}_SIGNATURE_KEY{tail}"
                 for n in names for tail in ("", "_FILE")}
     for var in sorted(env):
@@ -525,7 +541,7 @@ def _target(index: int, table: Mapping[str, Any], source: Path | None,
         raise _in_file(f"{where}.name", source).error(
             f"a name of a-z, 0-9, '_' and '-', got {describe(name)}")
     url = table.get("url", "")
-    if not isinstance(url, str) or not _is_url(url):
+    if not isinstance(url, str) or not _is_url(url) or not _idna_ok(url):
         raise _in_file(f"{where}.url", source).error(
             f"required: an http:// or https:// URL, got {describe(url)}")
     on = table.get("on", ["FAILED", "REJECTED", "partial"])

@@ -67,7 +67,6 @@ class Filer:
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
             self.spool.to_stored(dest), (result["records"]["total"], result["records"]["failed"]),
             notify.recorded(self.checks.settings.notify, result)))
-        self.on_recorded()
         await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False))
 
     async def refile(self, work: Work, row: Row) -> None:
@@ -78,6 +77,10 @@ class Filer:
         dest = self.spool.filed_from_stored(row.dest_path) if row.dest_path else None
         # (A result made before instances has none: the file's is its row's, "default".)
         work.obj, work.instance = stored.get("object"), stored.get("instance", work.instance)
+        # Recorded with the FINISHING row since notifications exist; a row written before
+        # has none yet (recorded once: a target's second is ignored).
+        await self.ledger.record_notifications(
+            work.claimed.claim_id, notify.recorded(self.checks.settings.notify, stored))
         await self.tasks.shield(
             self._file(work, stored, errors, row.outcome == COMPLETE, dest, True))
 
@@ -89,6 +92,7 @@ class Filer:
                                                  self._sidecars(work, result, errors, named)),
                                    dest, resumed, named)
         await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
+        self.on_recorded()  # its notifications may go now: the file is where they say
         if placed is None:
             work.log.error("file.vanished", path=str(claimed.path))
             return

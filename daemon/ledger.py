@@ -214,26 +214,40 @@ class Ledger(Database):
 
     # -- notifications: the outbox --------------------------------------------------------
 
+    async def record_notifications(self, claim_id: str,
+                                   notify: Sequence[tuple[str, str, str]]) -> None:
+        """Notifications of a file filed before they were recorded with it (idempotent)."""
+        if notify:
+            now = utcnow()
+            await self.submit([(
+                "INSERT OR IGNORE INTO notifications (claim_id, target, event, payload,"
+                " created_at, next_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (claim_id, target, event, payload, now, now))
+                for target, event, payload in notify])
+
     async def due_notifications(self, now: str, limit: int) -> list[dict[str, Any]]:
         rows = await self.run(self.query,
                               "SELECT n.claim_id, n.target, n.event, n.payload, n.attempts,"
                               " n.created_at, f.dest_path FROM notifications n"
-                              " LEFT JOIN files f ON f.claim_id = n.claim_id"
+                              " JOIN files f ON f.claim_id = n.claim_id"
                               " WHERE n.state = 'PENDING' AND n.next_at <= ?"
+                              " AND f.state = 'FINISHED'"  # the file is where dest says
                               " ORDER BY n.next_at LIMIT ?", (now, limit))
         return [dict(r) for r in rows]
 
     async def next_notification_at(self) -> tuple[str | None, int]:
         """When the next pending notification is due, and how many are pending."""
         rows = await self.run(self.query,
-                              "SELECT min(next_at) AS due, count(*) AS n FROM notifications"
-                              " WHERE state = 'PENDING'")
+                              "SELECT min(n.next_at) AS due, count(*) AS n FROM notifications n"
+                              " JOIN files f ON f.claim_id = n.claim_id"
+                              " WHERE n.state = 'PENDING' AND f.state = 'FINISHED'")
         return rows[0]["due"], rows[0]["n"]
 
     async def notification_done(self, claim_id: str, target: str, state: str,
                                 attempts: int, error: str | None) -> None:
-        await self.submit([("UPDATE notifications SET state=?, attempts=?, last_error=?"
-                            " WHERE claim_id=? AND target=?",
+        # Its body is not kept once it is done with (history keeps the rest).
+        await self.submit([("UPDATE notifications SET state=?, attempts=?, last_error=?,"
+                            " payload='' WHERE claim_id=? AND target=?",
                             (state, attempts, error, claim_id, target))])
 
     async def notification_later(self, claim_id: str, target: str, attempts: int,

@@ -360,7 +360,7 @@ async def notify_test(settings: Settings, name: str | None = None
                 async with session.post(target.url, data=body, headers=headers) as resp:
                     text = (await resp.read()).decode("utf-8", "replace")[:500]
                     answers.append((target.name, resp.status, text))
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 answers.append((target.name, None, f"{type(exc).__name__}: {exc}"))
     return answers
 

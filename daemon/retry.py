@@ -79,8 +79,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), 1e9)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

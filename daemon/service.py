@@ -97,10 +97,12 @@ class Daemon:
         self.pipeline = Pipeline(self.spool, self.ledger, self.checks, self.instances,
                                  self.filer, self.resume_ticket)
         self.metrics.watch(self.ledger.path, self.troubles)
-        self.outbox = Outbox(s.notify, self.ledger, self.metrics) if s.notify.targets else None
-        if self.outbox is not None:
+        # Started when targets are configured, or when notifications wait in the ledger
+        # (for targets since removed: given up, and said so).
+        self.outbox = Outbox(s.notify, self.ledger, self.metrics)
+        if s.notify.targets:
             self.filer.on_recorded = self.outbox.wake
-            self.metrics.watch_notifications(lambda: self.outbox.pending if self.outbox else 0)
+        self.metrics.watch_notifications(lambda: self.outbox.pending)
         candidates: asyncio.Queue[Path] = asyncio.Queue(maxsize=max(64, s.workers.uploads))
         self.watcher = Watcher(self.spool, candidates, settle_seconds=s.spool.settle_seconds,
                                rescan_seconds=s.spool.rescan_seconds,
@@ -196,7 +198,8 @@ class Daemon:
             self._started()
             notifying = asyncio.create_task(self.notifier.run(self.stop_event, self.status_line),
                                             name="notifier")
-            if self.outbox is not None:  # pending notifications resume from the ledger
+            _due, waiting = await self.ledger.next_notification_at()
+            if self.settings.notify.targets or waiting:  # pending ones resume from the ledger
                 self.sending = asyncio.create_task(self.outbox.run(self.stop_event),
                                                    name="notifications")
                 self.sending.add_done_callback(_sender_ended)

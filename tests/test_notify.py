@@ -260,3 +260,46 @@ async def test_slack_messages_and_notify_test(spawn, make_settings, run_daemon,
     code, _, said = await finish(await spawn("notify", "test", "--config", str(config),
                                              "--target", "nope", env=clean_env()))
     assert code == 2 and "targets: ops" in said
+
+
+async def test_what_is_given_up_and_where_the_file_is(make_settings, run_daemon,
+                                                      sim: SimServer, spool_root: Path) -> None:
+    """A 404 and a redirect are given up at once; an endless Retry-After is held to the
+    deadline and then given up; a file filed under a free name is notified with it."""
+    seen: dict[str, int] = {}
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        data = json.loads(await request.read())
+        seen[data["file"]] = seen.get(data["file"], 0) + 1
+        if data["file"].endswith("gone.csv"):
+            return web.Response(status=404)
+        if data["file"].endswith("moved.csv"):
+            return web.Response(status=302, headers={"Location": "http://x.example/a/SECRET"})
+        if data["file"].endswith("later.csv"):
+            return web.Response(status=503, headers={"Retry-After": "99999999999999"})
+        bodies.append(data)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        daemon = await run_daemon(make_settings(
+            "[notify]\nretry_deadline_seconds = 2\n" + target(f"http://127.0.0.1:{port}/hook")))
+        (spool_root / "failed" / "contact").mkdir(parents=True, exist_ok=True)
+        (spool_root / "failed" / "contact" / "taken.csv").write_text("an older file\n")
+        for name in ("gone", "moved", "later", "taken"):
+            drop(spool_root, f"contact/{name}.csv", "email\nnope\n")
+        registry = daemon.metrics.registry
+        await wait_for(lambda: registry.get_sample_value(
+            "bulkdrop_notifications_total", {"target": "ops", "outcome": "gave_up"}) == 3
+            and len(bodies) == 1, timeout=30, what="three given up, one sent")
+    finally:
+        await runner.cleanup()
+    assert seen["contact/gone.csv"] == 1 and seen["contact/moved.csv"] == 1
+    assert bodies[0]["dest"] == "failed/contact/taken-1.csv", "the name it was filed under"
+    assert (spool_root / "failed" / "contact" / "taken.csv").read_text() == "an older file\n"
