@@ -109,6 +109,7 @@ class Daemon:
                                force_polling=s.spool.force_polling, troubles=self.troubles)
         self.watcher.on_scan = self._scanned
         self.inbox: tuple[int, float | None] = (0, None)  # files waiting, oldest's arrival
+        self._asking: asyncio.Future[Any] | None = None  # the view's readiness refresh
         self.claimer = Claimer(self.lanes, self.lane_of, self.watcher, self.spool,
                                self.checks.examine, self.quick, self.tasks.spawn,
                                lambda work, ticket: self.pipeline.process(work, ticket, True),
@@ -130,7 +131,12 @@ class Daemon:
         self.metrics.inbox_scanned(waiting, oldest)
 
     def live(self) -> Live:
-        """What the web view shows of the present."""
+        """What the web view shows of the present. Someone is watching: each instance's
+        API is asked again (in the background) once its last answer is ttl old."""
+        apis = self.readiness.instances.values()
+        if (self._asking is None or self._asking.done()) and any(a.stale for a in apis):
+            self._asking = asyncio.ensure_future(
+                asyncio.gather(*(a.api_answers() for a in apis)))
         waiting, oldest = self.inbox
         return Live({n: api.state() for n, api in self.readiness.instances.items()},
                     waiting, None if oldest is None else max(0.0, time.time() - oldest),

@@ -57,7 +57,14 @@ class ApiReadiness:
         if not self.gate.is_open:
             refusal = f" ({self.gate.refusal})" if self.gate.refusal else ""
             return f"credentials refused{refusal}: its files wait"
+        if self._checked < 0:
+            return "not asked yet"
         return self.api_problem or "ready"
+
+    @property
+    def stale(self) -> bool:
+        """Its API's answer is older than :attr:`ttl` (or it was never asked)."""
+        return time.monotonic() - self._checked > self.ttl
 
     async def problem(self) -> str | None:
         """None when ready, else what is wrong, in a line. The API is asked while the

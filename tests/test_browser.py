@@ -50,7 +50,9 @@ async def test_a_dropped_file_appears_complete_without_a_reload(
         make_settings, run_daemon, sim: SimServer, spool_root: Path,
         browser: Browser) -> None:
     page, _base, _daemon = await open_view(make_settings, run_daemon, browser)
-    await expect(page.locator("#instances")).to_contain_text("default ready")
+    # the API is asked once someone watches: "not asked yet", then "ready"
+    await expect(page.locator("#instances")).to_contain_text("default ready",
+                                                             timeout=15_000)
     await page.evaluate("window.notReloaded = true")
     drop(spool_root, "contact/people.csv", contacts_csv(3))
     drop(spool_root, "contact/some-bad.csv", contacts_csv(6, tag="s", bad_every=3))
