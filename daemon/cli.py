@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "instance)")
     submit.add_argument("--wait", action="store_true",
                         help="follow the job to its end and print its result")
-    command("config", "the effective configuration, secrets masked, with each value's origin")
-    notify = command("notify", "notifications: send a sample to the targets")
+    command("config", "the effective configuration, secrets masked, with each value's origin",
+            sandbox=True)
+    notify = command("notify", "notifications: send a sample to the targets", sandbox=True)
     notify.add_argument("action", choices=["test"])
     notify.add_argument("--target", metavar="N", help="only this target (its name)")
     sim = command("sim", "serve the Open Connectors simulator on its own")
@@ -98,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `bulkdrop status | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exits.OK
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -133,11 +142,18 @@ def _settings(args: argparse.Namespace, **kwargs: Any) -> Settings:
         url = _sandbox_url(Path(str(SANDBOX_DEFAULTS["spool.root"])))
         if url:
             forced["api.base_url"] = url
+            kwargs["notify"] = _sandbox_notify(url.removesuffix("/elements/api-v2"))
         elif kwargs.get("require_base_url", True):
             raise ConfigError("api.base_url", "no sandbox serves ./spool: start `bulkdrop "
                               "run --sandbox` in this folder first")
         kwargs["forced"] = forced
     return load_settings(path, os.environ, **kwargs)
+
+
+def _sandbox_notify(sim_root: str) -> dict[str, object]:
+    """The sandbox's [notify]: its simulator's webhook sink."""
+    return {"targets": [{"name": "sandbox", "url": f"{sim_root}/_sim/webhooks",
+                         "signature_key": "sandbox-webhook"}]}
 
 
 def _sandbox_state(spool: Path) -> Path:
@@ -214,8 +230,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                                                  "http.listen": "127.0.0.1:0"}, forced={
                 "api.base_url": server.base_url, "api.user_secret": "",
                 "api.organization_secret": "", "api.element_token": ""},
-                notify={"targets": [{"name": "sandbox", "url": f"{server.root_url}/_sim/webhooks",
-                                     "signature_key": "sandbox-webhook"}]})
+                notify=_sandbox_notify(server.root_url))
             logs.configure(settings.log.format, settings.log.level)
             daemon = Daemon(settings)
             serving = asyncio.create_task(daemon.serve_until_signalled())
@@ -239,8 +254,8 @@ def _run_sandbox(args: argparse.Namespace) -> int:
                       f"  results appear in {daemon.spool.done}/ and {daemon.spool.failed}/\n"
                       + (f"  web view: http://127.0.0.1:{daemon.http.port}/\n"
                          if daemon.http is not None else "") +
-                      f"  failed and rejected files are notified to the simulator's webhook "
-                      f"sink: curl {server.root_url}/_sim/webhooks\n"
+                      f"  failed, rejected and partial files are notified to the simulator's "
+                      f"webhook sink: curl {server.root_url}/_sim/webhooks\n"
                       f"  objects: {', '.join(sim.config.objects)}; Ctrl-C stops\n"
                       f"  the API's other answer shapes: curl -X PATCH {server.root_url}"
                       "/_sim/config -d '{\"status_shape\": \"v3\", \"error_shape\": "

@@ -66,7 +66,8 @@ class Filer:
         await asyncio.shield(self.ledger.mark_finishing(
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
             self.spool.to_stored(dest), (result["records"]["total"], result["records"]["failed"]),
-            notify.recorded(self.checks.settings.notify, result)))
+            notify.recorded(self.checks.settings.notify, result),
+            (result["object"], result["hub"])))  # a file rejected has them only here
         await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False))
 
     async def refile(self, work: Work, row: Row) -> None:

@@ -196,15 +196,17 @@ class Ledger(Database):
     async def mark_finishing(self, claim_id: str, outcome: str, api_status: str | None,
                              reason: str, result_json: str, dest_path: str | None,
                              records: tuple[int | None, int | None] = (None, None),
-                             notify: Sequence[tuple[str, str, str]] = ()) -> None:
+                             notify: Sequence[tuple[str, str, str]] = (),
+                             route: tuple[str | None, str | None] = (None, None)) -> None:
         """The file's end and where it goes, and, in the same commit, a notification for
         each target that wants it (target, event, payload): sent after, at least once."""
         now = utcnow()
         await self.submit([
             ("UPDATE files SET state=?, outcome=?, api_status=?, reason=?, result_json=?,"
-             " dest_path=?, records_total=?, records_failed=?, updated_at=? WHERE claim_id=?",
-             (FINISHING, outcome, api_status, reason, result_json, dest_path, *records, now,
-              claim_id)),
+             " dest_path=?, records_total=?, records_failed=?, object=coalesce(object, ?),"
+             " hub=coalesce(hub, ?), updated_at=? WHERE claim_id=?",
+             (FINISHING, outcome, api_status, reason, result_json, dest_path, *records,
+              *route, now, claim_id)),
             *(("INSERT OR IGNORE INTO notifications (claim_id, target, event, payload,"
                " created_at, next_at) VALUES (?, ?, ?, ?, ?, ?)",
                (claim_id, target, event, payload, now, now))
@@ -414,10 +416,14 @@ class LedgerView:
         if before is not None:
             where.append("(finished_at, claim_id) < (?, ?)")
             params += list(before)
-        for column, value in (("outcome", outcome), ("object", obj)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        if outcome == "partial":  # completed with some records failed
+            where.append("outcome = 'COMPLETE' AND records_failed > 0")
+        elif outcome is not None:
+            where.append("outcome = ?")
+            params.append(outcome)
+        if obj is not None:
+            where.append("object = ?")
+            params.append(obj)
         if instance is not None:
             where.append("coalesce(instance, 'default') = ?")
             params.append(instance)

@@ -154,7 +154,8 @@ def retry(spool: Spool, path: Path) -> Path:
     path = path.parent.resolve() / path.name  # the name itself is never followed
     failed = spool.failed.resolve()
     if failed not in path.parents:
-        raise ValueError(f"{path} is not below {spool.failed}")
+        raise ValueError(f"{path} is not below {spool.failed} (the spool of this config; "
+                         "the sandbox's with --sandbox)")
     below = PurePosixPath(path.relative_to(failed).as_posix())
     # failed/ and inbox/ are reached through descriptors: a link put in place of a
     # folder on either side is never followed (droppers may write to both).
@@ -205,12 +206,18 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
     The filed file and its sidecars stay."""
     path = path.parent.resolve() / path.name  # the name itself is never followed
     if not any(base.resolve() in path.parents for base in (spool.done, spool.failed)):
-        raise ValueError(f"{path} is not below {spool.done} or {spool.failed}")
+        raise ValueError(f"{path} is not below {spool.done} or {spool.failed} (the spool of "
+                         "this config; the sandbox's with --sandbox)")
     filed = path.with_name(path.name.removesuffix(FAILED_SUFFIX))
     failed_csv = filed.with_name(filed.name + FAILED_SUFFIX)
+    if not os.path.lexists(filed):
+        raise ValueError(f"no such filed file: {filed} (not filed yet, or moved away)")
     rel = _route_of(filed.with_name(filed.name + RESULT_SUFFIX))
     if rel is None:
         raise ValueError(f"no readable result beside {filed}")
+    if not os.path.lexists(failed_csv):
+        raise ValueError(f"{filed} has no failed rows: no {failed_csv.name} beside it (its "
+                         "job had no failed records, or its result says why none was written)")
     route = list(rel.parent.parts)  # <object>/, or <instance>/<object>/, as it was dropped
     stem = re.sub(r"\.retry-\d+$", "", PurePosixPath(rel.name).stem)
     # inbox/ is droppers' ground: reached through descriptors, never through a link.

@@ -9,6 +9,7 @@ synchronous entry for the command line (signals, exit code).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import time
@@ -110,6 +111,7 @@ class Daemon:
         self.watcher.on_scan = self._scanned
         self.inbox: tuple[int, float | None] = (0, None)  # files waiting, oldest's arrival
         self._asking: asyncio.Future[Any] | None = None  # the view's readiness refresh
+        self._lock: int | None = None  # this node's lock: one daemon per node and ledger
         self.claimer = Claimer(self.lanes, self.lane_of, self.watcher, self.spool,
                                self.checks.examine, self.quick, self.tasks.spawn,
                                lambda work, ticket: self.pipeline.process(work, ticket, True),
@@ -230,6 +232,7 @@ class Daemon:
             await asyncio.gather(*(i.close() for i in self.instances.values()),
                                  return_exceptions=True)
             await self.ledger.close()
+            self._unlock()
             self._quick.shutdown(wait=False)
             self.notifier.close()
 
@@ -246,10 +249,18 @@ class Daemon:
             log.error("spool.unwritable_dir", path=str(folder), error=why,
                       note="files dropped here cannot be claimed: make it a folder the "
                            "daemon's group may write to (droppers need umask 002)")
+        self._lock = await asyncio.to_thread(node_lock, self.settings.spool.state_dir,
+                                             self.settings.spool.node_id)
         try:
             await self.ledger.open()
         except (StoreError, OSError) as exc:
+            self._unlock()
             raise StartupError(str(exc)) from exc
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # the lock goes with it
+            self._lock = None
 
     async def _serve_http(self) -> HttpServer | None:
         http = self.settings.http
@@ -384,3 +395,29 @@ def _sender_ended(task: asyncio.Task[None]) -> None:
         exc = task.exception()
         log.error("notify.crashed", error=repr(exc), exc_info=exc,
                   note="notifications wait in the ledger until the next start")
+
+
+def node_lock(state_dir: Path, node_id: str) -> int:
+    """Hold ``<state_dir>/daemon.lock`` for as long as the descriptor is open: a second
+    daemon with the same node id (the same ledger, the same processing/ folder) would
+    take the first one's files as its own to recover. Its pid is written in it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "daemon.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise StartupError(
+            f"another bulkdrop (pid {holder}) already runs as node {node_id!r} on this spool "
+            f"({path} is locked): stop it first, or give this one another "
+            "[spool] node_id") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -161,8 +161,9 @@ class View:
         """A page of finished files, newest first, filtered; ``next`` pages on."""
         limit = _int(query.get("limit"), PAGE_FILES, 1, MAX_PAGE)
         status = query.get("status") or None
-        if status is not None and status not in OUTCOMES:
-            raise web.HTTPBadRequest(text=f"status must be one of {', '.join(OUTCOMES)}")
+        if status is not None and status not in (*OUTCOMES, "partial"):
+            raise web.HTTPBadRequest(text=f"status must be one of {', '.join(OUTCOMES)} "
+                                          "or partial")
         before = _cursor(query.get("before"))
         rows = await self.host.ledger.finished(
             limit + 1, before, status, query.get("object") or None,
@@ -337,9 +338,9 @@ def _age(stamp: str | None, now: datetime) -> int | None:
 def _int(raw: str | None, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw):
-        raise web.HTTPBadRequest(text="limit must be a whole number")
-    return max(low, min(high, int(raw)))
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
+        raise web.HTTPBadRequest(text=f"limit must be a whole number from {low} to {high}")
+    return int(raw)
 
 
 def _same_origin(request: web.Request) -> bool:

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import structlog
 
-from daemon.service import Daemon
+from daemon.service import Daemon, StartupError
 from daemon.sim import SimServer
 from daemon.spool import Spool
 from tests.conftest import Users
@@ -257,3 +257,14 @@ async def test_a_cancelled_serve_still_drains_before_the_ledger_closes(
     assert len(sim.sim.jobs) == 2, "followed by their recorded ids, not sent again"
     assert {result_of(spool_root / "done" / "contact" / f"c{i}.csv")["status"]
             for i in range(2)} == {"COMPLETE"}
+
+
+async def test_a_second_daemon_as_the_same_node_does_not_start(make_settings, run_daemon,
+                                                                sim: SimServer) -> None:
+    """It would take the first one's files in processing/ as its own to recover."""
+    settings = make_settings()
+    first = await run_daemon(settings)
+    second = Daemon(settings)
+    with pytest.raises(StartupError, match="already runs as node 'node-a' on this spool"):
+        await second.serve()
+    assert first.ready.is_set() and not first.stop_event.is_set()

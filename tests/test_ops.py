@@ -123,3 +123,20 @@ def test_retry_never_follows_a_link_in_the_inbox(tmp_path: Path) -> None:
     moved = ops.retry(spool, failed)
     assert moved == spool.inbox / "contact" / "bad.csv" and moved.read_text() == "email\nnope\n"
     assert not failed.exists()
+
+
+def test_retry_failed_rows_says_what_is_missing(tmp_path: Path) -> None:
+    from daemon import ops
+    from daemon.spool import Spool
+
+    spool = Spool(tmp_path / "spool", "n1")
+    spool.ensure_layout()
+    clean = spool.done / "clean.csv"
+    clean.write_text("email\na@example.com\n")
+    clean.with_name("clean.csv.result.json").write_text(json.dumps({"file": "clean.csv"}))
+    with pytest.raises(ValueError, match="has no failed rows"):
+        ops.retry_failed_rows(spool, clean)
+    with pytest.raises(ValueError, match="no such filed file"):
+        ops.retry_failed_rows(spool, spool.done / "nosuch.csv")
+    with pytest.raises(ValueError, match="the sandbox's with --sandbox"):
+        ops.retry_failed_rows(spool, tmp_path / "elsewhere.csv")

@@ -82,11 +82,17 @@ async def test_the_json_api_counts_pages_and_filters(make_settings, run_daemon,
         partial = next(f for f in complete if f["partial"])
         assert partial["records"] == {"total": 4, "failed": 2}
         assert partial["instance"] == "default" and partial["object"] == "contact"
-        for query in ("status=DONE", "before=yesterday", "limit=-1", "before=x|..%2F"):
+        for query in ("status=DONE", "before=yesterday", "limit=-1", "before=x|..%2F",
+                      "limit=0", "limit=501", "limit=99999999999999999999"):
             async with http.get(f"{base}/api/files?{query}") as resp:
                 assert resp.status == 400, query
         async with http.get(base + "/api/files?object=account") as resp:
             assert (await resp.json())["files"] == []
+        async with http.get(base + "/api/files?status=REJECTED&object=contact") as resp:
+            (rejected,) = (await resp.json())["files"]
+        assert rejected["file"] == "contact/sheet.xlsx" and rejected["object"] == "contact"
+        async with http.get(base + "/api/files?status=partial") as resp:
+            assert [f["file"] for f in (await resp.json())["files"]] == ["contact/partial.csv"]
 
 
 async def test_the_page_and_a_files_story(make_settings, run_daemon, sim: SimServer,
