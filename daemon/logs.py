@@ -35,6 +35,26 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    # What libraries log through the standard library (aiohttp's server on a malformed
+    # request, say) comes out the same way: one line, its traceback a field of it.
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _Relay)] + [_Relay()]
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+
+
+class _Relay(logging.Handler):
+    """Standard-library records as structlog lines: event ``library.log``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger()
+            context: dict[str, Any] = {"logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                context["exc_info"] = record.exc_info
+            log.log(record.levelno, "library.log", **context)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 def get_logger(**context: Any) -> Any:

@@ -6,7 +6,9 @@ CSRF token."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, free_port, wait_for
+from tests.procs import DaemonProc, daemons, write_config
 
 Fetch = tuple[int, str]
 
@@ -256,3 +259,37 @@ async def test_a_sidecar_below_a_linked_folder_is_not_served(make_settings, run_
         _, story, _ = await get(http, f"{base}/files/{claim_id}")
         assert "errors.csv</a>" not in story
         assert "Invalid email address" in story, "its errors come from the ledger"
+
+
+async def test_a_malformed_request_leaves_one_json_line_in_the_log(sim: SimServer,
+                                                                   tmp_path: Path) -> None:
+    """aiohttp's own complaint about a request line too long is a log line like any other,
+    not a traceback over many lines."""
+    port = free_port()
+    config = write_config(tmp_path / "c.toml", sim.base_url, tmp_path / "spool",
+                          http={"listen": f"127.0.0.1:{port}"})
+    async with daemons() as started:
+        daemon = await DaemonProc(config, tmp_path / "d.log").start()
+        started.append(daemon)
+        async with aiohttp.ClientSession() as http:
+            await wait_for_answer(http, f"http://127.0.0.1:{port}/healthz")
+            async with http.get(f"http://127.0.0.1:{port}/files/{'a' * 20000}") as resp:
+                assert resp.status in (400, 404, 414, 431)
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    lines = (tmp_path / "d.log").read_text().splitlines()
+    assert lines and all(json.loads(line) for line in lines), "every line is one JSON object"
+
+
+async def wait_for_answer(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(200):
+        try:
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} did not answer")
