@@ -139,10 +139,12 @@ def _settings(args: argparse.Namespace, **kwargs: Any) -> Settings:
         kwargs["instances"] = SANDBOX_INSTANCES
     if getattr(args, "sandbox", False) and args.command != "run":
         forced: dict[str, object] = {**SANDBOX_DEFAULTS, **kwargs.get("forced", {})}
-        url = _sandbox_url(Path(str(SANDBOX_DEFAULTS["spool.root"])))
+        spool = Path(str(SANDBOX_DEFAULTS["spool.root"]))
+        url = _sandbox_url(spool)
         if url:
             forced["api.base_url"] = url
             kwargs["notify"] = _sandbox_notify(url.removesuffix("/elements/api-v2"))
+            forced["http.listen"] = _sandbox_listen(spool)  # status asks its /readyz
         elif kwargs.get("require_base_url", True):
             raise ConfigError("api.base_url", "no sandbox serves ./spool: start `bulkdrop "
                               "run --sandbox` in this folder first")
@@ -177,9 +179,22 @@ def _sandbox_url(spool: Path) -> str | None:
     return url if host in ("127.0.0.1", "::1", "localhost") else None
 
 
-def _note_sandbox(state: Path, url: str) -> None:
+def _sandbox_listen(spool: Path) -> str:
+    """Where the running sandbox's listener is, if on loopback; "" if unknown."""
+    from daemon.fileref import FileRef
+
+    try:
+        with FileRef(_sandbox_state(spool)).open("r", encoding="utf-8") as fh:
+            listen = str(json.load(fh)["listen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    host, _, port = listen.rpartition(":")
+    return listen if host == "127.0.0.1" and port.isascii() and port.isdigit() else ""
+
+
+def _note_sandbox(state: Path, url: str, listen: str) -> None:
     tmp = state.with_name(f".{state.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"base_url": url}))
+    tmp.write_text(json.dumps({"base_url": url, "listen": listen}))
     os.replace(tmp, state)  # whole or not at all; a link there is replaced, not followed
 
 
@@ -239,7 +254,8 @@ def _run_sandbox(args: argparse.Namespace) -> int:
             ready = asyncio.create_task(daemon.ready.wait())
             await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
             if daemon.ready.is_set():  # inbox/<default object>/ is there now
-                await asyncio.to_thread(_note_sandbox, state, server.base_url)
+                listen = f"127.0.0.1:{daemon.http.port}" if daemon.http is not None else ""
+                await asyncio.to_thread(_note_sandbox, state, server.base_url, listen)
                 inbox = daemon.spool.inbox
                 default = settings.default_instance
                 others = [n for n in settings.instances if n != default]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -206,7 +207,8 @@ class Jobs:
                            f"limit ({exc.status}): {exc.message}; lower [objects.{work.obj}] "
                            f"max_bytes_per_job (now {limit}) to send it in smaller parts")
         except RejectedError as exc:
-            return Outcome(REJECTED, f"the API refused the upload ({exc.status}): {exc.message}")
+            return Outcome(REJECTED, f"the API refused the upload ({exc.status}): "
+                           f"{exc.message}{self._mistyped(work)}")
         except TransientError as exc:
             return Outcome(FAILED, f"gave up uploading after {exc.elapsed:.0f} s and "
                            f"{exc.attempts} attempt{'s' if exc.attempts > 1 else ''}: "
@@ -217,6 +219,17 @@ class Jobs:
             if work.inspection.content is not None and rows is None:
                 # Not kept while the job runs (32 jobs may run for hours).
                 work.inspection = dataclasses.replace(work.inspection, content=None)
+
+    def _mistyped(self, work: Work) -> str:
+        """A hint when the object the API refused looks like a mistyped instance name."""
+        settings = self.checks.settings
+        if not settings.instance_folders or not work.obj or work.rel_path.parts[0] != work.obj:
+            return ""
+        close = difflib.get_close_matches(work.obj, list(settings.instances), n=1)
+        if not close:
+            return ""
+        return (f" (inbox/{work.obj}/ was taken as an object of instance {self.name}; did "
+                f"you mean instance {close[0]!r}? its files go in inbox/{close[0]}/<object>/)")
 
     async def _create(self, work: Work, body: UploadBody) -> str:
         assert work.obj is not None and work.hub is not None

@@ -335,6 +335,10 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
             f"SELECT rel_path, {instance} AS instance, state, outcome, job_id, api_status,"
             " reason, received_at, updated_at FROM files ORDER BY updated_at DESC LIMIT ?",
             (latest,)).fetchall()
+        partial = 0  # completed with some records failed (in COMPLETE too)
+        if "records_failed" in names:
+            partial = conn.execute("SELECT count(*) FROM files WHERE outcome = 'COMPLETE'"
+                                   " AND records_failed > 0").fetchone()[0]
         pending = 0
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'notifications'").fetchone():
             pending = conn.execute("SELECT count(*) FROM notifications"
@@ -342,7 +346,7 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
     finally:
         conn.close()
     return {"counts": counts, "instances": by_instance, "latest": [dict(r) for r in rows],
-            "notifications_pending": pending}
+            "partial": partial, "notifications_pending": pending}
 
 
 # -- what the web view reads: its own read-only connection, its own thread ---------------

@@ -98,7 +98,10 @@ def format_status(report: dict[str, Any]) -> str:
     if "ledger_error" in report:
         lines.append(report["ledger_error"])
     else:
-        lines.append(f"files: {_counts_line(report['counts'])}")
+        partial = report.get("partial")
+        lines.append(f"files: {_counts_line(report['counts'])}"
+                     + (f"; of the COMPLETE, {partial} with some records failed"
+                        if partial else ""))
     by_instance = report.get("instances", {})
     names = list(dict.fromkeys([*report.get("configured_instances", []), *by_instance]))
     if len(names) > 1 or states.get(names[0] if names else "", "ready") != "ready":

@@ -142,6 +142,7 @@ async def test_sandbox_runs_a_file_through_and_stops_on_ctrl_c(spawn, tmp_path: 
                                               cwd=tmp_path))
     assert code == 0 and "COMPLETE 2" in shown and str(tmp_path / "spool") in shown
     assert "crm (default): COMPLETE 1, FAILED 1" in shown and "marketing: COMPLETE 1" in shown
+    assert "daemon: ready" in shown or "daemon: not ready" in shown, "it asked the sandbox"
     code, listed, _ = await finish(await spawn("objects", "--sandbox", env=clean_env(),
                                                cwd=tmp_path))
     assert code == 0 and "[crm] hub crm" in listed and "[marketing] hub marketing" in listed

@@ -213,6 +213,18 @@ async def test_each_instance_sends_its_files_with_its_own_token(
     assert len(sim.sim.jobs) == 3
 
 
+async def test_a_mistyped_instance_folder_gets_a_hint(make_settings, run_daemon,
+                                                      sim: SimServer, spool_root: Path) -> None:
+    """With a default instance, inbox/markting/ is an object of it; the API refuses such
+    an object, and the reason says which instance was likely meant."""
+    await run_daemon(two_instances(make_settings, '[spool]\ndefault_instance = "crm"\n'))
+    drop(spool_root, "markting/x.csv", contacts_csv(2))
+    await wait_for(lambda: len(finished(spool_root)) == 1, what="x.csv filed")
+    reason = result_of(spool_root / "failed" / "markting" / "x.csv")["reason"]
+    assert "the API refused the upload (404)" in reason
+    assert "did you mean instance 'marketing'? its files go in inbox/marketing/<object>/" in reason
+
+
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon import ops
 from daemon.sim import SimServer
 from tests.helpers import contacts_csv, drop, free_port, wait_for
 from tests.procs import DaemonProc, daemons, write_config
@@ -96,6 +97,10 @@ async def test_the_json_api_counts_pages_and_filters(make_settings, run_daemon,
         assert rejected["file"] == "contact/sheet.xlsx" and rejected["object"] == "contact"
         async with http.get(base + "/api/files?status=partial") as resp:
             assert [f["file"] for f in (await resp.json())["files"]] == ["contact/partial.csv"]
+    # bulkdrop status counts the same, the partial one among the COMPLETE
+    shown = ops.format_status(await asyncio.to_thread(ops.status, daemon.settings))
+    assert "COMPLETE 2, FAILED 1, REJECTED 1" in shown
+    assert "of the COMPLETE, 1 with some records failed" in shown
 
 
 async def test_the_page_and_a_files_story(make_settings, run_daemon, sim: SimServer,
