@@ -17,7 +17,7 @@ TIERS: list[tuple[str, set[str]]] = [
     ("the flow of a file", {"recovery", "pipeline"}),
     ("rooms", {"admission", "checks", "jobs", "filing", "tracker", "watcher", "web",
                "instances", "view", "notify"}),
-    ("what they work on", {"work", "placing", "ledger", "client", "failedrows",
+    ("what they work on", {"work", "placing", "ledger", "client", "failedrows", "jsonfile",
                            "normalise", "csvfile", "spool"}),
     ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "answers",
                                "ratelimit",
