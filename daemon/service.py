@@ -121,6 +121,7 @@ class Daemon:
         self.sending: asyncio.Task[None] | None = None  # the notifications' sender
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()   # set once watching
+        self.stopped = asyncio.Event()  # set once everything is closed, the node unlocked
         self.core: list[asyncio.Task[None]] = []   # watcher and claimer: /healthz watches
         spool = self.spool
         self.readiness = Readiness(
@@ -233,6 +234,7 @@ class Daemon:
                                  return_exceptions=True)
             await self.ledger.close()
             self._unlock()
+            self.stopped.set()
             self._quick.shutdown(wait=False)
             self.notifier.close()
 
