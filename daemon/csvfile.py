@@ -120,15 +120,20 @@ class Inspection:
     @property
     def problem(self) -> str | None:
         """One line a person can act on; None when the file may be uploaded."""
-        if not self.problems:
-            return None
-        if self.problems_total == 1:
-            return str(self.problems[0])
-        return f"{self.problems_total} problems found before upload, first: {self.problems[0]}"
+        return summary(self.problems, self.problems_total)
 
     def passes_through(self, columns: Columns) -> bool:
         return self.dialect is not None and self.dialect.is_rfc4180_utf8 \
             and not columns.changes(self.header)
+
+
+def summary(problems: Sequence[Problem], total: int) -> str | None:
+    """A file's problems in one line a person can act on; None when there are none."""
+    if not problems:
+        return None
+    if total == 1:
+        return str(problems[0])
+    return f"{total} problems found before upload, first: {problems[0]}"
 
 
 def header_names(row: Sequence[str]) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import csvfile
-from daemon.csvfile import MAX_PROBLEMS, Columns, Problem
+from daemon.csvfile import MAX_PROBLEMS, Columns, Problem, summary
 from daemon.fileref import FileRef, as_ref
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
@@ -42,11 +42,7 @@ class JsonInspection:
 
     @property
     def problem(self) -> str | None:
-        if not self.problems:
-            return None
-        if self.problems_total == 1:
-            return str(self.problems[0])
-        return f"{self.problems_total} problems found before upload, first: {self.problems[0]}"
+        return summary(self.problems, self.problems_total)
 
 
 class _Found:
