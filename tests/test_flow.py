@@ -46,7 +46,9 @@ async def test_sample_contacts_end_up_done_with_job_id(make_settings, run_daemon
     assert result["received_at"] <= result["submitted_at"] <= result["finished_at"]
     assert result["finished_at"].endswith("+00:00")
     assert not dropped.exists()
-    assert list((spool_root / "processing" / "node-a").rglob("*.csv")) == []
+    # The claimed name is removed just after the result is published.
+    await wait_for(lambda: not list((spool_root / "processing" / "node-a").rglob("*.csv")),
+                   what="the claim gone from processing/")
     assert not (done.parent / "sample.csv.errors.csv").exists()
 
 

@@ -200,7 +200,9 @@ async def test_names_up_to_255_bytes_are_filed(make_settings, run_daemon, sim: S
         assert len(results) == 1
         assert json.loads(results[0].read_text())["file"] == f"contact/{dropped}"
         assert all(len(p.name.encode()) <= 255 for p in folder.iterdir())
-    assert not any((spool_root / "processing").rglob("*.csv"))
+    # The result is written before the file is moved beside it.
+    await wait_for(lambda: not any((spool_root / "processing").rglob("*.csv")),
+                   what="both files out of processing/")
 
 
 async def test_a_users_file_named_like_a_sidecar_is_never_overwritten(
