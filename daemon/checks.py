@@ -15,16 +15,16 @@ import itertools
 from pathlib import PurePosixPath
 from typing import Any
 
-from daemon import csvfile, rawfile
+from daemon import csvfile, jsonfile, rawfile
 from daemon.admission import Ticket
-from daemon.fileref import NotAFile
+from daemon.fileref import FileRef, NotAFile
 from daemon.metrics import Metrics
 from daemon.results import REJECTED, Outcome
 from daemon.retry import backoff_delay
 from daemon.settings import Route, Settings
-from daemon.spool import has_accepted_suffix
+from daemon.spool import has_accepted_suffix, is_json_name
 from daemon.trouble import Troubles
-from daemon.work import Work
+from daemon.work import Inspection, Work
 
 # A file that cannot be read for one of these is at fault itself; any other error (no
 # free descriptors, no memory, I/O trouble) passes, and the read is tried again.
@@ -50,8 +50,8 @@ class Checks:
         return csvfile.Columns.of(found.object_settings(obj))
 
     def examine(self, work: Work) -> None:
-        """Hash the claimed file and, for a CSV, detect and validate it; never anything
-        but the regular file claimed (see :class:`daemon.fileref.FileRef`).
+        """Hash the claimed file and, for a CSV or JSON file, read and validate it; never
+        anything but the regular file claimed (see :class:`daemon.fileref.FileRef`).
 
         Blocking: it runs in a thread, for a new claim in the same trip as the claim.
         """
@@ -62,7 +62,7 @@ class Checks:
         try:
             if has_accepted_suffix(rel.name):
                 route = self.route(rel)
-                found = csvfile.inspect(ref, self.columns(route.instance, route.obj))
+                found = inspect(ref, rel.name, self.columns(route.instance, route.obj))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
                 work.sha256, work.size = rawfile.digest(ref)
@@ -95,8 +95,9 @@ class Checks:
         work.obj = route.obj
         work.hub = self.settings.instances[work.instance].hub_for(route.obj)
         if work.inspection is None:
-            return Outcome(REJECTED, f"not a .csv, .tsv or .txt file ({rel.name!r}); "
-                           "export it as CSV and drop it again")
+            return Outcome(REJECTED, f"not a CSV or JSON file by its name ({rel.name!r}: "
+                           "names end .csv, .tsv, .txt, .json, .jsonl or .ndjson); export "
+                           "it as CSV or JSON and drop it again")
         if work.inspection.problem:
             return Outcome(REJECTED, work.inspection.problem,
                            errors=[p.as_dict() for p in work.inspection.problems],
@@ -112,7 +113,7 @@ class Checks:
         if work.hub is None and work.obj:
             work.hub = self.settings.instance_or_default(work.instance).hub_for(work.obj)
         try:
-            found = await asyncio.to_thread(csvfile.inspect, work.claimed.ref,
+            found = await asyncio.to_thread(inspect, work.claimed.ref, work.claimed.rel.name,
                                             self.columns(work.instance, work.obj))
         except OSError:
             return
@@ -140,10 +141,20 @@ class Checks:
             await asyncio.sleep(delay)
 
 
-def csv_info(found: csvfile.Inspection | None,
-             columns: csvfile.Columns) -> dict[str, Any] | None:
-    """What the file turned out to be: dialect, encoding, rows, converted or sent as is."""
+def inspect(ref: FileRef, name: str, columns: csvfile.Columns) -> Inspection:
+    """Read and check the file as what its name says it is: JSON, else CSV."""
+    if is_json_name(name):
+        return jsonfile.inspect(ref, columns)
+    return csvfile.inspect(ref, columns)
+
+
+def file_info(found: Inspection | None, columns: csvfile.Columns
+              ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """What the file turned out to be, for its result's ``csv`` or ``json``: dialect and
+    encoding, or form; objects or rows; converted or sent as dropped."""
+    if isinstance(found, jsonfile.JsonInspection):
+        return None, (found.describe(columns) if found.form is not None else None)
     if found is None or found.dialect is None:
-        return None
+        return None, None
     return {**found.dialect.describe(), "rows": found.rows,
-            "converted": not found.passes_through(columns)}
+            "converted": not found.passes_through(columns)}, None

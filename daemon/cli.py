@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from daemon import __version__, csvfile, exits, logs
+from daemon import __version__, csvfile, exits, jsonfile, logs
 from daemon.config import find_config_path, load_settings
 from daemon.settings import ConfigError, InstanceSettings, Settings
 from daemon.sim import cli as sim_cli
@@ -336,7 +336,7 @@ def _no_such_instance(settings: Settings, name: str | None, needed: bool) -> boo
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from daemon.spool import has_accepted_suffix
+    from daemon.spool import has_accepted_suffix, is_json_name
 
     settings = _settings(args, require_base_url=False)
     csvfile.set_line_limit(settings.spool.max_line_length)
@@ -348,6 +348,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         columns = csvfile.Columns.of(inst.object_settings(args.object))
     path: Path = args.file
     try:
+        if is_json_name(path.name):
+            return _validate_json(path, jsonfile.inspect(path, columns), columns)
         found = csvfile.inspect(path, columns)
     except OSError as exc:
         print(f"bulkdrop: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
@@ -362,17 +364,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"rows: {found.rows} (lines: {found.lines})")
     problems = [str(p) for p in found.problems]
     if not has_accepted_suffix(path.name):
-        problems.insert(0, "not a .csv, .tsv or .txt file: the daemon rejects it")
-    if problems:
-        total = found.problems_total + (len(problems) - len(found.problems))
-        print(f"problems ({total}):")
-        for line in problems:
-            print(f"  {line}")
-        print("result: rejected")
+        problems.insert(0, "not named as a CSV or JSON file (.csv, .tsv, .txt, .json, "
+                           ".jsonl, .ndjson): the daemon rejects it")
+    if _rejected(problems, found.problems_total + (len(problems) - len(found.problems))):
         return exits.REJECTED
     if args.object and inst.api.base_url:
         _warn_unknown_columns(inst, args.object, found.header, columns)
     how = "as is" if found.passes_through(columns) else "converted to comma-separated UTF-8"
+    print(f"result: accepted (sent {how})")
+    return exits.OK
+
+
+def _rejected(problems: Sequence[str], total: int) -> bool:
+    """Print a file's problems, if any, and the verdict they make."""
+    if not problems:
+        return False
+    print(f"problems ({total}):")
+    for line in problems:
+        print(f"  {line}")
+    print("result: rejected")
+    return True
+
+
+def _validate_json(path: Path, found: jsonfile.JsonInspection,
+                   columns: csvfile.Columns) -> int:
+    print(f"file: {path} ({found.bytes} bytes, sha256 {found.sha256})")
+    if found.form is not None:
+        print(f"form: {'JSON lines' if found.form == 'lines' else 'a JSON array'}")
+    if found.keys:
+        more = " (the first 1,000)" if len(found.keys) >= jsonfile.MAX_KEYS else ""
+        print(f"keys{more}: {', '.join(found.keys)}")
+    print(f"objects: {found.rows}")
+    if _rejected([str(p) for p in found.problems], found.problems_total):
+        return exits.REJECTED
+    how = "as is" if found.passes_through(columns) else "converted to JSON lines"
     print(f"result: accepted (sent {how})")
     return exits.OK
 

@@ -205,10 +205,12 @@ class OpenConnectorsClient:
                          body: bytes | Callable[[], AsyncIterator[bytes]], *,
                          metadata: Mapping[str, Any] | None = None,
                          callback_url: str = "",
-                         on_sent: Callable[[], None] | None = None) -> CreatedJob:
+                         on_sent: Callable[[], None] | None = None,
+                         content_type: str = "text/csv") -> CreatedJob:
         """POST one bulk job, the file as multipart field ``file``: *body* is the bytes of
         a small file, or makes a stream of a larger one's chunks. *on_sent* is called once
         the whole body has gone to the connection: from then on the API may act on it.
+        *content_type* is the file part's (``application/json`` for JSON lines).
 
         A large file may take longer than ``request_timeout_seconds`` to send, so a
         streamed upload is not bounded in total: it fails when it makes no progress for
@@ -218,7 +220,7 @@ class OpenConnectorsClient:
         progress = None
         payload: Payload
         if isinstance(body, bytes):
-            payload = BytesPayload(body, content_type="text/csv")
+            payload = BytesPayload(body, content_type=content_type)
         else:
             make, progress = body, _Progress()
 
@@ -229,7 +231,7 @@ class OpenConnectorsClient:
                 progress.sending = False
                 sent.fire()
 
-            payload = AsyncIterablePayload(watched(progress), content_type="text/csv")
+            payload = AsyncIterablePayload(watched(progress), content_type=content_type)
         with aiohttp.MultipartWriter("form-data") as form:
             form.append_payload(_form_field(payload, "file", filename=name))
             if metadata is not None:

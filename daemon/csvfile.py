@@ -310,9 +310,11 @@ def _stops(scan: _Scan, line: int, exc: csv.Error) -> bool:
     return False
 
 
-def write_problems(source: Path | FileRef, columns: Columns, out: BinaryIO) -> int:
+def write_problems(source: Path | FileRef, columns: Columns, out: BinaryIO,
+                   checks: Callable[..., Any] | None = None) -> int:
     """Every problem of the file as CSV (``line,message``, as in the errors CSV), found by
-    checking it again: a file may have millions, more than are ever held in memory."""
+    checking it again (with *checks*, a JSON file's ``jsonfile.inspect``; else as CSV):
+    a file may have millions, more than are ever held in memory."""
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
     writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(("line", "message"))
@@ -321,10 +323,11 @@ def write_problems(source: Path | FileRef, columns: Columns, out: BinaryIO) -> i
         writer.writerow(("" if problem.line is None else problem.line, problem.message))
 
     try:
-        found = inspect(source, columns, sink=write)
+        found = (checks or inspect)(source, columns, sink=write)
     finally:
         text.detach()
-    return found.problems_total
+    total: int = found.problems_total
+    return total
 
 
 def _check_header(scan: _Scan, row: list[str], line: int) -> int:

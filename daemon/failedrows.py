@@ -1,6 +1,8 @@
 """``<file>.failed.csv``: the rows the API failed, as the user dropped them (their own
 columns, in UTF-8 CSV as uploads are), each with why (``bulkdrop_error``) and where
-(``bulkdrop_row``, its line in the dropped file), ready to fix and drop again.
+(``bulkdrop_row``, its line in the dropped file), ready to fix and drop again. A JSON
+file's are ``<file>.failed.jsonl``: the failed objects as dropped, one a line, each with
+``_bulkdrop_error``.
 
 An error record is matched to its row, in this order:
 
@@ -11,7 +13,8 @@ An error record is matched to its row, in this order:
    metadata``) found in the record;
 3. else the record's fields, equal to a row's fields as sent (after renames and drops).
 
-A file sent in parts matches each part's records to that part's rows. One pass over the
+A file sent in parts matches each part's records to that part's rows (a JSON file's
+objects are its rows). One pass over the
 dropped file; memory holds an index built from the error records, never the file.
 Blocking: it runs in the filing thread.
 """
@@ -23,19 +26,26 @@ import contextlib
 import csv
 import io
 import itertools
+import json
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from daemon import csvfile
+from daemon import csvfile, jsonfile
 from daemon.answers import MESSAGE_KEYS, error_message
 from daemon.csvfile import BULKDROP_COLUMNS, Columns, Dialect
 from daemon.fileref import FileRef
 from daemon.normalise import OUT_BLOCK, Picker, upload_header
 from daemon.rawfile import bounded_lines, open_text
+from daemon.spool import is_json_name
 
 FAILED_SUFFIX = ".failed.csv"
+
+
+def failed_suffix(name: str) -> str:
+    """The failed rows' file of a filed file: ``.failed.jsonl`` beside a JSON file."""
+    return jsonfile.FAILED_SUFFIX if is_json_name(name) else FAILED_SUFFIX
 ROW_KEYS = ("recordNumber", "rowNumber", "row", "lineNumber")
 NOT_FIELDS = frozenset({*MESSAGE_KEYS, *ROW_KEYS, "part", "record"})
 
@@ -163,9 +173,10 @@ def _as_sent(header: Sequence[str], fields: list[str], pick: Picker | None) -> d
     return dict(zip(header, fields if pick is None else pick(fields), strict=False))
 
 
-def _base(index: Index, ref: FileRef, dialect: Dialect, columns: Columns) -> int:
+def _base(index: Index, sent_rows: Callable[[], Generator[dict[str, str], None, None]]) -> int:
     """How the API counts rows: 0 if a record says 0; else, when a numbered record
-    carries its fields, whichever count makes them those of the row; else 1."""
+    carries its fields, whichever count makes them those of the row (*sent_rows* makes
+    the rows as sent, from the first); else 1."""
     if any(number == 0 for _, _, number in index.numbered):
         return 0
     target, first_carrying = min(((first + number, i) for i, first, number in index.numbered
@@ -173,17 +184,23 @@ def _base(index: Index, ref: FileRef, dialect: Dialect, columns: Columns) -> int
     if first_carrying < 0:
         return 1
     fields = _fields(index.errors[first_carrying])
+    with contextlib.closing(sent_rows()) as rows:
+        for row, sent in enumerate(itertools.islice(rows, target + 1)):
+            if row in (target - 1, target) and all(
+                    sent.get(k) == v for k, v in fields.items() if k in sent):
+                return 1 if row == target - 1 else 0
+    return 1
+
+
+def _csv_rows(ref: FileRef, dialect: Dialect,
+              columns: Columns) -> Generator[dict[str, str], None, None]:
     with contextlib.closing(_records(ref, dialect)) as records:
         found = upload_header((f for _, f in records), columns)
         if found is None:
-            return 1
+            return
         sent_header, pick = found
-        for row, (_, values) in enumerate(itertools.islice(records, target + 1)):
-            if row in (target - 1, target):
-                sent = _as_sent(sent_header, values, pick)
-                if all(sent.get(k) == v for k, v in fields.items() if k in sent):
-                    return 1 if row == target - 1 else 0
-    return 1
+        for _, values in records:
+            yield _as_sent(sent_header, values, pick)
 
 
 def write_failed_rows(ref: FileRef, dialect: Dialect, columns: Columns,
@@ -207,7 +224,8 @@ def _write(records: Iterator[tuple[int, list[str]]], ref: FileRef, dialect: Dial
     keep = [i for i, name in enumerate(dropped) if name not in BULKDROP_COLUMNS]
     sent_header, pick = header
     index = Index(errors, spans, sent_header, identifier)
-    index.number_rows(_base(index, ref, dialect, columns) if index.numbered else 1)
+    index.number_rows(_base(index, lambda: _csv_rows(ref, dialect, columns))
+                      if index.numbered else 1)
     buf = _Buffer(out)
     names = [dropped_name.lstrip("\ufeff") if i == 0 else dropped_name
              for i, dropped_name in enumerate(head[1])]
@@ -235,6 +253,68 @@ def _write(records: Iterator[tuple[int, list[str]]], ref: FileRef, dialect: Dial
     return found
 
 
+def write_failed_objects(ref: FileRef, form: str, columns: Columns, keys: Sequence[str],
+                         identifier: str | None, spans: Sequence[Span], errors: Sequence[Any],
+                         out: BinaryIO) -> Found:
+    """Write the failed objects of a dropped JSON file to *out* as JSON lines, each as
+    dropped plus ``_bulkdrop_error`` (*keys*: its top-level keys as sent); what was found."""
+    found = Found()
+    index = Index(errors, spans, keys, identifier)
+    index.number_rows(_base(index, lambda: _json_rows(ref, form, columns))
+                      if index.numbered else 1)
+    held: list[str] = []
+    size = 0
+    matched: set[int] = set()
+    unsent = {span.part for span in spans if not span.sent}
+    for row, (_, text) in enumerate(jsonfile.objects(ref, form)):
+        hits = index.match(row, lambda: _json_sent(text, columns))  # noqa: B023
+        part = index.part_of(row) if unsent else None
+        if not hits and part not in unsent:
+            continue
+        matched.update(hits)
+        messages = [index.messages[i] for i in hits]
+        if part in unsent:
+            messages.append(f"not sent: part {part} never became a job")
+            found.not_sent += 1
+        held.append(_with_error(text, "; ".join(dict.fromkeys(messages))))
+        size += len(text)
+        if size >= OUT_BLOCK:
+            out.write(("\n".join(held) + "\n").encode("utf-8"))
+            held, size = [], 0
+        found.rows += 1
+    if held:
+        out.write(("\n".join(held) + "\n").encode("utf-8"))
+    found.unmatched = len(errors) - len(matched)
+    found.routes.update(index.route[i] for i in matched)
+    return found
+
+
+def _json_sent(text: str, columns: Columns) -> dict[str, str]:
+    """An object's top-level fields as sent (renamed, dropped), as error records carry
+    them: scalars as text."""
+    value = json.loads(text)
+    return _fields({columns.rename.get(k, k): v for k, v in value.items()
+                    if k not in columns.drop and k != jsonfile.ERROR_KEY})
+
+
+def _json_rows(ref: FileRef, form: str,
+               columns: Columns) -> Generator[dict[str, str], None, None]:
+    for _, text in jsonfile.objects(ref, form):
+        yield _json_sent(text, columns)
+
+
+def _with_error(text: str, why: str) -> str:
+    """The object's own text with ``_bulkdrop_error`` added (replaced, in a file of failed
+    objects dropped again)."""
+    if f'"{jsonfile.ERROR_KEY}"' in text:
+        value = json.loads(text)
+        value[jsonfile.ERROR_KEY] = why
+        return json.dumps(value, ensure_ascii=False)
+    error = f"{json.dumps(jsonfile.ERROR_KEY)}: {json.dumps(why, ensure_ascii=False)}"
+    inner = text[:-1].rstrip(jsonfile.WHITESPACE)
+    return f"{inner}, {error}}}" if inner != "{" else f"{{{error}}}"
+
+
 class _Buffer:
     """CSV text gathered in memory a block at a time, written out as UTF-8."""
 
@@ -254,9 +334,9 @@ class _Buffer:
 
 
 def plan_of(result: dict[str, Any]) -> tuple[Dialect | None, list[Span]]:
-    """The dialect and the jobs' rows of a file, from its result (so a filing resumed
-    after a restart, with nothing but the result, writes the same file)."""
-    info = result.get("csv") or {}
+    """The dialect (of a CSV file) and the jobs' rows of a file, from its result (so a
+    filing resumed after a restart, with nothing but the result, writes the same file)."""
+    info = result.get("csv") or result.get("json") or {}
     names = {name: char for char, name in csvfile.DELIMITER_NAMES.items()}
     dialect = None
     if info.get("encoding") and info.get("delimiter") in names:

@@ -18,15 +18,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from daemon import csvfile, notify
-from daemon.checks import Checks, csv_info
-from daemon.failedrows import FAILED_SUFFIX, plan_of, write_failed_rows
+from daemon import csvfile, jsonfile, notify
+from daemon.checks import Checks, file_info
+from daemon.failedrows import (
+    Found,
+    failed_suffix,
+    plan_of,
+    write_failed_objects,
+    write_failed_rows,
+)
 from daemon.ledger import Ledger, Row, utcnow
 from daemon.metrics import Metrics
 from daemon.placing import ERRORS_SUFFIX, RESULT_SUFFIX, Placing, Sidecar, Skip
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome, build_result, errors_csv
 from daemon.retry import backoff_delay
-from daemon.spool import Spool
+from daemon.spool import Spool, is_json_name
 from daemon.tasks import Tasks
 from daemon.trouble import Troubles
 from daemon.work import Work
@@ -50,10 +56,12 @@ class Filer:
 
     async def finish(self, work: Work, outcome: Outcome) -> None:
         """Make the file's result, record it with the destination, and file it."""
+        csv_info, json_info = file_info(work.inspection,
+                                        self.checks.columns(work.instance, work.obj))
         result = build_result(
             outcome, rel=work.rel, obj=work.obj, hub=work.hub, job_id=work.job_id,
             sha256=work.sha256, size=work.size, attempts=work.attempts, instance=work.instance,
-            csv_info=csv_info(work.inspection, self.checks.columns(work.instance, work.obj)),
+            csv_info=csv_info, json_info=json_info,
             received_at=work.received_at, submitted_at=work.submitted_at,
             finished_at=utcnow(),
             possible_duplicate=work.possible_duplicate or outcome.possible_duplicate)
@@ -161,8 +169,9 @@ class Filer:
         if result["errors_total"] > len(errors):
             ref = work.claimed.ref
             columns = self.checks.columns(result.get("instance"), result["object"])
-            out.append(Sidecar(ERRORS_SUFFIX,
-                               lambda fh: csvfile.write_problems(ref, columns, fh), heavy=True))
+            checks = jsonfile.inspect if is_json_name(ref.path.name) else None
+            out.append(Sidecar(ERRORS_SUFFIX, lambda fh: csvfile.write_problems(
+                ref, columns, fh, checks), heavy=True))
         elif errors:
             out.append(Sidecar(ERRORS_SUFFIX, lambda fh: fh.write(errors_csv(errors))))
         if errors and result["status"] != REJECTED and (
@@ -174,30 +183,38 @@ class Filer:
     def _failed_rows(self, work: Work, result: dict[str, Any], errors: list[Any],
                      named: _Named) -> Sidecar | None:
         """The failed rows as dropped; what it found goes into the result, written next.
-        None for a file whose dialect is unknown (it was never read as CSV)."""
+        None for a file never read as CSV or JSON."""
         dialect, spans = plan_of(result)
-        if dialect is None:
+        info = result.get("json")
+        if dialect is None and not (info and info.get("form")):
             return None
         obj, instance = result["object"], result.get("instance")
         columns = self.checks.columns(instance, obj)
         conf = self.checks.settings.instance_or_default(instance).object_settings(obj)
         metadata = conf.metadata or {}
         identifier = metadata.get("identifierFieldName")
+        identifier = identifier if isinstance(identifier, str) else None
+        ref, suffix = work.claimed.ref, failed_suffix(work.claimed.rel.name)
+
+        def failed(fh: BinaryIO) -> Found:
+            if dialect is not None:
+                return write_failed_rows(ref, dialect, columns, identifier, spans, errors, fh)
+            assert info is not None
+            return write_failed_objects(ref, info["form"], columns, info.get("keys") or (),
+                                        identifier, spans, errors, fh)
 
         def write(fh: BinaryIO) -> None:
             try:
-                found = write_failed_rows(work.claimed.ref, dialect, columns,
-                                          identifier if isinstance(identifier, str) else None,
-                                          spans, errors, fh)
+                found = failed(fh)
             except OSError:
                 raise  # trouble that passes: the filing is tried again
             except Exception as exc:  # noqa: BLE001 - an extra: never worth the file
                 work.log.error("file.failed_rows_unwritten", error=repr(exc))
                 result["failed_rows"] = {"file": None, "error": str(exc)}
                 raise Skip from exc
-            result["failed_rows"] = found.as_dict(named.name + FAILED_SUFFIX)
+            result["failed_rows"] = found.as_dict(named.name + suffix)
 
-        return Sidecar(FAILED_SUFFIX, write, heavy=True)
+        return Sidecar(suffix, write, heavy=True)
 
 
 class _Named:

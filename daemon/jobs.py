@@ -17,16 +17,18 @@ import dataclasses
 import difflib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
 
+from daemon import jsonfile
 from daemon.admission import Ticket
 from daemon.answers import Records
 from daemon.checks import Checks
 from daemon.client import OpenConnectorsClient
+from daemon.jsonfile import JsonInspection
 from daemon.ledger import Ledger, Part, utcnow
 from daemon.metrics import Metrics
 from daemon.normalise import UploadBody, part_spans, upload_body
@@ -143,15 +145,25 @@ class Jobs:
         total, size, found = work.rows or 0, work.size or 0, work.inspection
         max_rows = conf.max_rows_per_job if conf.max_rows_per_job < total else 0
         columns = self.checks.columns(self.name, work.obj)
-        if found is None or found.dialect is None or size <= conf.max_bytes_per_job and (
+        ref, max_bytes = work.claimed.ref, conf.max_bytes_per_job
+        measure: Callable[[], list[tuple[int, int]]]
+        if isinstance(found, JsonInspection):
+            # Its objects as they are, a line each, are never more than the file (and a
+            # last line end); renamed keys can be longer.
+            growth = BYTES_GROWTH if found.changed_by(columns) else 1
+            measure = partial(jsonfile.part_spans, ref, found, columns, max_rows, max_bytes)
+            size += 1
+        elif found is None or found.dialect is None or size <= max_bytes and (
                 max_rows == 0 and found.passes_through(columns)):
             return []  # sent as dropped, and small enough
-        if size * BYTES_GROWTH <= conf.max_bytes_per_job:  # however it is rendered
+        else:
+            growth = BYTES_GROWTH
+            measure = partial(part_spans, ref, found.dialect, columns, max_rows, max_bytes)
+        if size * growth <= max_bytes:  # however it is rendered
             return [(first, min(max_rows, total - first))
                     for first in range(0, total, max_rows)] if max_rows else []
-        spans = await asyncio.to_thread(part_spans, work.claimed.ref, found.dialect, columns,
-                                        max_rows, conf.max_bytes_per_job)
-        if not spans and size > conf.max_bytes_per_job:
+        spans = await asyncio.to_thread(measure)
+        if not spans and size > max_bytes:
             # Its rendering fits (a file as dropped can be larger: quotes, blank lines):
             # one part, so the rendering is what is sent.
             return [(0, total)]
@@ -240,6 +252,9 @@ class Jobs:
             self.metrics.create_retries.labels(self.name, work.retry_reason).inc()
             work.retry_reason = None
         meta = self.instance.object_settings(work.obj).metadata
+        json_file = isinstance(work.inspection, JsonInspection)
+        if json_file:
+            meta = {**(meta or {}), "format": "json"}
         callback_url = self.callback_url
         if callback_url:  # echoed in the callback: which file the job belongs to
             meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
@@ -251,7 +266,8 @@ class Jobs:
         try:
             job = await self.client.create_job(
                 work.hub, work.obj, work.claimed.rel.name, self._counted(body), metadata=meta,
-                callback_url=callback_url, on_sent=lambda: self.answering.add(task))
+                callback_url=callback_url, on_sent=lambda: self.answering.add(task),
+                content_type=jsonfile.CONTENT_TYPE if json_file else "text/csv")
         except TransientError as exc:
             if exc.maybe_done:
                 work.retry_reason = exc.kind

@@ -4,16 +4,22 @@ array is never loaded whole: one element at a time, each at most ``max_line_leng
 characters), hashed as it is read, and every problem named by its line (JSON lines) or
 its element and byte offset (an array).
 
-This is the reading and the checks; the upload (JSON lines, ``metaData.format =
-"json"``) builds on it.
+A file that passed its checks is uploaded as JSON lines (``metaData.format = "json"``):
+JSON lines as dropped when nothing changes them, else one object a line, each the
+object's own text (an array's element with its line breaks made spaces, which in JSON
+are only ever whitespace between tokens) or, where ``rename_columns`` or
+``drop_columns`` change its top-level keys, re-encoded. Cut into parts by objects like
+a CSV file by rows.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import io
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +28,18 @@ from daemon import csvfile
 from daemon.csvfile import MAX_PROBLEMS, Columns, Problem, summary
 from daemon.fileref import FileRef, as_ref
 
-JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+FAILED_SUFFIX = ".failed.jsonl"
+# The key a failed-objects file adds to each object: dropped from the upload when the
+# file is dropped again.
+ERROR_KEY = "_bulkdrop_error"
+CONTENT_TYPE = "application/json"
 CHUNK = 1 << 20
+OUT_BLOCK = 64 * 1024
+MAX_KEYS = 1000
 # An element cut at a chunk's end fails to decode near the end of what is read so far
 # (an unterminated string, where it starts): then more is read before judging it.
 TAIL = 64
-_WHITESPACE = " \t\r\n"
+WHITESPACE = " \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -39,24 +51,48 @@ class JsonInspection:
     keys: tuple[str, ...] = ()    # top-level keys seen, in first-seen order (at most 1,000)
     problems: tuple[Problem, ...] = ()  # the first MAX_PROBLEMS
     problems_total: int = 0
+    clean: bool = False           # JSON lines to send as dropped: no BOM, blank line or CR
+    content: None = None          # (a CSV inspection may hold a small file's bytes)
 
     @property
     def problem(self) -> str | None:
         return summary(self.problems, self.problems_total)
 
+    def passes_through(self, columns: Columns) -> bool:
+        """Is the file uploaded as dropped (JSON lines, nothing renamed or dropped)?"""
+        return self.form == "lines" and self.clean and not self.changed_by(columns)
+
+    def changed_by(self, columns: Columns) -> bool:
+        """Do the column settings change its objects (rename or drop a key they have)?"""
+        drop = (*columns.drop, ERROR_KEY)
+        return len(self.keys) >= MAX_KEYS or any(
+            name in columns.rename or name in drop for name in self.keys)
+
+    def describe(self, columns: Columns) -> dict[str, Any]:
+        """For the result: its form, its objects, whether it was sent as dropped, and
+        its top-level keys as sent (the first 1,000 seen)."""
+        drop = (*columns.drop, ERROR_KEY)
+        sent = list(dict.fromkeys(columns.rename.get(k, k) for k in self.keys if k not in drop))
+        return {"form": self.form, "rows": self.rows,
+                "converted": not self.passes_through(columns), "keys": sent}
+
 
 class _Found:
-    def __init__(self, columns: Columns) -> None:
+    def __init__(self, columns: Columns, sink: Callable[[Problem], None] | None) -> None:
         self.columns = columns
+        self.sink = sink
         self.rows = 0
         self.keys: dict[str, None] = {}
         self.problems: list[Problem] = []
         self.total = 0
+        self.clean = True
 
     def add(self, line: int | None, message: str) -> None:
         self.total += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(Problem(line, message))
+        if self.sink is not None:
+            self.sink(Problem(line, message))
 
     def record(self, value: Any, where: str, line: int | None) -> None:
         """One element or line, decoded: it must be an object with the required keys."""
@@ -64,18 +100,35 @@ class _Found:
             self.add(line, f"{where}is {_kind(value)}, not a JSON object")
             return
         self.rows += 1
-        if len(self.keys) < 1000:
-            self.keys.update(dict.fromkeys(k for k in value if len(self.keys) < 1000))
-        missing = [name for name in self.columns.require if name not in value]
+        if len(self.keys) < MAX_KEYS:
+            self.keys.update(dict.fromkeys(k for k in value if len(self.keys) < MAX_KEYS))
+        columns = self.columns
+        if not (columns.require or columns.rename):
+            return
+        sent = value
+        if columns.rename or any(name in value for name in columns.drop):
+            sent = {}
+            for name in value:
+                if name in columns.drop:
+                    continue
+                new = columns.rename.get(name, name)
+                if new in sent:
+                    self.add(line, f"{where}has key {new!r} twice once renamed "
+                                   "(rename_columns)")
+                    return
+                sent[new] = None
+        missing = [name for name in columns.require if name not in sent]
         if missing:
             self.add(line, f"{where}has no {', '.join(repr(m) for m in missing)} "
                            f"(required by require_columns)")
 
 
-def inspect(source: Path | FileRef, columns: Columns | None = None) -> JsonInspection:
-    """Read the whole file once, in chunks: its hash, its form and every problem."""
+def inspect(source: Path | FileRef, columns: Columns | None = None,
+            sink: Callable[[Problem], None] | None = None) -> JsonInspection:
+    """Read the whole file once, in chunks: its hash, its form and every problem (each
+    also handed to *sink*, when given: the result keeps only the first 100)."""
     ref = as_ref(source)
-    found = _Found(columns or Columns())
+    found = _Found(columns or Columns(), sink)
     hasher = hashlib.sha256()
     size = 0
     form: str | None = None
@@ -85,6 +138,8 @@ def inspect(source: Path | FileRef, columns: Columns | None = None) -> JsonInspe
             decoder = codecs.getincrementaldecoder("utf-8-sig")()
             while True:
                 raw = fh.read(CHUNK)
+                if not size and raw.startswith(codecs.BOM_UTF8):
+                    found.clean = False
                 hasher.update(raw)
                 try:
                     text = decoder.decode(raw, final=not raw)
@@ -105,7 +160,7 @@ def inspect(source: Path | FileRef, columns: Columns | None = None) -> JsonInspe
             hasher.update(raw)
             size += len(raw)
     return JsonInspection(hasher.hexdigest(), size, form, found.rows, tuple(found.keys),
-                          tuple(found.problems), found.total)
+                          tuple(found.problems), found.total, found.clean)
 
 
 class _NotUtf8(Exception):
@@ -118,9 +173,9 @@ def _check(chunks: Iterator[str], found: _Found) -> str | None:
     buf = ""
     for chunk in chunks:
         buf += chunk
-        if buf.strip(_WHITESPACE):
+        if buf.strip(WHITESPACE):
             break
-    start = buf.lstrip(_WHITESPACE)[:1]
+    start = buf.lstrip(WHITESPACE)[:1]
     if not start:
         found.add(None, "the file is empty: no records")
         return None
@@ -164,7 +219,7 @@ def _lines(pending: str, chunks: Iterator[str], found: _Found) -> None:
         if chunk is None:
             break
         pending += chunk
-    if pending.strip(_WHITESPACE) and not skipping:
+    if pending.strip(WHITESPACE) and not skipping:
         line += 1
         _line(pending, line, found)
     if not found.rows and not found.total:
@@ -172,8 +227,11 @@ def _lines(pending: str, chunks: Iterator[str], found: _Found) -> None:
 
 
 def _line(text: str, line: int, found: _Found) -> None:
-    text = text.strip(_WHITESPACE)
+    if "\r" in text:
+        found.clean = False
+    text = text.strip(WHITESPACE)
     if not text:
+        found.clean = False
         return
     try:
         value = json.loads(text)
@@ -184,7 +242,7 @@ def _line(text: str, line: int, found: _Found) -> None:
 
 
 def _array(buf: str, chunks: Iterator[str], found: _Found) -> None:
-    _Array(buf.lstrip(_WHITESPACE)[1:], chunks, found).read()
+    _Array(buf.lstrip(WHITESPACE)[1:], chunks, found).read()
 
 
 class _Array:
@@ -219,7 +277,7 @@ class _Array:
         while True:
             end = len(self.buf)
             at = self.pos
-            while at < end and self.buf[at] in _WHITESPACE:
+            while at < end and self.buf[at] in WHITESPACE:
                 at += 1
             self.offset += at - self.pos
             self.pos = at
@@ -271,7 +329,7 @@ class _Array:
                 if cut and len(self.buf) - self.pos <= limit and self.more():
                     continue
                 # All there is: cut only if it ran out at the very end.
-                cut = unterminated or exc.pos >= len(self.buf.rstrip(_WHITESPACE)) - 1
+                cut = unterminated or exc.pos >= len(self.buf.rstrip(WHITESPACE)) - 1
                 where = f"element {self.index + 1} (byte {self.offset})"
                 too_long = cut and len(self.buf) - self.pos > limit
                 self.found.add(None, f"{where} is longer than {limit} characters ([spool] "
@@ -302,3 +360,137 @@ def _reason(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} (column {exc.colno})"
     return str(exc)
+
+
+# -- a file that passed its checks: its objects, as uploaded -----------------------------
+
+def objects(source: Path | FileRef, form: str) -> Generator[tuple[int, str], None, None]:
+    """(line, or element number, from 1; the object's text on one line) of every object
+    of a file that passed its checks, in order."""
+    ref = as_ref(source)
+    if form == "lines":
+        with ref.open("r", encoding="utf-8-sig", newline="\n") as text:
+            readline = text.readline
+            for line, raw in enumerate(iter(lambda: readline(csvfile.LINE_LIMIT + 2), ""), 1):
+                raw = raw.strip(WHITESPACE)
+                if raw:
+                    yield line, raw.replace("\r", " ") if "\r" in raw else raw
+        return
+    with ref.open("r", encoding="utf-8-sig", newline="") as text:
+        yield from _elements(text)
+
+
+def _elements(text: io.TextIOBase) -> Iterator[tuple[int, str]]:
+    decoder = json.JSONDecoder()
+    buf = text.read(CHUNK).lstrip(WHITESPACE)
+    if not buf.startswith("["):
+        raise ValueError("not a JSON array")
+    pos, index = 1, 0
+    while True:
+        while pos < len(buf) and buf[pos] in WHITESPACE + ",":
+            pos += 1
+        if pos == len(buf):
+            chunk = text.read(CHUNK)
+            if not chunk:
+                raise ValueError(f"truncated after element {index}")
+            buf, pos = chunk, 0
+            continue
+        if buf[pos] == "]":
+            return
+        try:
+            _, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError:
+            chunk = text.read(CHUNK)  # the element goes on in the next chunk
+            if not chunk:
+                raise
+            buf, pos = buf[pos:] + chunk, 0
+            continue
+        index += 1
+        element = buf[pos:end]
+        yield index, (element.replace("\n", " ").replace("\r", " ")
+                      if "\n" in element or "\r" in element else element)
+        pos = end
+
+
+def without_error(text: str) -> str:
+    """A line of a failed-objects file without its ``_bulkdrop_error``: the object's own
+    text again when the key is where it was added (at the end), else re-encoded."""
+    text = text.strip(WHITESPACE)
+    at = text.rfind(f', "{ERROR_KEY}": ')
+    if at >= 0 and text.endswith("}"):
+        try:
+            why, end = json.JSONDecoder().raw_decode(text, at + len(ERROR_KEY) + 6)
+        except ValueError:
+            why, end = None, -1
+        if isinstance(why, str) and text[end:] == "}":
+            return text[:at] + "}"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(value, dict) or ERROR_KEY not in value:
+        return text
+    value.pop(ERROR_KEY)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _sent(found: JsonInspection, columns: Columns) -> Callable[[str], str]:
+    """An object's text as uploaded: as it is, or with its top-level keys renamed and
+    dropped (then re-encoded, compact, UTF-8 as it is)."""
+    if not found.changed_by(columns):
+        return str
+    rename, drop = columns.rename, frozenset((*columns.drop, ERROR_KEY))
+
+    def changed(text: str) -> str:
+        value = json.loads(text)
+        if not any(name in rename or name in drop for name in value):
+            return text
+        return json.dumps({rename.get(k, k): v for k, v in value.items() if k not in drop},
+                          ensure_ascii=False, separators=(",", ":"))
+
+    return changed
+
+
+def _wanted(source: Path | FileRef, found: JsonInspection, columns: Columns,
+            rows: range | None) -> Iterator[str]:
+    assert found.form is not None, "only a file that passed its checks is uploaded"
+    texts: Iterator[str] = (text for _, text in objects(source, found.form))
+    if rows is not None:
+        texts = itertools.islice(texts, rows.start, rows.stop)
+    return map(_sent(found, columns), texts)
+
+
+def blocks(source: Path | FileRef, found: JsonInspection, columns: Columns,
+           rows: range | None = None) -> Generator[bytes, None, None]:
+    """The upload as JSON lines, in blocks of about 64 KiB (only *rows*, 0-based objects,
+    when given)."""
+    held: list[str] = []
+    size = 0
+    for text in _wanted(source, found, columns, rows):
+        held.append(text)
+        size += len(text) + 1
+        if size >= OUT_BLOCK:
+            held.append("")
+            yield "\n".join(held).encode("utf-8")
+            held, size = [], 0
+    if held:
+        held.append("")
+        yield "\n".join(held).encode("utf-8")
+
+
+def part_spans(source: Path | FileRef, found: JsonInspection, columns: Columns, max_rows: int,
+               max_bytes: int) -> list[tuple[int, int]]:
+    """Where to cut the file into jobs: (first object, objects) for each part, each at
+    most *max_rows* objects (0: no limit) and *max_bytes* bytes of upload; an object
+    larger than that goes alone. Empty when one part takes it all."""
+    spans: list[tuple[int, int]] = []
+    first = rows = size = 0
+    for text in _wanted(source, found, columns, None):
+        one = _bytes(text) + 1
+        if rows and (size + one > max_bytes or (max_rows and rows >= max_rows)):
+            spans.append((first, rows))
+            first, rows, size = first + rows, 0, 0
+        rows, size = rows + 1, size + one
+    if rows:
+        spans.append((first, rows))
+    return spans if len(spans) > 1 else []

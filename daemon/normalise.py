@@ -1,4 +1,5 @@
-"""The bytes that are uploaded: the file itself, or its RFC 4180 UTF-8 comma rendering.
+"""The bytes that are uploaded: the file itself, or its RFC 4180 UTF-8 comma rendering
+(a JSON file's: JSON lines, see :mod:`daemon.jsonfile`).
 
 Conversion runs block by block in a worker thread (``asyncio.to_thread`` per block of
 about 64 KiB), so the event loop never waits on it and memory stays flat.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import aiofiles
 
-from daemon import csvfile
+from daemon import csvfile, jsonfile
 from daemon.csvfile import Columns, Dialect, Inspection, header_names
 from daemon.fileref import FileRef, as_ref
 from daemon.rawfile import CHUNK, bounded_lines, open_text
@@ -31,18 +32,21 @@ OUT_BLOCK = 64 * 1024  # bytes of converted CSV per chunk of the upload
 UploadBody = bytes | Callable[[], AsyncIterator[bytes]]
 
 
-def upload_body(source: Path | FileRef, inspection: Inspection, columns: Columns,
-                rows: range | None = None) -> UploadBody:
+def upload_body(source: Path | FileRef, inspection: Inspection | jsonfile.JsonInspection,
+                columns: Columns, rows: range | None = None) -> UploadBody:
     """What to upload for the file (or for *rows* of it, 0-based data rows: then only the
-    header and those rows are sent)."""
+    header and those rows are sent; a JSON file's rows are its objects)."""
     ref = as_ref(source)
     if rows is None and inspection.passes_through(columns):
         if inspection.content is not None:
             return inspection.content  # a small file: the bytes read, hashed and checked
         return lambda: stream_raw(ref)
+    if isinstance(inspection, jsonfile.JsonInspection):
+        found = inspection
+        return lambda: stream_blocks(jsonfile.blocks(ref, found, columns, rows))
     assert inspection.dialect is not None, "only a file with a dialect is uploaded"
     dialect = inspection.dialect
-    return lambda: stream_normalised(ref, dialect, columns, rows)
+    return lambda: stream_blocks(normalised_blocks(ref, dialect, columns, rows))
 
 
 async def stream_raw(ref: FileRef, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
@@ -68,9 +72,8 @@ def _head(ref: FileRef, size: int) -> bytes:
         return fh.read(size)
 
 
-async def stream_normalised(ref: FileRef, dialect: Dialect, columns: Columns,
-                            rows: range | None = None) -> AsyncIterator[bytes]:
-    blocks = normalised_blocks(ref, dialect, columns, rows)
+async def stream_blocks(blocks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """The blocks of a conversion, each made in a worker thread."""
     try:
         while (block := await asyncio.to_thread(next, blocks, None)) is not None:
             yield block

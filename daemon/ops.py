@@ -23,10 +23,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from daemon import csvfile, exits
+from daemon import csvfile, exits, jsonfile
 from daemon.client import OpenConnectorsClient
 from daemon.csvfile import BULKDROP_COLUMNS
-from daemon.failedrows import FAILED_SUFFIX
+from daemon.failedrows import FAILED_SUFFIX, failed_suffix
 from daemon.fileref import FileRef
 from daemon.folders import lexists, open_dirs
 from daemon.ledger import read_summary, utcnow
@@ -36,7 +36,7 @@ from daemon.placing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
 from daemon.settings import ObjectSettings, Secret, Settings
-from daemon.spool import Spool, is_ignored_name
+from daemon.spool import Spool, is_ignored_name, is_json_name
 from daemon.tracker import Tracker
 
 # -- status -------------------------------------------------------------------------------
@@ -206,13 +206,16 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
     ``.failed.csv``) into the folder of inbox/ it was dropped in (``<object>/``, or
     ``<instance>/<object>/``) as ``<name>.retry-N.csv``, the bulkdrop
     columns removed, N the first free in inbox/, done/ and failed/; never overwrite.
-    The filed file and its sidecars stay."""
+    A JSON file's (``.failed.jsonl``) become ``<name>.retry-N.jsonl``, each object
+    without ``_bulkdrop_error``. The filed file and its sidecars stay."""
     path = path.parent.resolve() / path.name  # the name itself is never followed
     if not any(base.resolve() in path.parents for base in (spool.done, spool.failed)):
         raise ValueError(f"{path} is not below {spool.done} or {spool.failed} (the spool of "
                          "this config; the sandbox's with --sandbox)")
-    filed = path.with_name(path.name.removesuffix(FAILED_SUFFIX))
-    failed_csv = filed.with_name(filed.name + FAILED_SUFFIX)
+    filed = path.with_name(path.name.removesuffix(FAILED_SUFFIX)
+                           .removesuffix(jsonfile.FAILED_SUFFIX))
+    is_json = is_json_name(filed.name)
+    failed_csv = filed.with_name(filed.name + failed_suffix(filed.name))
     if not os.path.lexists(filed):
         raise ValueError(f"no such filed file: {filed} (not filed yet, or moved away)")
     rel = _route_of(filed.with_name(filed.name + RESULT_SUFFIX))
@@ -232,14 +235,18 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
         try:
             with FileRef(failed_csv).open("r", encoding="utf-8", newline="") as src, \
                     open(fd, "w", encoding="utf-8", newline="", closefd=False) as out:
-                reader, writer = csv.reader(src), csv.writer(out, lineterminator="\r\n")
-                header = next(reader, [])
-                keep = [i for i, name in enumerate(header) if name not in BULKDROP_COLUMNS]
-                writer.writerow([header[i] for i in keep])
-                for row in reader:
-                    writer.writerow([row[i] for i in keep if i < len(row)])
+                if is_json:
+                    out.writelines(jsonfile.without_error(line) + "\n" for line in src
+                                   if line.strip())
+                else:
+                    reader, writer = csv.reader(src), csv.writer(out, lineterminator="\r\n")
+                    header = next(reader, [])
+                    keep = [i for i, name in enumerate(header) if name not in BULKDROP_COLUMNS]
+                    writer.writerow([header[i] for i in keep])
+                    for row in reader:
+                        writer.writerow([row[i] for i in keep if i < len(row)])
             for n in itertools.count(1):
-                name = f"{stem}.retry-{n}.csv"
+                name = f"{stem}.retry-{n}{'.jsonl' if is_json else '.csv'}"
                 here = PurePosixPath(*route, name)
                 if any(os.path.lexists(base / here) for base in (spool.done, spool.failed)):
                     continue  # an earlier retry, filed already: a name of its own

@@ -38,7 +38,8 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
                  job_id: str | None, sha256: str | None, size: int | None, attempts: int,
                  csv_info: dict[str, Any] | None, received_at: str, submitted_at: str | None,
                  finished_at: str, possible_duplicate: bool = False,
-                 instance: str | None = None) -> dict[str, Any]:
+                 instance: str | None = None,
+                 json_info: dict[str, Any] | None = None) -> dict[str, Any]:
     counted = Records(outcome.records_total, outcome.records_failed)
     records = {"total": counted.total, "failed": counted.failed,
                "succeeded": counted.succeeded}
@@ -63,6 +64,7 @@ def build_result(outcome: Outcome, *, rel: str, obj: str | None, hub: str | None
         "sha256": sha256,
         "bytes": size,
         "csv": csv_info,
+        "json": json_info,
         "attempts": attempts,
         # True when a job creation was retried after a request that may have reached the
         # API (its answer lost, a timeout, a 5xx): the API may hold a second job.

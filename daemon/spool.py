@@ -36,7 +36,9 @@ from daemon.folders import (
 )
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
-ACCEPTED_SUFFIXES = (".csv", ".tsv", ".txt")
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+ACCEPTED_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES
 CLAIM_SEP = "__"
 NAME_MAX = 255
 _CLAIM_NAME = re.compile(r"^[0-9a-f]{20}__.")
@@ -58,6 +60,11 @@ def is_ignored_name(name: str) -> bool:
 
 def has_accepted_suffix(name: str) -> bool:
     return name.lower().endswith(ACCEPTED_SUFFIXES)
+
+
+def is_json_name(name: str) -> bool:
+    """A JSON file (JSON lines or an array), by its name; any other accepted one is CSV."""
+    return name.lower().endswith(JSON_SUFFIXES)
 
 
 def is_claim_name(name: str) -> bool:

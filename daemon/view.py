@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from daemon.failedrows import FAILED_SUFFIX
+from daemon.failedrows import failed_suffix
 from daemon.folders import open_dirs
 from daemon.http_server import REQUEST_SECONDS
 from daemon.ledger import LedgerView, ViewBusy
@@ -94,8 +94,9 @@ def add_routes(app: web.Application, host: ViewHost) -> None:
     app.router.add_get("/api/status", view.api_status)
     app.router.add_get("/api/files", view.api_files)
     app.router.add_get(f"/files/{{claim_id:{CLAIM_ID}}}", view.file_page)
-    app.router.add_get(f"/files/{{claim_id:{CLAIM_ID}}}/{{sidecar:errors|failed}}.csv",
-                       view.sidecar)
+    app.router.add_get(
+        f"/files/{{claim_id:{CLAIM_ID}}}/{{sidecar:errors\\.csv|failed\\.csv|failed\\.jsonl}}",
+        view.sidecar)
     app.router.add_get("/static/{name:view\\.(css|js)}", view.static)
     if host.actions:  # with actions off, no route changes anything
         app.router.add_post(f"/files/{{claim_id:{CLAIM_ID}}}/{{action:retry|failed-rows}}",
@@ -198,17 +199,18 @@ class View:
     async def sidecar(self, request: web.Request) -> web.StreamResponse:
         claim_id, which = request.match_info["claim_id"], request.match_info["sidecar"]
         row = await self._row(claim_id)
-        suffix = ERRORS_SUFFIX if which == "errors" else FAILED_SUFFIX
+        suffix = ERRORS_SUFFIX if which == "errors.csv" else failed_suffix(row["rel_path"])
         spool = self.host.spool
         fh = None
-        if await asyncio.to_thread(_placed, spool, row):
+        if suffix.endswith(which) and await asyncio.to_thread(_placed, spool, row):
             fh = await asyncio.to_thread(open_filed, spool, row["dest_path"], suffix)
         if fh is None:
-            raise web.HTTPNotFound(text=f"this file has no {which}.csv")
+            raise web.HTTPNotFound(text=f"this file has no {which}")
+        kind = "application/x-ndjson" if suffix.endswith(".jsonl") else "text/csv"
         try:
             async with self._downloads:  # a few at once: each may be as large as a file
                 response = web.StreamResponse(headers={
-                    **HEADERS, "Content-Type": "text/csv; charset=utf-8",
+                    **HEADERS, "Content-Type": f"{kind}; charset=utf-8",
                     "Content-Disposition": _attachment(Path(row["rel_path"]).name + suffix)})
                 await response.prepare(request)
                 while chunk := await asyncio.to_thread(fh.read, DOWNLOAD_CHUNK):
@@ -269,7 +271,8 @@ class View:
         spool = self.host.spool
         placed = await asyncio.to_thread(_placed, spool, row)
         sidecars = {}
-        for name, suffix in (("errors", ERRORS_SUFFIX), ("failed", FAILED_SUFFIX)):
+        for name, suffix in (("errors", ERRORS_SUFFIX),
+                             ("failed", failed_suffix(row["rel_path"]))):
             sidecars[name] = placed and await asyncio.to_thread(
                 _is_filed, spool, row["dest_path"], suffix)
         return {**_file_summary(row), "state": row["state"], "hub": row.get("hub"),
@@ -607,10 +610,13 @@ def render_file(story: Mapping[str, Any], forms: Mapping[str, str], note: str | 
             story["errors_total"] > len(story["errors"])) else f"{len(story['errors'])}"
         errors = f"<h2>Errors ({h(shown)})</h2>" + _table(
             columns, ([h(e.get(c, "")) for c in columns] for e in story["errors"]), "errors")
+    failed = failed_suffix(story["file"]).removeprefix(".")
     links = "".join(
-        f'<li><a href="/files/{h(story["claim_id"])}/{name}.csv" download>{label}</a></li>'
-        for name, label in (("errors", "errors.csv"), ("failed", "failed.csv (the failed rows)"))
-        if story["sidecars"][name])
+        f'<li><a href="/files/{h(story["claim_id"])}/{name}" download>{label}</a></li>'
+        for name, label, shown in (
+            ("errors.csv", "errors.csv", story["sidecars"]["errors"]),
+            (failed, f"{failed} (the failed rows)", story["sidecars"]["failed"]))
+        if shown)
     actions = "".join(
         f'<form method="post" action="/files/{h(story["claim_id"])}/{action}">'
         f'<input type="hidden" name="csrf" value="{h(token)}">'

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from daemon import csvfile
+from daemon import csvfile, jsonfile
 from daemon.ledger import Row
 from daemon.spool import Claimed
+
+# What reading a file for its checks found (CSV or JSON).
+Inspection = csvfile.Inspection | jsonfile.JsonInspection
 
 
 @dataclass
@@ -25,7 +28,7 @@ class Work:
     possible_duplicate: bool = False   # a job creation was retried after an attempt that
                                        # may have reached the API
     sha256: str | None = None
-    inspection: csvfile.Inspection | None = None
+    inspection: Inspection | None = None
     size: int | None = None
     unreadable: OSError | None = None  # it could not be read for its checks
     problem: str | None = None         # it never becomes a job (not a file, a bad name)

@@ -28,7 +28,7 @@ async def _rejected(spool_root: Path, rel: str) -> dict:
 
 
 @pytest.mark.parametrize(("rel", "data", "reason"), [
-    ("contact/report.xlsx", b"PK\x03\x04 not a csv", "not a .csv, .tsv or .txt file"),
+    ("contact/report.xlsx", b"PK\x03\x04 not a csv", "not a CSV or JSON file by its name"),
     ("contact/empty.csv", b"", "the file is empty"),
     ("contact/blank.csv", b"\r\n\r\n", "only blank lines"),
     ("contact/header.csv", b"email,first_name\r\n", "header line but no data rows"),
@@ -59,7 +59,7 @@ async def test_a_bad_file_is_rejected_while_every_job_slot_is_busy(make_settings
     drop(spool_root, "contact/third.csv", contacts_csv(2, tag="3"))
     drop(spool_root, "contact/report.xlsx", b"PK\x03\x04 not a csv")
     result = await _rejected(spool_root, "contact/report.xlsx")
-    assert "not a .csv" in result["reason"]
+    assert "not a CSV or JSON file" in result["reason"]
     await wait_for(lambda: any((spool_root / "processing").rglob("*third.csv")),
                    what="the third file claimed")
     assert sim.sim.creates_attempted == 2, "the third file waits for a job slot"

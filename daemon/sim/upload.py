@@ -1,4 +1,10 @@
-"""Reading a bulk upload: the multipart body, streamed, hashed and counted as it arrives."""
+"""Reading a bulk upload: the multipart body, streamed, hashed and counted as it arrives.
+
+The file part is read as JSON lines when its Content-Type is application/json or its
+name ends in .json, .jsonl or .ndjson, and as CSV otherwise. A metaData part saying
+"format": "json" counts too, but only when it comes first: the daemon sends the file
+first, so the part's own headers are what decide.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
 
-from daemon.sim.records import RecordParser
+from daemon.sim.records import BodyParser, JsonLinesParser, RecordParser
 
 CHUNK_SIZE = 64 * 1024
-# Bigger batches of CSV go to a thread so parsing never stalls the shared event loop.
+# Bigger batches of records go to a thread so parsing never stalls the shared event loop.
 THREAD_BATCH = 256 * 1024
 MAX_KEPT_BODY = 16 * 1024 * 1024
 MAX_METADATA = 1024 * 1024
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 
 class UploadError(Exception):
@@ -53,7 +60,8 @@ async def read_upload(request: web.Request, check_emails: bool, keep_body: bool)
         if not isinstance(part, BodyPartReader):
             await part.release()
         elif part.name == "file" and upload is None:
-            upload = await _read_file(part, check_emails, keep_body)
+            parser = (JsonLinesParser if _is_json(part, metadata) else RecordParser)(check_emails)
+            upload = await _read_file(part, parser, keep_body)
         elif part.name == "metaData":
             try:
                 metadata = _parse_metadata(await part.read())
@@ -70,8 +78,16 @@ async def read_upload(request: web.Request, check_emails: bool, keep_body: bool)
     return upload
 
 
-async def _read_file(part: BodyPartReader, check_emails: bool, keep_body: bool) -> Upload:
-    parser = RecordParser(check_emails)
+def _is_json(part: BodyPartReader, metadata: dict[str, Any] | None) -> bool:
+    content_type = part.headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0]
+    if content_type.strip().lower() == "application/json":
+        return True
+    if (part.filename or "").lower().endswith(JSON_SUFFIXES):
+        return True
+    return metadata is not None and str(metadata.get("format", "")).lower() == "json"
+
+
+async def _read_file(part: BodyPartReader, parser: BodyParser, keep_body: bool) -> Upload:
     digest = hashlib.sha256()
     kept: bytearray | None = bytearray() if keep_body else None
     pending = bytearray()
