@@ -64,6 +64,7 @@ class Job:
     reported: bool = False  # a client has been told the terminal status
     callback_sent: bool = False
     space: str = ""  # whose job: the digest of the Element token that made it
+    content_type: str = ""  # the file part's
 
 
 class Simulator:
@@ -151,6 +152,7 @@ class Simulator:
             created_monotonic=time.monotonic(),
             body=upload.body,
             space=space,
+            content_type=upload.content_type,
         )
         self._next_id += 1
         self.jobs[job.id] = job

@@ -44,6 +44,7 @@ class Upload:
     failed_count: int = 0
     failed_records: list[dict[str, Any]] = field(default_factory=list)
     body: builtins.bytes | None = None
+    content_type: str = ""  # the file part's, as sent
 
 
 async def read_upload(request: web.Request, check_emails: bool, keep_body: bool) -> Upload:
@@ -116,6 +117,7 @@ async def _read_file(part: BodyPartReader, parser: BodyParser, keep_body: bool) 
         failed_count=parser.failed_count,
         failed_records=parser.failed_records,
         body=bytes(kept) if kept is not None else None,
+        content_type=part.headers.get(hdrs.CONTENT_TYPE, ""),
     )
 
 
