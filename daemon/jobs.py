@@ -31,7 +31,7 @@ from daemon.client import OpenConnectorsClient
 from daemon.jsonfile import JsonInspection
 from daemon.ledger import Ledger, Part, utcnow
 from daemon.metrics import Metrics
-from daemon.normalise import UploadBody, part_spans, upload_body
+from daemon.normalise import UploadBody, part_spans, upload_body, upload_kind
 from daemon.results import COMPLETE, FAILED, REJECTED, Outcome
 from daemon.retry import ApiError, RejectedError, RetryPolicy, TooLargeError, TransientError
 from daemon.settings import InstanceSettings
@@ -251,10 +251,9 @@ class Jobs:
             work.possible_duplicate = True
             self.metrics.create_retries.labels(self.name, work.retry_reason).inc()
             work.retry_reason = None
-        meta = self.instance.object_settings(work.obj).metadata
-        json_file = isinstance(work.inspection, JsonInspection)
-        if json_file:
-            meta = {**(meta or {}), "format": "json"}
+        assert work.inspection is not None
+        meta, content_type = upload_kind(work.inspection,
+                                         self.instance.object_settings(work.obj).metadata)
         callback_url = self.callback_url
         if callback_url:  # echoed in the callback: which file the job belongs to
             meta = {**(meta or {}), "callback-payload": {"bulkdrop_file": work.claimed.claim_id}}
@@ -267,7 +266,7 @@ class Jobs:
             job = await self.client.create_job(
                 work.hub, work.obj, work.claimed.rel.name, self._counted(body), metadata=meta,
                 callback_url=callback_url, on_sent=lambda: self.answering.add(task),
-                content_type=jsonfile.CONTENT_TYPE if json_file else "text/csv")
+                content_type=content_type)
         except TransientError as exc:
             if exc.maybe_done:
                 work.retry_reason = exc.kind

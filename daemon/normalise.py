@@ -13,8 +13,9 @@ import csv
 import io
 import itertools
 import operator
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 
@@ -47,6 +48,15 @@ def upload_body(source: Path | FileRef, inspection: Inspection | jsonfile.JsonIn
     assert inspection.dialect is not None, "only a file with a dialect is uploaded"
     dialect = inspection.dialect
     return lambda: stream_blocks(normalised_blocks(ref, dialect, columns, rows))
+
+
+def upload_kind(inspection: Inspection | jsonfile.JsonInspection,
+                metadata: Mapping[str, Any] | None) -> tuple[Mapping[str, Any] | None, str]:
+    """The metadata and the file part's type an upload goes with: JSON lines say so
+    (``"format": "json"`` merged into the object's metadata, ``application/json``)."""
+    if isinstance(inspection, jsonfile.JsonInspection):
+        return {**(metadata or {}), "format": "json"}, jsonfile.CONTENT_TYPE
+    return metadata, "text/csv"
 
 
 async def stream_raw(ref: FileRef, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:

@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from daemon import csvfile, exits, jsonfile
+from daemon.checks import file_info
+from daemon.checks import inspect as inspect_file
 from daemon.client import OpenConnectorsClient
 from daemon.csvfile import BULKDROP_COLUMNS
 from daemon.failedrows import FAILED_SUFFIX, failed_suffix
@@ -31,7 +33,7 @@ from daemon.fileref import FileRef
 from daemon.folders import lexists, open_dirs
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
-from daemon.normalise import upload_body
+from daemon.normalise import upload_body, upload_kind
 from daemon.placing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
 from daemon.retry import RejectedError, RetryPolicy
@@ -305,13 +307,16 @@ async def submit(settings: Settings, path: Path, obj: str, wait: bool,
     columns = csvfile.Columns.of(conf)
     csvfile.set_line_limit(settings.spool.max_line_length)
     received = utcnow()
-    found = await asyncio.to_thread(csvfile.inspect, path, columns)
+    found = await asyncio.to_thread(inspect_file, FileRef(path, follow=True), path.name,
+                                    columns)
     hub = inst.hub_for(obj)
+    csv_info, json_info = file_info(found, columns)
 
     def result(outcome: Outcome, job_id: str | None, submitted: str | None) -> dict[str, Any]:
         return build_result(outcome, rel=path.name, obj=obj, hub=hub, job_id=job_id,
                             instance=inst.name,
-                            sha256=found.sha256, size=found.bytes, attempts=1, csv_info=None,
+                            sha256=found.sha256, size=found.bytes, attempts=1,
+                            csv_info=csv_info, json_info=json_info,
                             received_at=received, submitted_at=submitted, finished_at=utcnow())
 
     if found.problem:
@@ -321,10 +326,11 @@ async def submit(settings: Settings, path: Path, obj: str, wait: bool,
     client = OpenConnectorsClient.from_settings(inst.api)
     policy = RetryPolicy(inst.api.retry_deadline_seconds)
     body = upload_body(path, found, columns)
+    metadata, content_type = upload_kind(found, conf.metadata)
     try:
         try:
             created = await policy.call("create_job", lambda: client.create_job(
-                hub, obj, path.name, body, metadata=conf.metadata))
+                hub, obj, path.name, body, metadata=metadata, content_type=content_type))
         except RejectedError as exc:
             outcome = Outcome(REJECTED, f"the API refused the upload ({exc.status}): "
                               f"{exc.message}")

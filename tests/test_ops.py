@@ -68,7 +68,9 @@ async def test_submit_wait_exit_codes(spawn, sim: SimServer, tmp_path: Path) -> 
     cases = [("clean.csv", contacts_csv(3), 0, "COMPLETE"),
              ("some-bad.csv", contacts_csv(4, bad_every=2), 4, "COMPLETE"),
              ("x-sim-error.csv", contacts_csv(2), 3, "FAILED"),
-             ("empty.csv", "", 3, "REJECTED")]
+             ("empty.csv", "", 3, "REJECTED"),
+             ("objects.json", '[{"email": "a@example.com"}, {"email": "b"}]', 4, "COMPLETE"),
+             ("bad.jsonl", '{"email": "a@example.com"},\n', 3, "REJECTED")]
     for name, content, expected, status in cases:
         path = tmp_path / name
         path.write_text(content)
@@ -76,6 +78,11 @@ async def test_submit_wait_exit_codes(spawn, sim: SimServer, tmp_path: Path) -> 
                                                    "--wait", env=env))
         assert code == expected, (name, err)
         assert json.loads(out)["status"] == status
+        if name == "objects.json":  # sent as JSON lines, said to be JSON
+            job = sim.sim.jobs[json.loads(out)["job_id"]]
+            assert job.body == b'{"email": "a@example.com"}\n{"email": "b"}\n'
+            assert job.metadata == {"format": "json"}
+            assert job.content_type == "application/json" and job.failed_count == 1
     code, out, _ = await finish(await spawn("submit", str(tmp_path / "clean.csv"),
                                              "--object", "contact", env=env))
     assert code == 0 and json.loads(out)["job_id"] in sim.sim.jobs
