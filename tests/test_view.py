@@ -132,6 +132,19 @@ async def test_the_page_and_a_files_story(make_settings, run_daemon, sim: SimSer
         assert (await get(http, f"{base}/files/{'0' * 20}"))[0] == 404
         for static in ("/static/view.css", "/static/view.js"):
             assert (await get(http, base + static))[0] == 200
+        # A JSON file's failed objects are its failed.jsonl.
+        drop(spool_root, "contact/people.jsonl",
+             '{"email": "a@example.com"}\n{"email": "nope"}\n')
+        await wait_for(lambda: sum(_daemon.filer.counts.values()) == 5, what="the JSON file")
+        claim_id = await claim_of(http, base, "contact/people.jsonl")
+        story = (await get(http, f"{base}/files/{claim_id}"))[1]
+        assert f'href="/files/{claim_id}/failed.jsonl"' in story
+        assert f'href="/files/{claim_id}/failed.csv"' not in story
+        assert (await get(http, f"{base}/files/{claim_id}/failed.csv"))[0] == 404
+        code, failed, headers = await get(http, f"{base}/files/{claim_id}/failed.jsonl")
+        assert code == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+        assert failed == (done / "people.jsonl.failed.jsonl").read_text()
+        assert json.loads(failed)["_bulkdrop_error"] == "Invalid email address 'nope'"
 
 
 @pytest.mark.parametrize("path", [
