@@ -382,7 +382,9 @@ def objects(source: Path | FileRef, form: str) -> Generator[tuple[int, str], Non
 
 def _elements(text: io.TextIOBase) -> Iterator[tuple[int, str]]:
     decoder = json.JSONDecoder()
-    buf = text.read(CHUNK).lstrip(WHITESPACE)
+    buf = ""
+    while not buf and (chunk := text.read(CHUNK)):
+        buf = chunk.lstrip(WHITESPACE)
     if not buf.startswith("["):
         raise ValueError("not a JSON array")
     pos, index = 1, 0

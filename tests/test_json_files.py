@@ -172,3 +172,13 @@ def test_parts_are_cut_by_objects_and_bytes(tmp_path: Path) -> None:
     assert jsonfile.part_spans(path, found, Columns(), 0, 1 << 30) == []
     sent = b"".join(jsonfile.blocks(path, found, Columns(), range(3, 6)))
     assert sent.decode().splitlines() == path.read_text().splitlines()[3:6]
+
+
+def test_an_array_after_more_whitespace_than_a_chunk(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonfile, "CHUNK", 16)
+    path = tmp_path / "a.json"
+    path.write_text(" \n" * 40 + '[{"a": 1},\n{"b": 2}]\n')
+    found = jsonfile.inspect(path)
+    assert found.problem is None and found.form == "array"
+    assert b"".join(jsonfile.blocks(path, found, Columns())) == b'{"a": 1}\n{"b": 2}\n'
