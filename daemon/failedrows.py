@@ -307,9 +307,7 @@ def _with_error(text: str, why: str) -> str:
     """The object's own text with ``_bulkdrop_error`` added (replaced, in a file of failed
     objects dropped again)."""
     if f'"{jsonfile.ERROR_KEY}"' in text:
-        value = json.loads(text)
-        value[jsonfile.ERROR_KEY] = why
-        return json.dumps(value, ensure_ascii=False)
+        text = jsonfile.without_error(text)
     error = f"{json.dumps(jsonfile.ERROR_KEY)}: {json.dumps(why, ensure_ascii=False)}"
     inner = text[:-1].rstrip(jsonfile.WHITESPACE)
     return f"{inner}, {error}}}" if inner != "{" else f"{{{error}}}"

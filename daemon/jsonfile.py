@@ -15,11 +15,12 @@ a CSV file by rows.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import io
 import itertools
 import json
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,42 +416,48 @@ def _elements(text: io.TextIOBase) -> Iterator[tuple[int, str]]:
 
 
 def without_error(text: str) -> str:
-    """A line of a failed-objects file without its ``_bulkdrop_error``: the object's own
-    text again when the key is where it was added (at the end), else re-encoded."""
+    """A line of a failed-objects file without its ``_bulkdrop_error``."""
     text = text.strip(WHITESPACE)
-    at = text.rfind(f', "{ERROR_KEY}": ')
-    if at >= 0 and text.endswith("}"):
-        try:
-            why, end = json.JSONDecoder().raw_decode(text, at + len(ERROR_KEY) + 6)
-        except ValueError:
-            why, end = None, -1
-        if isinstance(why, str) and text[end:] == "}":
-            return text[:at] + "}"
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    if not isinstance(value, dict) or ERROR_KEY not in value:
-        return text
-    value.pop(ERROR_KEY)
-    return json.dumps(value, ensure_ascii=False)
+    return rekeyed(text, {}, frozenset((ERROR_KEY,))) if ERROR_KEY in text else text
+
+
+def rekeyed(text: str, rename: Mapping[str, str], drop: frozenset[str]) -> str:
+    """An object's text with its top-level keys renamed and dropped: every value kept as
+    written (numbers to the last digit, escapes as they were), the members joined
+    compactly. *text* is one object that passed its checks."""
+    decoder = _DECODER
+    members = []
+    pos = _skip(text, 1)
+    while text[pos] != "}":
+        key, pos = decoder.raw_decode(text, pos)
+        pos = _skip(text, _skip(text, pos) + 1)  # past ":"
+        _, end = decoder.raw_decode(text, pos)
+        if key not in drop:
+            members.append(f"{json.dumps(rename.get(key, key), ensure_ascii=False)}:"
+                           f"{text[pos:end]}")
+        pos = _skip(text, end)
+        if text[pos] == ",":
+            pos = _skip(text, pos + 1)
+    return "{" + ",".join(members) + "}"
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int) -> int:
+    """Past whitespace between an object's tokens (a space or two, if any)."""
+    while pos < len(text) and text[pos] in WHITESPACE:
+        pos += 1
+    return pos
 
 
 def _sent(found: JsonInspection, columns: Columns) -> Callable[[str], str]:
     """An object's text as uploaded: as it is, or with its top-level keys renamed and
-    dropped (then re-encoded, compact, UTF-8 as it is)."""
+    dropped (:func:`rekeyed`)."""
     if not found.changed_by(columns):
         return str
     rename, drop = columns.rename, frozenset((*columns.drop, ERROR_KEY))
-
-    def changed(text: str) -> str:
-        value = json.loads(text)
-        if not any(name in rename or name in drop for name in value):
-            return text
-        return json.dumps({rename.get(k, k): v for k, v in value.items() if k not in drop},
-                          ensure_ascii=False, separators=(",", ":"))
-
-    return changed
+    return functools.partial(rekeyed, rename=rename, drop=drop)
 
 
 def _wanted(source: Path | FileRef, found: JsonInspection, columns: Columns,

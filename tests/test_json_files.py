@@ -182,3 +182,14 @@ def test_an_array_after_more_whitespace_than_a_chunk(tmp_path: Path,
     found = jsonfile.inspect(path)
     assert found.problem is None and found.form == "array"
     assert b"".join(jsonfile.blocks(path, found, Columns())) == b'{"a": 1}\n{"b": 2}\n'
+
+
+def test_renamed_and_dropped_keys_keep_every_value_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{ "mail" : 1.10 , "big": 1e400, "x": "\\u00e9", "n": {"mail": [1, 2]},'
+                    ' "secret": 0, "_bulkdrop_error": "old" }\n{}\n')
+    found = jsonfile.inspect(path)
+    sent = b"".join(jsonfile.blocks(path, found, Columns(rename={"mail": "email"},
+                                                         drop=("secret",))))
+    assert sent == (b'{"email":1.10,"big":1e400,"x":"\\u00e9","n":{"mail": [1, 2]}}\n'
+                    b'{}\n')
