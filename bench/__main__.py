@@ -5,7 +5,8 @@
     .venv/bin/python -m bench --only latency --only idle --idle-seconds 30
     .venv/bin/python -m bench --json /tmp/r.json --markdown /tmp/r.md
 
-Scenarios (--only NAME): throughput, latency, large, idle, backlog. See bench/README.md.
+Scenarios (--only NAME): throughput, latency, large, jsonarray, idle, backlog. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import backlog_start, idle, largefile, latency, throughput
+from bench import backlog_start, idle, jsonarray, largefile, latency, throughput
 from bench.common import BENCH, ROOT, Row, fingerprint, log, snapshot_daemon
 
 Scenario = Callable[[argparse.Namespace, Path], Awaitable[tuple[list[Row], dict[str, Any]]]]
@@ -34,6 +35,7 @@ SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
     "latency": latency.run,
     "large": largefile.run,
+    "jsonarray": jsonarray.run,
     "idle": idle.run,
     "backlog": backlog_start.run,
 }
@@ -44,6 +46,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "latency_files": (50, 10),
     "latency_gap": (0.2, 0.2),
     "large_mb": (1024, 64),
+    "array_mb": (1024, 64),
     "idle_seconds": (60, 5),
     "backlog": (100_000, 5000),
     "backlog_seconds": (10, 3),
@@ -60,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-files", type=int, help="latency: files renamed in (50)")
     p.add_argument("--latency-gap", type=float, help="latency: seconds between files (0.2)")
     p.add_argument("--large-mb", type=int, help="large: file size in MiB (1024)")
+    p.add_argument("--array-mb", type=int, help="jsonarray: JSON array size in MiB (1024)")
     p.add_argument("--idle-seconds", type=float, help="idle: seconds measured (60)")
     p.add_argument("--backlog", type=int, help="backlog: files waiting at start (100000)")
     p.add_argument("--backlog-seconds", type=float,
