@@ -5,7 +5,7 @@
     .venv/bin/python -m bench --only latency --only idle --idle-seconds 30
     .venv/bin/python -m bench --json /tmp/r.json --markdown /tmp/r.md
 
-Scenarios (--only NAME): throughput, latency, large, jsonarray, idle, backlog. See
+Scenarios (--only NAME): throughput, latency, large, idle, backlog, jsonarray. See
 bench/README.md.
 """
 
@@ -35,9 +35,9 @@ SCENARIOS: dict[str, Scenario] = {
     "throughput": throughput.run,
     "latency": latency.run,
     "large": largefile.run,
-    "jsonarray": jsonarray.run,
     "idle": idle.run,
     "backlog": backlog_start.run,
+    "jsonarray": jsonarray.run,
 }
 # knob: (full, quick)
 SIZES: dict[str, tuple[float, float]] = {
