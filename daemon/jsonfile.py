@@ -20,6 +20,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,14 +96,20 @@ class _Found:
         if self.sink is not None:
             self.sink(Problem(line, message))
 
-    def record(self, value: Any, where: str, line: int | None) -> None:
-        """One element or line, decoded: it must be an object with the required keys."""
+    def record(self, value: Any, line: int | None,
+               place: Callable[[], str] = str) -> None:
+        """One element or line, decoded: it must be an object with the required keys.
+        *place* names an element in a message ("element 3 (byte 120) "); made only then."""
         if not isinstance(value, dict):
-            self.add(line, f"{where}is {_kind(value)}, not a JSON object")
+            self.add(line, f"{place()}is {_kind(value)}, not a JSON object")
             return
         self.rows += 1
-        if len(self.keys) < MAX_KEYS:
-            self.keys.update(dict.fromkeys(k for k in value if len(self.keys) < MAX_KEYS))
+        keys = self.keys
+        if len(keys) < MAX_KEYS and not value.keys() <= keys.keys():  # a key not seen yet
+            for name in value:
+                if len(keys) >= MAX_KEYS:
+                    break
+                keys.setdefault(name)
         columns = self.columns
         if not (columns.require or columns.rename):
             return
@@ -114,13 +121,13 @@ class _Found:
                     continue
                 new = columns.rename.get(name, name)
                 if new in sent:
-                    self.add(line, f"{where}has key {new!r} twice once renamed "
+                    self.add(line, f"{place()}has key {new!r} twice once renamed "
                                    "(rename_columns)")
                     return
                 sent[new] = None
         missing = [name for name in columns.require if name not in sent]
         if missing:
-            self.add(line, f"{where}has no {', '.join(repr(m) for m in missing)} "
+            self.add(line, f"{place()}has no {', '.join(repr(m) for m in missing)} "
                            f"(required by require_columns)")
 
 
@@ -196,9 +203,8 @@ def _lines(pending: str, chunks: Iterator[str], found: _Found) -> None:
     limit = csvfile.LINE_LIMIT
     skipping = False  # the rest of a line too long
     while True:
-        end = pending.find("\n")
-        if end >= 0:
-            current, pending = pending[:end], pending[end + 1:]
+        *complete, pending = pending.split("\n")  # the last piece goes on in the next chunk
+        for current in complete:
             if skipping:
                 skipping = False
                 continue
@@ -208,7 +214,6 @@ def _lines(pending: str, chunks: Iterator[str], found: _Found) -> None:
                                 "([spool] max_line_length)")
             else:
                 _line(current, line, found)
-            continue
         if len(pending) > limit:
             if not skipping:
                 line += 1
@@ -239,7 +244,7 @@ def _line(text: str, line: int, found: _Found) -> None:
     except ValueError as exc:
         found.add(line, f"not JSON: {_reason(exc)}")
         return
-    found.record(value, "", line)
+    found.record(value, line)
 
 
 def _array(buf: str, chunks: Iterator[str], found: _Found) -> None:
@@ -249,41 +254,54 @@ def _array(buf: str, chunks: Iterator[str], found: _Found) -> None:
 class _Array:
     """A top-level array read element by element: what is held is at most one element
     (``max_line_length`` characters) and the rest of the chunk it came in. Positions move
-    through the buffer; it is cut only when more is read (no copy per element)."""
+    through the buffer; it is cut only when more is read (no copy per element), and byte
+    offsets are counted only for a message (a buffer all ASCII has them for free)."""
 
     def __init__(self, buf: str, chunks: Iterator[str], found: _Found) -> None:
         self.buf = buf          # what follows "[" ...
         self.pos = 0            # ... read up to here
         self.chunks = chunks
         self.found = found
-        self.offset = 1         # bytes before buf[pos] (a BOM not counted)
+        self.base = 1           # bytes before buf[0] (a BOM not counted)
+        self.ascii = buf.isascii()
+        self.counted = (0, 0)   # (position, bytes before it) in buf: the last counted
         self.index = 0          # elements read
-        self.comma_at = 0       # where the last comma was
-        self.decoder = json.JSONDecoder()
+        self.comma = -1         # where the last comma was: in buf, or (< -1) -bytes - 2
+        self.decode = json.JSONDecoder().raw_decode
 
     def more(self) -> bool:
         chunk = next(self.chunks, None)
         if chunk is None:
             return False
+        if self.comma >= 0:
+            self.comma = -self.offset(self.comma) - 2
+        self.base = self.offset(self.pos)
         self.buf = self.buf[self.pos:] + chunk
         self.pos = 0
+        self.ascii = self.buf.isascii()
+        self.counted = (0, 0)
         return True
 
-    def advance(self, to: int) -> None:
-        self.offset += _bytes(self.buf[self.pos:to])
-        self.pos = to
+    def offset(self, pos: int) -> int:
+        """Bytes from the file's start to buf[pos]."""
+        if self.ascii:
+            return self.base + pos
+        at, size = self.counted if self.counted[0] <= pos else (0, 0)
+        size += _bytes(self.buf[at:pos])
+        self.counted = (pos, size)
+        return self.base + size
+
+    def place(self) -> str:
+        return f"element {self.index} (byte {self.offset(self.pos)}) "
 
     def skip(self) -> bool:
         """Past whitespace, reading on as needed; False at the end of the file."""
         while True:
-            end = len(self.buf)
-            at = self.pos
-            while at < end and self.buf[at] in WHITESPACE:
-                at += 1
-            self.offset += at - self.pos
-            self.pos = at
-            if at < end:
+            found = _NOT_WHITESPACE.search(self.buf, self.pos)
+            if found is not None:
+                self.pos = found.start()
                 return True
+            self.pos = len(self.buf)
             if not self.more():
                 return False
 
@@ -294,26 +312,27 @@ class _Array:
                 return self.closed(after_comma)
             if self.index and not after_comma:
                 return self.found.add(None, f"expected ',' or ']' after element "
-                                            f"{self.index} (byte {self.offset})")
+                                            f"{self.index} (byte {self.offset(self.pos)})")
             if not self.element():
                 return None
             after_comma = self.skip() and self.buf[self.pos] == ","
             if after_comma:
-                self.comma_at = self.offset
-                self.advance(self.pos + 1)
+                self.comma = self.pos
+                self.pos += 1
         s = "s" if self.index != 1 else ""
         self.found.add(None, f"truncated: the array is never closed (after {self.index} "
-                             f"element{s}, byte {self.offset})")
+                             f"element{s}, byte {self.offset(self.pos)})")
         return None
 
     def closed(self, after_comma: bool) -> None:
         if after_comma:
+            comma = self.offset(self.comma) if self.comma >= 0 else -self.comma - 2
             self.found.add(None, f"a trailing comma after element {self.index} "
-                                 f"(byte {self.comma_at})")
+                                 f"(byte {comma})")
         elif self.index == 0:
             self.found.add(None, "an empty array: no records")
-        at = self.offset
-        self.advance(self.pos + 1)
+        at = self.offset(self.pos)
+        self.pos += 1
         if self.skip():
             self.found.add(None, f"more after the array's end at byte {at}")
 
@@ -322,30 +341,34 @@ class _Array:
         limit = csvfile.LINE_LIMIT
         while True:
             try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
+                value, end = self.decode(self.buf, self.pos)
                 break
-            except json.JSONDecodeError as exc:
-                unterminated = "Unterminated string" in exc.msg
-                cut = unterminated or exc.pos >= len(self.buf) - TAIL
+            except json.JSONDecodeError as error:
+                unterminated = "Unterminated string" in error.msg
+                cut = unterminated or error.pos >= len(self.buf) - TAIL
                 if cut and len(self.buf) - self.pos <= limit and self.more():
                     continue
                 # All there is: cut only if it ran out at the very end.
-                cut = unterminated or exc.pos >= len(self.buf.rstrip(WHITESPACE)) - 1
-                where = f"element {self.index + 1} (byte {self.offset})"
+                cut = unterminated or error.pos >= len(self.buf.rstrip(WHITESPACE)) - 1
+                where = f"element {self.index + 1} (byte {self.offset(self.pos)})"
                 too_long = cut and len(self.buf) - self.pos > limit
                 self.found.add(None, f"{where} is longer than {limit} characters ([spool] "
                                      "max_line_length)" if too_long else
                                f"truncated: {where} is not complete" if cut else
-                               f"{where} is not JSON: {_reason(exc)}")
+                               f"{where} is not JSON: {_reason(error)}")
                 return False
         self.index += 1
         if end - self.pos > limit:  # read whole in one chunk, yet over the limit all the same
-            self.found.add(None, f"element {self.index} (byte {self.offset}) is longer than "
-                                 f"{limit} characters ([spool] max_line_length)")
+            self.found.add(None, f"element {self.index} (byte {self.offset(self.pos)}) is "
+                                 f"longer than {limit} characters ([spool] max_line_length)")
         else:
-            self.found.record(value, f"element {self.index} (byte {self.offset}) ", None)
-        self.advance(end)
+            self.found.record(value, None, self.place)
+        self.pos = end
         return True
+
+
+_NOT_WHITESPACE = re.compile(f"[^{WHITESPACE}]")
+_NEXT_ELEMENT = re.compile(f"[^{WHITESPACE},]")  # in an array that passed its checks
 
 
 def _bytes(text: str) -> int:
@@ -390,14 +413,14 @@ def _elements(text: io.TextIOBase) -> Iterator[tuple[int, str]]:
         raise ValueError("not a JSON array")
     pos, index = 1, 0
     while True:
-        while pos < len(buf) and buf[pos] in WHITESPACE + ",":
-            pos += 1
-        if pos == len(buf):
+        found = _NEXT_ELEMENT.search(buf, pos)
+        if found is None:
             chunk = text.read(CHUNK)
             if not chunk:
                 raise ValueError(f"truncated after element {index}")
             buf, pos = chunk, 0
             continue
+        pos = found.start()
         if buf[pos] == "]":
             return
         try:
