@@ -18,6 +18,7 @@ from typing import Any
 from daemon import csvfile, jsonfile, rawfile
 from daemon.admission import Ticket
 from daemon.fileref import FileRef, NotAFile
+from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.results import REJECTED, Outcome
 from daemon.retry import backoff_delay
@@ -62,7 +63,7 @@ class Checks:
         try:
             if has_accepted_suffix(rel.name):
                 route = self.route(rel)
-                found = inspect(ref, rel.name, self.columns(route.instance, route.obj))
+                found = inspect_file(ref, rel.name, self.columns(route.instance, route.obj))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
                 work.sha256, work.size = rawfile.digest(ref)
@@ -70,6 +71,15 @@ class Checks:
             work.problem = exc.strerror
         except OSError as exc:
             work.unreadable = exc
+        except MemoryError:
+            raise  # not the file's verdict
+        except Exception as exc:  # noqa: BLE001 - a file the checks cannot read is rejected
+            # A fault of the checks', found by this file: it is rejected, saying so, rather
+            # than failing again at every start.
+            (work.log or get_logger(file=work.rel)).error("file.check_failed",
+                                                         error=repr(exc), exc_info=exc)
+            work.problem = (f"bulkdrop could not check it ({type(exc).__name__}: {exc}); "
+                            "this is a fault in bulkdrop: please report it with the file")
 
     async def check(self, work: Work, ticket: Ticket) -> Outcome | None:
         """Route, read and validate the file; an Outcome when it must not become a job."""
@@ -113,7 +123,7 @@ class Checks:
         if work.hub is None and work.obj:
             work.hub = self.settings.instance_or_default(work.instance).hub_for(work.obj)
         try:
-            found = await asyncio.to_thread(inspect, work.claimed.ref, work.claimed.rel.name,
+            found = await asyncio.to_thread(inspect_file, work.claimed.ref, work.claimed.rel.name,
                                             self.columns(work.instance, work.obj))
         except OSError:
             return
@@ -141,7 +151,7 @@ class Checks:
             await asyncio.sleep(delay)
 
 
-def inspect(ref: FileRef, name: str, columns: csvfile.Columns) -> Inspection:
+def inspect_file(ref: FileRef, name: str, columns: csvfile.Columns) -> Inspection:
     """Read and check the file as what its name says it is: JSON, else CSV."""
     if is_json_name(name):
         return jsonfile.inspect(ref, columns)

@@ -279,11 +279,11 @@ def write_failed_objects(ref: FileRef, form: str, columns: Columns, keys: Sequen
         held.append(_with_error(text, "; ".join(dict.fromkeys(messages))))
         size += len(text)
         if size >= OUT_BLOCK:
-            out.write(("\n".join(held) + "\n").encode("utf-8"))
+            out.write(("\n".join(held) + "\n").encode("utf-8", "backslashreplace"))
             held, size = [], 0
         found.rows += 1
     if held:
-        out.write(("\n".join(held) + "\n").encode("utf-8"))
+        out.write(("\n".join(held) + "\n").encode("utf-8", "backslashreplace"))
     found.unmatched = len(errors) - len(matched)
     found.routes.update(index.route[i] for i in matched)
     return found
@@ -326,7 +326,8 @@ class _Buffer:
             self.flush()
 
     def flush(self) -> None:
-        self.out.write(self.text.getvalue().encode("utf-8"))
+        # The API's messages may hold half a character: written as its escape.
+        self.out.write(self.text.getvalue().encode("utf-8", "backslashreplace"))
         self.text.seek(0)
         self.text.truncate()
 

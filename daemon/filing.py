@@ -225,4 +225,7 @@ class _Named:
 
 
 def _write_json(result: dict[str, Any], fh: BinaryIO) -> None:
-    fh.write((json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode())
+    # An API's text may hold half a character (a lone surrogate): written as its JSON
+    # escape, never an exception.
+    fh.write((json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace"))

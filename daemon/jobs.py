@@ -148,11 +148,8 @@ class Jobs:
         ref, max_bytes = work.claimed.ref, conf.max_bytes_per_job
         measure: Callable[[], list[tuple[int, int]]]
         if isinstance(found, JsonInspection):
-            # Its objects as they are, a line each, are never more than the file (and a
-            # last line end); renamed keys can be longer.
-            growth = BYTES_GROWTH if found.changed_by(columns) else 1
             measure = partial(jsonfile.part_spans, ref, found, columns, max_rows, max_bytes)
-            size += 1
+            growth, size = 1, jsonfile.most_sent(size, columns)
         elif found is None or found.dialect is None or size <= max_bytes and (
                 max_rows == 0 and found.passes_through(columns)):
             return []  # sent as dropped, and small enough

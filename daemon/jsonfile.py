@@ -7,9 +7,9 @@ its element and byte offset (an array).
 A file that passed its checks is uploaded as JSON lines (``metaData.format = "json"``):
 JSON lines as dropped when nothing changes them, else one object a line, each the
 object's own text (an array's element with its line breaks made spaces, which in JSON
-are only ever whitespace between tokens) or, where ``rename_columns`` or
-``drop_columns`` change its top-level keys, re-encoded. Cut into parts by objects like
-a CSV file by rows.
+are only ever whitespace between tokens), its top-level keys renamed or dropped where
+``rename_columns`` or ``drop_columns`` say, every value kept as written. Cut into parts
+by objects like a CSV file by rows.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import re
+import sys
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,28 +179,33 @@ class _NotUtf8(Exception):
 
 
 def _check(chunks: Iterator[str], found: _Found) -> str | None:
+    # Whitespace before the first token is counted (byte offsets, lines), never held.
+    skipped = newlines = 0
     buf = ""
     for chunk in chunks:
-        buf += chunk
-        if buf.strip(WHITESPACE):
+        buf = chunk.lstrip(WHITESPACE)
+        lead = len(chunk) - len(buf)
+        skipped += lead
+        newlines += chunk.count("\n", 0, lead)
+        if buf:
             break
-    start = buf.lstrip(WHITESPACE)[:1]
-    if not start:
+    if not buf:
         found.add(None, "the file is empty: no records")
         return None
-    if start == "[":
-        _array(buf, chunks, found)
+    if buf[0] == "[":
+        _Array(buf[1:], chunks, found, skipped + 1).read()
         return "array"
-    if start == "{":
-        _lines(buf, chunks, found)
+    if buf[0] == "{":
+        if newlines:
+            found.clean = False  # blank lines first
+        _lines(buf, chunks, found, newlines)
         return "lines"
-    found.add(1, f"neither a JSON array nor JSON lines: it starts with {start!r}")
+    found.add(newlines + 1, f"neither a JSON array nor JSON lines: it starts with {buf[0]!r}")
     return None
 
 
-def _lines(pending: str, chunks: Iterator[str], found: _Found) -> None:
-    """One object a line; *pending* is what is read already."""
-    line = 0
+def _lines(pending: str, chunks: Iterator[str], found: _Found, line: int) -> None:
+    """One object a line; *pending* is what is read already, after *line* blank lines."""
     limit = csvfile.LINE_LIMIT
     skipping = False  # the rest of a line too long
     while True:
@@ -228,6 +234,8 @@ def _lines(pending: str, chunks: Iterator[str], found: _Found) -> None:
     if pending.strip(WHITESPACE) and not skipping:
         line += 1
         _line(pending, line, found)
+    elif pending:
+        found.clean = False  # whitespace after the last line end
     if not found.rows and not found.total:
         found.add(None, "no records: the file holds no JSON objects")
 
@@ -240,15 +248,41 @@ def _line(text: str, line: int, found: _Found) -> None:
         found.clean = False
         return
     try:
-        value = json.loads(text)
+        value = _STRICT.decode(text)
+    except RecursionError:
+        found.add(line, f"nested deeper than JSON parsers go ({DEPTH_HINT})")
+        return
     except ValueError as exc:
         found.add(line, f"not JSON: {_reason(exc)}")
+        return
+    if (bad := _not_unicode(value, text, 0, len(text))) is not None:
+        found.add(line, bad)
         return
     found.record(value, line)
 
 
-def _array(buf: str, chunks: Iterator[str], found: _Found) -> None:
-    _Array(buf.lstrip(WHITESPACE)[1:], chunks, found).read()
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
+# NaN and Infinity are Python's, not JSON's.
+_STRICT = json.JSONDecoder(parse_constant=_no_constant)
+DEPTH_HINT = "about 1,000 levels"
+# A \u escape of half a surrogate pair: decoded, it is no character at all.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _not_unicode(value: Any, text: str, start: int, end: int) -> str | None:
+    """A problem when the object holds a lone surrogate (a string that cannot be UTF-8)."""
+    if _SURROGATE_ESCAPE.search(text, start, end) is None:
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        half = ord(exc.object[exc.start])
+        return (f"holds \\u{half:04x}, half of a character (a lone surrogate): not Unicode "
+                "text; fix the export")
+    return None
 
 
 class _Array:
@@ -257,17 +291,17 @@ class _Array:
     through the buffer; it is cut only when more is read (no copy per element), and byte
     offsets are counted only for a message (a buffer all ASCII has them for free)."""
 
-    def __init__(self, buf: str, chunks: Iterator[str], found: _Found) -> None:
+    def __init__(self, buf: str, chunks: Iterator[str], found: _Found, base: int) -> None:
         self.buf = buf          # what follows "[" ...
         self.pos = 0            # ... read up to here
         self.chunks = chunks
         self.found = found
-        self.base = 1           # bytes before buf[0] (a BOM not counted)
+        self.base = base        # bytes before buf[0] (a BOM not counted)
         self.ascii = buf.isascii()
         self.counted = (0, 0)   # (position, bytes before it) in buf: the last counted
         self.index = 0          # elements read
         self.comma = -1         # where the last comma was: in buf, or (< -1) -bytes - 2
-        self.decode = json.JSONDecoder().raw_decode
+        self.decode = _STRICT.raw_decode
 
     def more(self) -> bool:
         chunk = next(self.chunks, None)
@@ -357,10 +391,20 @@ class _Array:
                                f"truncated: {where} is not complete" if cut else
                                f"{where} is not JSON: {_reason(error)}")
                 return False
+            except RecursionError:
+                self.found.add(None, f"element {self.index + 1} (byte {self.offset(self.pos)}) "
+                                     f"is nested deeper than JSON parsers go ({DEPTH_HINT})")
+                return False
+            except ValueError as exc:  # NaN, Infinity
+                self.found.add(None, f"element {self.index + 1} (byte {self.offset(self.pos)}) "
+                                     f"is not JSON: {exc}")
+                return False
         self.index += 1
         if end - self.pos > limit:  # read whole in one chunk, yet over the limit all the same
             self.found.add(None, f"element {self.index} (byte {self.offset(self.pos)}) is "
                                  f"longer than {limit} characters ([spool] max_line_length)")
+        elif (bad := _not_unicode(value, self.buf, self.pos, end)) is not None:
+            self.found.add(None, f"{self.place()}{bad}")
         else:
             self.found.record(value, None, self.place)
         self.pos = end
@@ -383,6 +427,8 @@ def _kind(value: Any) -> str:
 def _reason(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} (column {exc.colno})"
+    if "int_max_str_digits" in str(exc):  # Python's own limit, and its advice to programmers
+        return f"a number of more than {sys.get_int_max_str_digits():,} digits"
     return str(exc)
 
 
@@ -439,9 +485,20 @@ def _elements(text: io.TextIOBase) -> Iterator[tuple[int, str]]:
 
 
 def without_error(text: str) -> str:
-    """A line of a failed-objects file without its ``_bulkdrop_error``."""
+    """A line of a failed-objects file without its ``_bulkdrop_error``; ValueError when
+    it is not one JSON object (a line edited by hand)."""
     text = text.strip(WHITESPACE)
-    return rekeyed(text, {}, frozenset((ERROR_KEY,))) if ERROR_KEY in text else text
+    try:
+        value = _STRICT.decode(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than JSON parsers go ({DEPTH_HINT})") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {_reason(exc)}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{_kind(value)}, not a JSON object")
+    if (bad := _not_unicode(value, text, 0, len(text))) is not None:
+        raise ValueError(bad)
+    return rekeyed(text, {}, frozenset((ERROR_KEY,))) if ERROR_KEY in value else text
 
 
 def rekeyed(text: str, rename: Mapping[str, str], drop: frozenset[str]) -> str:
@@ -508,6 +565,18 @@ def blocks(source: Path | FileRef, found: JsonInspection, columns: Columns,
     if held:
         held.append("")
         yield "\n".join(held).encode("utf-8")
+
+
+def most_sent(size: int, columns: Columns) -> int:
+    """The most bytes a file of *size* bytes can be as uploaded: its objects a line each
+    are never more than the file (and a last line end), but a key renamed longer grows
+    by as much wherever it is, at most once in every ``"key":v`` the file can hold."""
+    extra = 0
+    for old, new in columns.rename.items():
+        was, now = (len(json.dumps(k, ensure_ascii=False).encode()) for k in (old, new))
+        if now > was:
+            extra += (now - was) * (size // (was + 2))
+    return size + 1 + extra
 
 
 def part_spans(source: Path | FileRef, found: JsonInspection, columns: Columns, max_rows: int,

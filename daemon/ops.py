@@ -21,11 +21,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TextIO
 
 from daemon import csvfile, exits, jsonfile
-from daemon.checks import file_info
-from daemon.checks import inspect as inspect_file
+from daemon.checks import file_info, inspect_file
 from daemon.client import OpenConnectorsClient
 from daemon.csvfile import BULKDROP_COLUMNS
 from daemon.failedrows import FAILED_SUFFIX, failed_suffix
@@ -235,11 +234,10 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666,
                      dir_fd=folder)
         try:
-            with FileRef(failed_csv).open("r", encoding="utf-8", newline="") as src, \
+            with FileRef(failed_csv).open("r", encoding="utf-8-sig", newline="") as src, \
                     open(fd, "w", encoding="utf-8", newline="", closefd=False) as out:
                 if is_json:
-                    out.writelines(jsonfile.without_error(line) + "\n" for line in src
-                                   if line.strip())
+                    _objects_without_error(src, out, failed_csv.name)
                 else:
                     reader, writer = csv.reader(src), csv.writer(out, lineterminator="\r\n")
                     header = next(reader, [])
@@ -264,6 +262,17 @@ def retry_failed_rows(spool: Spool, path: Path) -> Path:
     finally:
         os.close(folder)
     raise AssertionError("unreachable")
+
+
+def _objects_without_error(src: TextIO, out: TextIO, name: str) -> None:
+    """A failed-objects file's objects, a line each, without ``_bulkdrop_error``."""
+    for number, line in enumerate(src, 1):
+        if not line.strip():
+            continue
+        try:
+            out.write(jsonfile.without_error(line) + "\n")
+        except ValueError as exc:
+            raise ValueError(f"{name}, line {number}: {exc}; fix it there and retry") from None
 
 
 def _route_of(result: Path) -> PurePosixPath | None:

@@ -103,4 +103,4 @@ def errors_csv(records: Iterable[Any]) -> bytes:
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
-    return buf.getvalue().encode("utf-8")
+    return buf.getvalue().encode("utf-8", "backslashreplace")  # an API's half characters

@@ -279,7 +279,8 @@ class View:
                 "submitted_at": row.get("submitted_at"),
                 "dest": row.get("dest_path"),
                 "placed": placed,
-                "csv": result.get("csv"), "jobs": result.get("jobs"), "parts": parts,
+                "csv": result.get("csv"), "json": result.get("json"),
+                "jobs": result.get("jobs"), "parts": parts,
                 "errors": [flatten(e) for e in errors],
                 "errors_total": result.get("errors_total", len(errors)),
                 "failed_rows": result.get("failed_rows"), "sidecars": sidecars}
@@ -590,6 +591,12 @@ def render_file(story: Mapping[str, Any], forms: Mapping[str, str], note: str | 
     csv = story.get("csv") or {}
     if csv:
         fields.append(("dialect", h(", ".join(f"{k} {v}" for k, v in csv.items()))))
+    if info := story.get("json"):
+        form = "JSON lines" if info.get("form") == "lines" else "a JSON array"
+        sent = "converted to JSON lines" if info.get("converted") else "sent as dropped"
+        fields.append(("JSON", h(f"{form}, {info.get('rows')} objects, {sent}")))
+        keys = info.get("keys") or []
+        fields.append(("keys", h(", ".join(keys[:50]) + (" ..." if len(keys) > 50 else ""))))
     facts = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in fields)
     timeline = _table(("received", "submitted", "finished"),
                       [[h(story["received_at"]), h(story["submitted_at"]),

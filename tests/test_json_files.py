@@ -12,6 +12,8 @@ import pytest
 
 from daemon import jsonfile
 from daemon.csvfile import Columns
+from daemon.failedrows import Span
+from daemon.fileref import FileRef
 from daemon.ops import retry_failed_rows
 from daemon.sim import SimServer
 from daemon.spool import Spool
@@ -193,3 +195,64 @@ def test_renamed_and_dropped_keys_keep_every_value_as_written(tmp_path: Path) ->
                                                          drop=("secret",))))
     assert sent == (b'{"email":1.10,"big":1e400,"x":"\\u00e9","n":{"mail": [1, 2]}}\n'
                     b'{}\n')
+
+
+def test_keys_renamed_longer_are_measured_not_guessed(tmp_path: Path) -> None:
+    """Each object repeats its keys: renamed longer, the upload outgrows the file."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a":1,"b":22}\n' * 1000)
+    columns = Columns(rename={"a": "a_key_much_longer_than_a", "b": "b2"})
+    found = jsonfile.inspect(path)
+    sent = len(b"".join(jsonfile.blocks(path, found, columns)))
+    size = path.stat().st_size
+    assert sent > 2 * size
+    assert jsonfile.most_sent(size, columns) >= sent
+    assert jsonfile.most_sent(size, Columns(rename={"long_name": "x"})) == size + 1
+    spans = jsonfile.part_spans(path, found, columns, 0, size)
+    assert len(spans) == 3 and sum(rows for _, rows in spans) == 1000
+
+
+def test_a_failed_objects_file_edited_badly_is_refused_naming_its_line(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", "node-a")
+    done = tmp_path / "spool" / "done" / "contact"
+    done.mkdir(parents=True)
+    (tmp_path / "spool" / "inbox").mkdir()
+    (done / "a.jsonl").write_text('{"email": "x"}\n')
+    (done / "a.jsonl.result.json").write_text(json.dumps({"file": "contact/a.jsonl"}))
+    failed = done / "a.jsonl.failed.jsonl"
+    for text, why in (('{"email": "x@example.com", "_bulkdrop_error": "bad"\n', "not JSON"),
+                      ('{"email": "a@example.com"}\n\n[1]\n', "line 3: an array, not a JSON"),
+                      ('{"email": "a@example.com"} trailing\n', "line 1: not JSON: Extra")):
+        failed.write_text(text)
+        with pytest.raises(ValueError, match=why):
+            retry_failed_rows(spool, failed)
+    assert not [p for p in (tmp_path / "spool" / "inbox").rglob("*") if p.is_file()]
+    # Saved with a BOM and CRLF by an editor: fine.
+    failed.write_bytes(b'\xef\xbb\xbf{"email": "a@example.com", "_bulkdrop_error": "bad"}\r\n')
+    again = retry_failed_rows(spool, failed)
+    assert again.read_text() == '{"email":"a@example.com"}\n'
+
+
+def test_an_apis_half_character_is_written_as_its_escape(tmp_path: Path) -> None:
+    """An error record may carry a lone surrogate (JSON allows the escape): the result,
+    the errors CSV and the failed objects still get written."""
+    import io
+
+    from daemon.failedrows import write_failed_objects
+    from daemon.filing import _write_json
+    from daemon.results import errors_csv
+
+    why = "Invalid value 'x\ud800'"
+    out = io.BytesIO()
+    _write_json({"errors": [why]}, out)
+    assert json.loads(out.getvalue()) == {"errors": [why]}
+    assert errors_csv([{"message": why}]).decode() == "message\r\nInvalid value 'x\\ud800'\r\n"
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"email": "x"}\n')
+    out = io.BytesIO()
+    found = write_failed_objects(FileRef(path), "lines", Columns(), ["email"], None,
+                                 [Span(None, 0, 1)],
+                                 [{"recordNumber": 1, "message": why}], out)
+    assert found.rows == 1
+    assert json.loads(out.getvalue()) == {"email": "x", "_bulkdrop_error": why}

@@ -51,6 +51,19 @@ def test_both_forms_are_read(tmp_path: Path, data: str, form: str) -> None:
     ('{"a": 1}\n"just text"\n', "line 2: is a string, not a JSON object"),
     ('name,email\nAnn,a@x\n', "line 1: neither a JSON array nor JSON lines: it starts with 'n'"),
     (b'{"a": "caf\xe9"}\n', "not UTF-8 text (byte 10): save it as UTF-8"),
+    # What Python's json reads and no other: NaN, Infinity, half a character, depth.
+    ('{"a": NaN}\n', "line 1: not JSON: NaN is not JSON (numbers must be finite)"),
+    ('[{"a": 1}, {"a": -Infinity}]', "element 2 (byte 11) is not JSON: -Infinity is not JSON"),
+    ('{"ok": "\\ud83d\\ude00 \\\\ud800"}\n{"\\ud800": 1}\n',
+     "line 2: holds \\ud800, half of a character (a lone surrogate)"),
+    ('[{"a": "x\\udc00"}]', "element 1 (byte 1) holds \\udc00, half of a character"),
+    ('{"a": ' + "[" * 3000 + "]" * 3000 + "}\n", "line 1: nested deeper than JSON parsers go"),
+    ('[{"a": ' + "[" * 3000 + "]" * 3000 + "}]",
+     "element 1 (byte 1) is nested deeper than JSON parsers go"),
+    ('{"a": ' + "9" * 5000 + "}\n", "line 1: not JSON: a number of more than 4,300 digits"),
+    # Whitespace before the first token counts: bytes of an array, lines of JSON lines.
+    ('   \n\n[{"a": 1},{"b": 2},]', "a trailing comma after element 2 (byte 23)"),
+    ('\n\n\n{"a": 1}\n[]\n', "line 5: is an array, not a JSON object"),
 ])
 def test_each_problem_is_named_where_it_is(tmp_path: Path, data: str | bytes,
                                            expected: str) -> None:
@@ -113,3 +126,33 @@ def test_a_large_array_is_read_in_flat_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert (found.problem, found.rows) == (None, 60_000)
     assert peak < 8 * CHUNK, f"peak {peak} bytes"
+
+
+def test_whitespace_before_the_first_token_is_never_held(tmp_path: Path) -> None:
+    path = tmp_path / "padded.json"
+    with path.open("w") as fh:
+        for _ in range(24):
+            fh.write(" \n" * (CHUNK // 2))  # 24 MiB of blank lines
+        fh.write('[{"a": 1}]')
+    tracemalloc.start()
+    try:
+        found = inspect(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (found.problem, found.rows, found.form) == (None, 1, "array")
+    assert peak < 8 * CHUNK, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize(("data", "clean"), [
+    ('{"a": 1}\n{"a": 2}\n', True),
+    ('{"a": 1}\n{"a": 2}', True),
+    ('{"a": 1}\n{"a": 2}\n   ', False),   # whitespace after the last line end
+    ('\n{"a": 1}\n', False),
+    ('{"a": 1}\r\n', False),
+    ('\ufeff{"a": 1}\n', False),
+])
+def test_json_lines_go_as_dropped_only_when_clean(tmp_path: Path, data: str,
+                                                 clean: bool) -> None:
+    found = inspect(write(tmp_path, data, "f.jsonl"))
+    assert found.problem is None and found.clean is clean

@@ -139,6 +139,7 @@ async def test_the_page_and_a_files_story(make_settings, run_daemon, sim: SimSer
         claim_id = await claim_of(http, base, "contact/people.jsonl")
         story = (await get(http, f"{base}/files/{claim_id}"))[1]
         assert f'href="/files/{claim_id}/failed.jsonl"' in story
+        assert "JSON lines, 2 objects, sent as dropped" in story
         assert f'href="/files/{claim_id}/failed.csv"' not in story
         assert (await get(http, f"{base}/files/{claim_id}/failed.csv"))[0] == 404
         code, failed, headers = await get(http, f"{base}/files/{claim_id}/failed.jsonl")
