@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from daemon import csvfile, jsonfile, rawfile
@@ -34,10 +34,19 @@ READ_RETRY_CAP = 60.0
 
 
 class Checks:
-    def __init__(self, settings: Settings, troubles: Troubles, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, troubles: Troubles, metrics: Metrics,
+                 processing: Path) -> None:
         self.settings = settings
         self.troubles = troubles
         self.metrics = metrics
+        self.processing = processing  # processing/<node>/: an array's copy as JSON lines
+
+    def copy_of(self, work: Work) -> Path | None:
+        """Where a JSON array is copied as JSON lines while it is checked (the upload reads
+        the copy; it goes once the file's jobs have ended, or at the next start)."""
+        if not is_json_name(work.claimed.rel.name):
+            return None
+        return self.processing / f".{work.claimed.claim_id}.upload.jsonl.tmp"
 
     def route(self, rel: PurePosixPath) -> Route:
         """The instance and object a file is for (see :meth:`Settings.route`)."""
@@ -63,7 +72,8 @@ class Checks:
         try:
             if has_accepted_suffix(rel.name):
                 route = self.route(rel)
-                found = inspect_file(ref, rel.name, self.columns(route.instance, route.obj))
+                found = inspect_file(ref, rel.name, self.columns(route.instance, route.obj),
+                                     self.copy_of(work))
                 work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
             else:
                 work.sha256, work.size = rawfile.digest(ref)
@@ -124,7 +134,8 @@ class Checks:
             work.hub = self.settings.instance_or_default(work.instance).hub_for(work.obj)
         try:
             found = await asyncio.to_thread(inspect_file, work.claimed.ref, work.claimed.rel.name,
-                                            self.columns(work.instance, work.obj))
+                                            self.columns(work.instance, work.obj),
+                                            self.copy_of(work))
         except OSError:
             return
         work.sha256, work.size, work.inspection = found.sha256, found.bytes, found
@@ -151,10 +162,12 @@ class Checks:
             await asyncio.sleep(delay)
 
 
-def inspect_file(ref: FileRef, name: str, columns: csvfile.Columns) -> Inspection:
-    """Read and check the file as what its name says it is: JSON, else CSV."""
+def inspect_file(ref: FileRef, name: str, columns: csvfile.Columns,
+                 copy_to: Path | None = None) -> Inspection:
+    """Read and check the file as what its name says it is: JSON (an array copied to
+    *copy_to* as JSON lines), else CSV."""
     if is_json_name(name):
-        return jsonfile.inspect(ref, columns)
+        return jsonfile.inspect(ref, columns, copy_to=copy_to)
     return csvfile.inspect(ref, columns)
 
 

@@ -148,7 +148,8 @@ class Jobs:
         ref, max_bytes = work.claimed.ref, conf.max_bytes_per_job
         measure: Callable[[], list[tuple[int, int]]]
         if isinstance(found, JsonInspection):
-            measure = partial(jsonfile.part_spans, ref, found, columns, max_rows, max_bytes)
+            lines, view = found.upload_source(ref)
+            measure = partial(jsonfile.part_spans, lines, view, columns, max_rows, max_bytes)
             growth, size = 1, jsonfile.most_sent(size, columns)
         elif found is None or found.dialect is None or size <= max_bytes and (
                 max_rows == 0 and found.passes_through(columns)):

@@ -15,17 +15,19 @@ by objects like a CSV file by rows.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import hashlib
 import io
 import itertools
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from daemon import csvfile
 from daemon.csvfile import MAX_PROBLEMS, Columns, Problem, summary
@@ -56,6 +58,7 @@ class JsonInspection:
     problems_total: int = 0
     clean: bool = False           # JSON lines to send as dropped: no BOM, blank line or CR
     content: None = None          # (a CSV inspection may hold a small file's bytes)
+    copy: Path | None = None      # an array's objects as JSON lines, written while checked
 
     @property
     def problem(self) -> str | None:
@@ -64,6 +67,13 @@ class JsonInspection:
     def passes_through(self, columns: Columns) -> bool:
         """Is the file uploaded as dropped (JSON lines, nothing renamed or dropped)?"""
         return self.form == "lines" and self.clean and not self.changed_by(columns)
+
+    def upload_source(self, ref: FileRef) -> tuple[FileRef, JsonInspection]:
+        """What the upload reads: the file, or the copy of an array as JSON lines."""
+        if self.copy is None:
+            return ref, self
+        return FileRef(self.copy), dataclasses.replace(self, form="lines", clean=True,
+                                                       copy=None)
 
     def changed_by(self, columns: Columns) -> bool:
         """Do the column settings change its objects (rename or drop a key they have)?"""
@@ -89,6 +99,7 @@ class _Found:
         self.problems: list[Problem] = []
         self.total = 0
         self.clean = True
+        self.copy: _Copy | None = None   # an array's objects written as JSON lines
 
     def add(self, line: int | None, message: str) -> None:
         self.total += 1
@@ -133,11 +144,27 @@ class _Found:
 
 
 def inspect(source: Path | FileRef, columns: Columns | None = None,
-            sink: Callable[[Problem], None] | None = None) -> JsonInspection:
+            sink: Callable[[Problem], None] | None = None,
+            copy_to: Path | None = None) -> JsonInspection:
     """Read the whole file once, in chunks: its hash, its form and every problem (each
-    also handed to *sink*, when given: the result keeps only the first 100)."""
+    also handed to *sink*, when given: the result keeps only the first 100).
+
+    With *copy_to*, an array that passes is written there as it is read, as JSON lines
+    (:func:`objects`), to be uploaded from (``JsonInspection.copy``): a second reading
+    would decode every element again. Not made for JSON lines, nor kept for a file with
+    problems."""
     ref = as_ref(source)
     found = _Found(columns or Columns(), sink)
+    found.copy = _Copy(copy_to) if copy_to is not None else None
+    try:
+        return _inspect(ref, found)
+    except BaseException:
+        if found.copy is not None:
+            found.copy.discard()
+        raise
+
+
+def _inspect(ref: FileRef, found: _Found) -> JsonInspection:
     hasher = hashlib.sha256()
     size = 0
     form: str | None = None
@@ -168,8 +195,51 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
         while raw := fh.read(CHUNK):  # what the checks left unread is hashed too
             hasher.update(raw)
             size += len(raw)
+    copy = None
+    if found.copy is not None:
+        if found.total or form != "array":
+            found.copy.discard()  # (an older one, of a run cut short, goes too)
+        else:
+            copy = found.copy.close()
     return JsonInspection(hasher.hexdigest(), size, form, found.rows, tuple(found.keys),
-                          tuple(found.problems), found.total, found.clean)
+                          tuple(found.problems), found.total, found.clean, copy=copy)
+
+
+class _Copy:
+    """An array's objects as JSON lines, written as they are checked (opened at the first,
+    never through a link; this daemon's own folder)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.out: BinaryIO | None = None
+        self.held: list[str] = []
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.held.append(text)
+        self.size += len(text)
+        if self.size >= OUT_BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.out is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            self.out = open(fd, "wb")  # noqa: SIM115 - closed by close() or discard()
+        self.held.append("")
+        self.out.write("\n".join(self.held).encode("utf-8"))
+        self.held, self.size = [], 0
+
+    def close(self) -> Path:
+        self.flush()
+        assert self.out is not None
+        self.out.close()
+        return self.path
+
+    def discard(self) -> None:
+        if self.out is not None:
+            self.out.close()
+        self.path.unlink(missing_ok=True)
 
 
 class _NotUtf8(Exception):
@@ -407,8 +477,17 @@ class _Array:
             self.found.add(None, f"{self.place()}{bad}")
         else:
             self.found.record(value, None, self.place)
+            if self.found.copy is not None and not self.found.total:
+                self.found.copy.add(_one_line(self.buf[self.pos:end]))
         self.pos = end
         return True
+
+
+def _one_line(element: str) -> str:
+    """An element's text on one line: a line break in JSON text is only ever whitespace."""
+    if "\n" in element or "\r" in element:
+        return element.replace("\n", " ").replace("\r", " ")
+    return element
 
 
 _NOT_WHITESPACE = re.compile(f"[^{WHITESPACE}]")
@@ -478,9 +557,7 @@ def _elements(text: io.TextIOBase) -> Iterator[tuple[int, str]]:
             buf, pos = buf[pos:] + chunk, 0
             continue
         index += 1
-        element = buf[pos:end]
-        yield index, (element.replace("\n", " ").replace("\r", " ")
-                      if "\n" in element or "\r" in element else element)
+        yield index, _one_line(buf[pos:end])
         pos = end
 
 

@@ -38,6 +38,8 @@ def upload_body(source: Path | FileRef, inspection: Inspection | jsonfile.JsonIn
     """What to upload for the file (or for *rows* of it, 0-based data rows: then only the
     header and those rows are sent; a JSON file's rows are its objects)."""
     ref = as_ref(source)
+    if isinstance(inspection, jsonfile.JsonInspection):
+        ref, inspection = inspection.upload_source(ref)  # an array's copy as JSON lines
     if rows is None and inspection.passes_through(columns):
         if inspection.content is not None:
             return inspection.content  # a small file: the bytes read, hashed and checked

@@ -63,6 +63,8 @@ class Pipeline:
                     await asyncio.shield(written)  # whatever happened, the row is there
         except Stopping:
             return  # the ledger knows how far it got: the next start goes on from there
+        if (copy := work.upload_copy) is not None:  # its jobs have ended
+            await asyncio.to_thread(copy.unlink, missing_ok=True)
         await self.filer.finish(work, outcome)
 
     async def _outcome(self, work: Work, ticket: Ticket, resumed: bool) -> Outcome:

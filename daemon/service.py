@@ -86,7 +86,7 @@ class Daemon:
         self.ledger.on_broken = self.fail
         self._quick = ThreadPoolExecutor(QUICK_THREADS, thread_name_prefix="bulkdrop-files")
         self.tasks = Tasks(_file_crashed)
-        self.checks = Checks(s, self.troubles, self.metrics)
+        self.checks = Checks(s, self.troubles, self.metrics, self.spool.processing)
         self.instances = {name: Instance(inst, s, self.ledger, self.checks, self.metrics)
                           for name, inst in s.instances.items()}
         # Files that go to no instance have slots of their own, to be rejected.

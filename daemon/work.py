@@ -4,7 +4,7 @@ memory, plus what its checks found."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from daemon import csvfile, jsonfile
@@ -57,6 +57,12 @@ class Work:
     @property
     def rel_path(self) -> PurePosixPath:
         return self.claimed.rel
+
+    @property
+    def upload_copy(self) -> Path | None:
+        """A JSON array's copy as JSON lines, which its upload reads."""
+        found = self.inspection
+        return found.copy if isinstance(found, jsonfile.JsonInspection) else None
 
     @property
     def rows(self) -> int | None:

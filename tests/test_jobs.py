@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import itertools
+import json
 import signal
 import sqlite3
 import time
@@ -169,24 +170,30 @@ async def test_kill_between_parts_continues_with_the_rest(sim: SimServer,
     sim.sim.config.job_seconds = 1.5  # the daemon is following part 1 when it dies
     root = tmp_path / "spool"
     drop(root, "contact/three.csv", contacts_csv(9))
+    objects = [{"email": f"u{i}@example.com", "n": {"i": i}} for i in range(9)]
+    drop(root, "contact/three.json", json.dumps(objects, indent=2))  # sent from its copy
     config = write_config(tmp_path / "c.toml", sim.base_url, root)
     config.write_text(config.read_text() + "[objects.contact]\nmax_rows_per_job = 3\n")
     db = root / ".state" / "n1" / "bulkdrop.db"
     async with daemons() as started:
         daemon = await DaemonProc(config, tmp_path / "d.log").start()
         started.append(daemon)
-        await wait_for(lambda: _recorded_parts(db) == 1, what="part 1 recorded")
+        await wait_for(lambda: _recorded_parts(db) == 2, what="part 1 of each recorded")
         await daemon.kill()
-        assert len(sim.sim.jobs) == 1
+        assert len(sim.sim.jobs) == 2
         daemon = await DaemonProc(config, tmp_path / "d.log").start()
         started.append(daemon)
-        await wait_for(lambda: len(finished(root)) == 1, timeout=30, what="filed")
+        await wait_for(lambda: len(finished(root)) == 2, timeout=30, what="filed")
         daemon.signal(signal.SIGTERM)
         assert await asyncio.wait_for(daemon.wait(), 20) == 0
-    result = result_of(root / "done" / "contact" / "three.csv")
-    assert result["status"] == "COMPLETE" and result["records"]["total"] == 9
-    assert len(sim.sim.jobs) == 3, "part 1 was followed by its id, not sent again"
-    assert sorted(j["job_id"] for j in result["jobs"]) == sorted(sim.sim.jobs)
+    results = [result_of(root / "done" / "contact" / name) for name in ("three.csv", "three.json")]
+    for result in results:
+        assert result["status"] == "COMPLETE" and result["records"]["total"] == 9
+    assert len(sim.sim.jobs) == 6, "part 1 was followed by its id, not sent again"
+    assert sorted(j["job_id"] for r in results for j in r["jobs"]) == sorted(sim.sim.jobs)
+    sent = b"".join(sim.sim.jobs[j["job_id"]].body or b"" for j in results[1]["jobs"])
+    assert [json.loads(line) for line in sent.splitlines()] == objects
+    assert not list((root / "processing").rglob("*.tmp")), "the array's copy is gone"
 
 
 # -- following a job ----------------------------------------------------------------------

@@ -71,6 +71,9 @@ async def test_json_lines_and_an_array_become_json_jobs(make_settings, run_daemo
     assert _sent(sim, array) == objects
     assert sim.sim.jobs[array["job_id"]].content_type == "application/json"
 
+    # The array was sent from its copy as JSON lines, gone once its job ended.
+    assert not list((spool_root / "processing").rglob("*.tmp"))
+
     renamed = await _filed(spool_root, "done", "account/firms.ndjson")
     assert renamed["status"] == "COMPLETE", renamed["reason"]
     assert renamed["json"]["keys"] == ["email", "n"]
@@ -122,6 +125,7 @@ async def test_a_json_file_in_parts_and_its_failed_objects_round_trip(
     assert result["status"] == "COMPLETE", result["reason"]
     assert [j["rows"] for j in result["jobs"]] == [[1, 2], [3, 4], [5, 5]]
     assert [o for j in result["jobs"] for o in _sent(sim, j)] == objects
+    assert not list((spool_root / "processing").rglob("*.tmp"))
     assert result["records"] == {"total": 5, "failed": 2, "succeeded": 3}
     assert result["failed_rows"] == {"file": "people.json.failed.jsonl", "rows": 2,
                                      "unmatched": 0, "matched_by": "row_number", "not_sent": 0}
