@@ -30,7 +30,8 @@ import json
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from functools import partial
+from typing import Any, BinaryIO, TypeVar
 
 from daemon import csvfile, jsonfile
 from daemon.answers import MESSAGE_KEYS, error_message
@@ -41,13 +42,14 @@ from daemon.rawfile import bounded_lines, open_text
 from daemon.spool import is_json_name
 
 FAILED_SUFFIX = ".failed.csv"
+ROW_KEYS = ("recordNumber", "rowNumber", "row", "lineNumber")
+NOT_FIELDS = frozenset({*MESSAGE_KEYS, *ROW_KEYS, "part", "record"})
+Item = TypeVar("Item")  # a row as the writer of a failed-rows file holds it
 
 
 def failed_suffix(name: str) -> str:
     """The failed rows' file of a filed file: ``.failed.jsonl`` beside a JSON file."""
     return jsonfile.FAILED_SUFFIX if is_json_name(name) else FAILED_SUFFIX
-ROW_KEYS = ("recordNumber", "rowNumber", "row", "lineNumber")
-NOT_FIELDS = frozenset({*MESSAGE_KEYS, *ROW_KEYS, "part", "record"})
 
 
 @dataclass(frozen=True)
@@ -230,10 +232,25 @@ def _write(records: Iterator[tuple[int, list[str]]], ref: FileRef, dialect: Dial
     names = [dropped_name.lstrip("\ufeff") if i == 0 else dropped_name
              for i, dropped_name in enumerate(head[1])]
     buf.writer.writerow([names[i] for i in keep] + list(BULKDROP_COLUMNS))
+    rows = (((line, values), partial(_as_sent, sent_header, values, pick))
+            for line, values in records)
+    for (line, values), why in _failing(index, spans, rows, found):
+        buf.writer.writerow([values[i] if i < len(values) else "" for i in keep]
+                            + [why, str(line)])
+        buf.flush_if_full()
+    buf.flush()
+    return found
+
+
+def _failing(index: Index, spans: Sequence[Span],
+             rows: Iterator[tuple[Item, Callable[[], dict[str, str]]]],
+             found: Found) -> Iterator[tuple[Item, str]]:
+    """Of *rows* (each with what makes its fields as sent), those to write back and why:
+    the rows error records name, and the rows of parts never sent. Counts in *found*."""
     matched: set[int] = set()
     unsent = {span.part for span in spans if not span.sent}
-    for row, (line, values) in enumerate(records):
-        hits = index.match(row, lambda: _as_sent(sent_header, values, pick))  # noqa: B023
+    for row, (item, as_sent) in enumerate(rows):
+        hits = index.match(row, as_sent)
         part = index.part_of(row) if unsent else None
         if not hits and part not in unsent:
             continue
@@ -242,15 +259,10 @@ def _write(records: Iterator[tuple[int, list[str]]], ref: FileRef, dialect: Dial
         if part in unsent:
             messages.append(f"not sent: part {part} never became a job")
             found.not_sent += 1
-        why = "; ".join(dict.fromkeys(messages))
-        buf.writer.writerow([values[i] if i < len(values) else "" for i in keep]
-                            + [why, str(line)])
-        buf.flush_if_full()
         found.rows += 1
-    buf.flush()
-    found.unmatched = len(errors) - len(matched)
+        yield item, "; ".join(dict.fromkeys(messages))
+    found.unmatched = len(index.errors) - len(matched)
     found.routes.update(index.route[i] for i in matched)
-    return found
 
 
 def write_failed_objects(ref: FileRef, form: str, columns: Columns, keys: Sequence[str],
@@ -264,28 +276,15 @@ def write_failed_objects(ref: FileRef, form: str, columns: Columns, keys: Sequen
                       if index.numbered else 1)
     held: list[str] = []
     size = 0
-    matched: set[int] = set()
-    unsent = {span.part for span in spans if not span.sent}
-    for row, (_, text) in enumerate(jsonfile.objects(ref, form)):
-        hits = index.match(row, lambda: _json_sent(text, columns))  # noqa: B023
-        part = index.part_of(row) if unsent else None
-        if not hits and part not in unsent:
-            continue
-        matched.update(hits)
-        messages = [index.messages[i] for i in hits]
-        if part in unsent:
-            messages.append(f"not sent: part {part} never became a job")
-            found.not_sent += 1
-        held.append(_with_error(text, "; ".join(dict.fromkeys(messages))))
+    rows = ((text, partial(_json_sent, text, columns)) for _, text in jsonfile.objects(ref, form))
+    for text, why in _failing(index, spans, rows, found):
+        held.append(_with_error(text, why))
         size += len(text)
         if size >= OUT_BLOCK:
             out.write(("\n".join(held) + "\n").encode("utf-8", "backslashreplace"))
             held, size = [], 0
-        found.rows += 1
     if held:
         out.write(("\n".join(held) + "\n").encode("utf-8", "backslashreplace"))
-    found.unmatched = len(errors) - len(matched)
-    found.routes.update(index.route[i] for i in matched)
     return found
 
 
