@@ -349,7 +349,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
         if is_json_name(path.name):
-            return _validate_json(path, jsonfile.inspect(path, columns), columns)
+            found_json = jsonfile.inspect(path, columns)
+            code = _validate_json(path, found_json, columns)
+            if code == exits.OK and args.object and inst.api.base_url:
+                _warn_unknown_columns(inst, args.object, found_json.keys, columns, "key")
+            return code
         found = csvfile.inspect(path, columns)
     except OSError as exc:
         print(f"bulkdrop: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
@@ -403,8 +407,9 @@ def _validate_json(path: Path, found: jsonfile.JsonInspection,
 
 
 def _warn_unknown_columns(inst: InstanceSettings, obj: str, header: Sequence[str],
-                          columns: csvfile.Columns) -> None:
-    """Compare the columns as they would be sent with the object's fields, when the API says."""
+                          columns: csvfile.Columns, kind: str = "column") -> None:
+    """Compare the columns (a JSON file's top-level keys) as they would be sent with the
+    object's fields, when the API says."""
     from daemon.client import OpenConnectorsClient
     from daemon.retry import ApiError
 
@@ -417,10 +422,10 @@ def _warn_unknown_columns(inst: InstanceSettings, obj: str, header: Sequence[str
     if not fields:
         return
     sent = [columns.rename.get(n, n) for n in csvfile.header_names(header)
-            if n not in columns.drop]
+            if n not in (*columns.drop, jsonfile.ERROR_KEY)]
     for name in sent:
         if name not in fields:
-            print(f"warning: column {name!r} is not a field of {obj!r} "
+            print(f"warning: {kind} {name!r} is not a field of {obj!r} "
                   f"(fields: {', '.join(fields)})")
 
 

@@ -242,3 +242,11 @@ async def test_validate_warns_about_columns_the_object_lacks(spawn, sim: SimServ
     code, out, _ = await finish(await spawn("validate", str(file), "--object", "contact",
                                              "--config", str(config), env=env))
     assert code == 0 and "warning" not in out
+    # A JSON file's top-level keys, as sent.
+    objects = tmp_path / "export.jsonl"
+    objects.write_text('{"C_EmailAddress": "a@x", "firstName": "Ann", "nick": "A"}\n')
+    code, out, _ = await finish(await spawn("validate", str(objects), "--object", "contact",
+                                             "--config", str(config), env=env))
+    assert code == 0 and "objects: 1" in out
+    assert [line.split(" (fields")[0] for line in out.splitlines() if "warning" in line] == [
+        "warning: key 'nick' is not a field of 'contact'"]
