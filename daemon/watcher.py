@@ -1,4 +1,5 @@
-"""Finds complete files in inbox/: a start-up scan, watchfiles events, periodic rescans.
+"""Finds complete files in inbox/: a start-up scan, the kernel's events (inotify; else
+watchfiles), periodic rescans.
 
 Events only wake us; the scans make sure a missed or overflowed event delays a file
 and never loses it, and when events fail altogether (a name that is not UTF-8 makes
@@ -18,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import watchfiles
 
+from daemon.inboxevents import InboxEvents, Unavailable
 from daemon.logs import describe_error, get_logger
 from daemon.spool import Spool, has_accepted_suffix, is_ignored_name
 from daemon.trouble import Troubles
@@ -44,6 +47,7 @@ class Watcher:
         self.troubles = troubles or Troubles()
         self._handed: dict[Path, tuple[int, int]] = {}  # in `out` or being claimed
         self._pending: dict[Path, tuple[int, int, float]] = {}  # size, mtime_ns, since
+        self._settling = asyncio.Event()  # something is pending: the settle loop ticks
         self._offering: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()     # a folder appeared: scan now
         self._stop = asyncio.Event()
@@ -67,6 +71,7 @@ class Watcher:
         """*path* changed after it was handed on: watch it settle again."""
         self._handed.pop(path, None)
         self._pending[path] = (-1, -1, time.monotonic())
+        self._settling.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -150,6 +155,7 @@ class Watcher:
             await self._put(path)
         else:
             self._pending[path] = (*signature, since)
+            self._settling.set()
 
     async def _put(self, path: Path) -> None:
         """Wait for room in the queue, unless we are stopping."""
@@ -167,9 +173,11 @@ class Watcher:
     async def _settle_loop(self, stop: asyncio.Event) -> None:
         tick = min(max(self.settle / 4, 0.05), 0.5)
         while not stop.is_set():
-            if self._pending:
-                paths = list(self._pending)
-                await self._offer_all(paths, forget_missing=True)
+            if not self._pending:  # nothing to look at: asleep until something is
+                self._settling.clear()
+                await first_of(stop.wait(), self._settling.wait())
+                continue
+            await self._offer_all(list(self._pending), forget_missing=True)
             await _wait(stop, tick)
 
     async def _rescan_loop(self, stop: asyncio.Event) -> None:
@@ -179,11 +187,21 @@ class Watcher:
             await self.scan()
 
     async def _watch(self, stop: asyncio.Event, events_stop: asyncio.Event) -> None:
-        """Events from watchfiles; when they fail (watchfiles raises on a name that is not
-        UTF-8, and on trouble of its own), rescan and watch again after a pause."""
+        """Events from the kernel (inotify), else from watchfiles; when they fail
+        (watchfiles raises on a name that is not UTF-8, and on trouble of its own), rescan
+        and watch again after a pause."""
         failures = 0
+        kernel = not self.force_polling and sys.platform == "linux"
         while not stop.is_set():
             try:
+                if kernel:
+                    try:
+                        await self._kernel_events(stop)
+                        continue
+                    except Unavailable as exc:
+                        kernel = False
+                        log.warning("watcher.no_inotify", error=str(exc),
+                                    note="watching with watchfiles instead")
                 async for changes in watchfiles.awatch(
                         self.spool.inbox, stop_event=events_stop, watch_filter=None, debounce=100,
                         step=50, force_polling=self.force_polling or None, poll_delay_ms=200,
@@ -198,6 +216,18 @@ class Watcher:
                             retry_in=delay, note="rescanning; events are watched again soon")
                 self._kick.set()
                 await _wait(stop, delay)
+
+    async def _kernel_events(self, stop: asyncio.Event) -> None:
+        events = InboxEvents(self.spool.inbox)
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: events.stop())
+        try:
+            async for batch in events.batches():
+                if None in batch:
+                    self._kick.set()  # events were lost, or a folder is not watched
+                await self._on_changes(str(p) for p in batch if p is not None)
+        finally:
+            stopping.cancel()
 
     async def _on_changes(self, paths: Iterable[str]) -> None:
         wanted = []

@@ -20,6 +20,7 @@ TIERS: list[tuple[str, set[str]]] = [
     ("what they work on", {"work", "placing", "ledger", "client", "failedrows", "jsonfile",
                            "normalise", "csvfile", "spool"}),
     ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "answers",
+                               "inboxevents",
                                "ratelimit",
                                "retry", "metrics", "trouble", "tasks", "http_server",
                                "systemd"}),

@@ -5,9 +5,13 @@ the simulator over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
+from daemon.inboxevents import InboxEvents
 from daemon.sim import SimServer
 from tests.conftest import SlowWriter
 from tests.helpers import contacts_csv, drop, result_of, wait_for
@@ -64,3 +68,51 @@ async def test_the_inbox_gauges_match_the_inbox_within_one_rescan(
     assert registry.get_sample_value("bulkdrop_inbox_files") == waiting
     age = registry.get_sample_value("bulkdrop_inbox_oldest_file_age_seconds")
     assert age is not None and 0 < age <= time.time() - oldest + 2
+
+
+@pytest.mark.parametrize("force_polling", [False, True], ids=["inotify", "watchfiles"])
+async def test_files_in_folders_made_after_start_are_seen_by_their_events(
+        make_settings, run_daemon, spool_root: Path, force_polling: bool) -> None:
+    """No rescan will come: each new folder, at any depth, is watched as it appears,
+    and what was put in it before its watch was set is found all the same."""
+    await run_daemon(make_settings(spool__rescan_seconds=600,
+                                   spool__force_polling=force_polling))
+    deep = spool_root / "inbox" / "contact" / "2026" / "12"
+    deep.mkdir(parents=True)
+    drop(spool_root, "contact/2026/12/a.csv", contacts_csv(2))
+    await wait_for(lambda: (spool_root / "done" / "contact" / "2026" / "12" /
+                            "a.csv.result.json").exists(), what="a.csv filed")
+    drop(spool_root, "contact/2026/12/b.csv", contacts_csv(2, tag="b"))  # watched by now
+    await wait_for(lambda: (spool_root / "done" / "contact" / "2026" / "12" /
+                            "b.csv.result.json").exists(), what="b.csv filed")
+
+
+async def test_inotify_watches_folders_never_through_a_link(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    (inbox / "contact").mkdir(parents=True)
+    (outside / "deep").mkdir(parents=True)
+    (inbox / "linked").symlink_to(outside, target_is_directory=True)
+    (inbox / "moving").mkdir()
+    events = InboxEvents(inbox)
+    seen: list[Path | None] = []
+
+    async def read() -> None:
+        async for batch in events.batches():
+            seen.extend(batch)
+
+    reader = asyncio.create_task(read())
+    try:
+        await wait_for(lambda: len(events.folders) == 3, what="three folders watched")
+        assert set(events.folders.values()) == {inbox, inbox / "contact", inbox / "moving"}
+        # A folder moved away is forgotten: what happens in it later names no inbox path.
+        (inbox / "moving").rename(outside / "moved")
+        await wait_for(lambda: len(events.folders) == 2, what="the moved folder forgotten")
+        (outside / "moved" / "x.csv").write_text("a\n")
+        (outside / "deep" / "y.csv").write_text("a\n")
+        (inbox / "contact" / "z.csv").write_text("a\n")
+        await wait_for(lambda: inbox / "contact" / "z.csv" in seen, what="z.csv's event")
+        assert all(p is None or inbox in p.parents for p in seen)
+        assert not [p for p in seen if p is not None and p.name in ("x.csv", "y.csv")]
+    finally:
+        events.stop()
+        await asyncio.wait_for(reader, 5)
