@@ -121,10 +121,10 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
     share = daemon["sim_cpu_share"]
     rows = [
         Row("latency", f"drop-to-POST p50, {n} files", daemon["p50_ms"], "ms",
-            "bare watchfiles+aiohttp uploader p50", base["p50_ms"], "ms", "<= 100 ms",
-            daemon["p50_ms"] <= 100, share),
+            "bare watchfiles+aiohttp uploader p50", base["p50_ms"], "ms", "<= 2x bare",
+            daemon["p50_ms"] <= 2 * base["p50_ms"], share),
         Row("latency", f"drop-to-POST p95, {n} files", daemon["p95_ms"], "ms",
-            "bare watchfiles+aiohttp uploader p95", base["p95_ms"], "ms", "<= 250 ms",
-            daemon["p95_ms"] <= 250, share, f"max {daemon['max_ms']:.0f} ms"),
+            "bare watchfiles+aiohttp uploader p95", base["p95_ms"], "ms", "<= 3x bare",
+            daemon["p95_ms"] <= 3 * base["p95_ms"], share, f"max {daemon['max_ms']:.0f} ms"),
     ]
     return rows, {"daemon": daemon, "baseline": base}
