@@ -14,6 +14,7 @@ import builtins
 import csv
 import hashlib
 import io
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,7 @@ def header_names(row: Sequence[str]) -> list[str]:
 
 
 ProblemSink = Callable[[Problem], None]
+PLAIN_BLOCK = 1 << 20  # characters of text checked at once by the fast path
 
 
 class _Scan:
@@ -231,7 +233,7 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
     text = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
             if whole is not None else open_text(ref, encoding))
     with text:
-        _check_rows(scan, text, dialect.delimiter, ref)
+        _check_rows(scan, text, dialect, ref)
     return Inspection(raw.sha256, raw.size, scan.lines, dialect, scan.header, scan.rows,
                       tuple(scan.problems), scan.total, content=whole)
 
@@ -248,12 +250,30 @@ def _undecodable(raw: RawBytes, encoding: str, head: bytes, line: int | None,
                                                        endings), (), 0, (problem,), 1)
 
 
-def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, ref: FileRef) -> None:
+def _check_rows(scan: _Scan, text: io.TextIOWrapper, dialect: Dialect, ref: FileRef) -> None:
+    """Parse and check every record. After the header, blocks of lines with no quote
+    and no bare CR go by the fast path (:func:`_plain_blocks`); from the first block
+    that has one, the csv module reads the rest, from that block's first line."""
+    delimiter = dialect.delimiter
+    reader = csv.reader(scan.feed(text, LINE_LIMIT), delimiter=delimiter, strict=True)
+    width = _read_records(scan, reader, 0, 0, text.encoding, ref, header_only=True)
+    base = reader.line_num
+    if width > 1 and not scan.total and dialect.line_endings in ("LF", "CRLF"):
+        rest, base = _plain_blocks(scan, text, dialect, width, base)
+        reader = csv.reader(itertools.chain(_lines_of(rest, scan), scan.feed(text, LINE_LIMIT)),
+                            delimiter=delimiter, strict=True)
+    _read_records(scan, reader, base, width, text.encoding, ref)
+    scan.lines = base + reader.line_num
+    _check_rows_found(scan, width)
+
+
+def _read_records(scan: _Scan, reader: Any, base: int, width: int, encoding: str,
+                  ref: FileRef, header_only: bool = False) -> int:
+    """Check the records *reader* gives (its line numbers after *base*); the header's
+    width (found here when *width* is 0)."""
     limit = LINE_LIMIT
-    reader = csv.reader(scan.feed(text, limit), delimiter=delimiter, strict=True)
-    width = 0
     while True:
-        line = reader.line_num + 1  # where the record starts (it may span lines)
+        line = base + reader.line_num + 1  # where the record starts (it may span lines)
         scan.fed = 0
         try:
             row = next(reader)
@@ -265,24 +285,76 @@ def _check_rows(scan: _Scan, text: io.TextIOWrapper, delimiter: str, ref: FileRe
             continue
         except (LineTooLong, UnicodeDecodeError) as exc:  # the rest cannot be read
             if isinstance(exc, LineTooLong):
-                scan.add(line, _too_long(limit, spans=reader.line_num > line))
+                scan.add(line, _too_long(limit, spans=base + reader.line_num > line))
             else:
-                scan.add(bad_byte_line(ref, text.encoding),
-                         f"bytes that are not valid {text.encoding} text; "
+                scan.add(bad_byte_line(ref, encoding),
+                         f"bytes that are not valid {encoding} text; "
                          "save the file as UTF-8 and drop it again")
             break
         if scan.check_nul and any("\x00" in value for value in row):
             scan.add(line, "NUL bytes: is this a UTF-16 file without a byte order mark?")
         if not width:
             width = _check_header(scan, row, line)
+            if header_only and width:
+                break
             continue
         if not row:
             continue  # a blank line
         scan.rows += 1
         if len(row) != width:
             scan.add(line, f"{len(row)} fields, the header has {width}")
-    scan.lines = reader.line_num
-    _check_rows_found(scan, width)
+    return width
+
+
+def _plain_blocks(scan: _Scan, text: io.TextIOWrapper, dialect: Dialect, width: int,
+                  base: int) -> tuple[str, int]:
+    """Check whole lines a block at a time while the csv module could find nothing in
+    them that a count cannot: no quote, no bare CR (a line end of its own), no NUL to
+    report, no line over the limit, every line blank or of *width* fields. Returns what
+    is left for the csv module (from the first block that is not so, whole lines from
+    its start) and the lines checked."""
+    fields, delimiter = width - 1, dialect.delimiter
+    end = "\r\n" if dialect.line_endings == "CRLF" else "\n"
+    pending = ""
+    while chunk := text.read(PLAIN_BLOCK):
+        block = pending + chunk
+        cut = block.rfind("\n") + 1
+        block, pending = block[:cut], block[cut:]
+        if not block:
+            if len(pending) > LINE_LIMIT:
+                break
+            continue
+        lines = block.split(end)
+        # Every CR and LF is a line end (CRLF: as a pair), so the csv module would split
+        # these lines here too.
+        whole = (block.count("\r") == block.count("\n") == len(lines) - 1 if end == "\r\n"
+                 else "\r" not in block)
+        lines.pop()  # after the last line end
+        blank = lines.count("")
+        if (not whole or '"' in block or (scan.check_nul and "\x00" in block)
+                or (len(block) > LINE_LIMIT and max(map(len, lines)) > LINE_LIMIT)
+                or list(map(str.count, lines, itertools.repeat(delimiter))).count(fields)
+                != len(lines) - blank):
+            pending = block + pending
+            break
+        scan.rows += len(lines) - blank
+        base += len(lines)
+    else:
+        return pending, base  # the end of the file: its last line, if it has no line end
+    # The csv module takes each string it is given as ending its record: the line cut
+    # at the chunk's end goes whole.
+    return pending + text.readline(LINE_LIMIT + 1), base
+
+
+def _lines_of(text: str, scan: _Scan) -> Iterator[str]:
+    """*text* as the csv module's lines (split as ``newline=""`` reading splits them),
+    each counted like :meth:`_Scan.feed`'s."""
+    readline = io.StringIO(text, newline="").readline
+    while line := readline():
+        scan.fed += len(line)
+        if scan.fed > LINE_LIMIT:
+            raise LineTooLong
+        yield line
 
 
 def _check_rows_found(scan: _Scan, width: int) -> None:

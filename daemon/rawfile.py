@@ -50,7 +50,9 @@ def prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> RawBy
         digest.update(chunk)
         size += len(chunk)
         has_nul = has_nul or b"\0" in chunk
-        if utf8:
+        if utf8 and not (chunk.isascii() and not decoder.getstate()[0]):
+            # (ASCII is UTF-8: only a chunk with other bytes, or after a cut character,
+            # is decoded.)
             try:
                 non_ascii = not decoder.decode(chunk).isascii() or non_ascii
             except UnicodeDecodeError as exc:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon import csvfile
 from daemon.csvfile import Columns, inspect
 from daemon.normalise import normalised_blocks
 
@@ -187,3 +188,60 @@ def test_a_windows_1252_file_starting_like_a_byte_order_mark_is_windows_1252(
     found = inspect(path)
     assert found.dialect is not None and found.dialect.encoding == "cp1252"
     assert _normalised(path) == rows
+
+
+# Mostly plain cells (the fast path's), some with what only the csv module can read.
+_CELLS = st.one_of(st.text(alphabet=st.sampled_from(list("ab é")), max_size=5),
+                   st.text(alphabet=st.sampled_from(list("ab,;")), max_size=3),
+                   st.text(alphabet=st.sampled_from(list('a,"\r\n\x00')), max_size=4))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(width=st.integers(1, 4), data=st.data(),
+       crlf=st.booleans(), block=st.sampled_from([4, 9, 33, 1 << 20]),
+       columns_delim=st.sampled_from([",", ";"]))
+def test_the_fast_path_finds_what_the_csv_module_finds(
+        tmp_path_factory: pytest.TempPathFactory, width: int, data: st.DataObject,
+        crlf: bool, block: int, columns_delim: str) -> None:
+    """Lines checked a block at a time by counting give the same rows, lines and
+    problems as the csv module reading them all, wherever the blocks fall."""
+    plain = st.text(alphabet=st.sampled_from(list("ab é")), max_size=5)
+    row = st.one_of(st.lists(plain, min_size=width, max_size=width),
+                    st.lists(plain, min_size=width, max_size=width),
+                    st.just([]),  # a blank line
+                    st.lists(_CELLS, min_size=0, max_size=5))
+    rows = data.draw(st.lists(row, max_size=40))
+    end = "\r\n" if crlf else "\n"
+    header = columns_delim.join(f"c{i}" for i in range(width))
+    text = header + end + "".join(columns_delim.join(r) + end for r in rows)
+    path = tmp_path_factory.mktemp("fast") / "f.csv"
+    path.write_bytes(text.encode())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(csvfile, "PLAIN_BLOCK", block)
+        fast = inspect(path)
+        mp.setattr(csvfile, "_plain_blocks", lambda scan, text, dialect, width, base: ("", base))
+        slow = inspect(path)
+    assert (fast.rows, fast.lines, fast.header, fast.problems, fast.problems_total) == (
+        slow.rows, slow.lines, slow.header, slow.problems, slow.problems_total)
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_the_fast_path_hands_over_where_a_block_needs_the_csv_module(
+        tmp_path: Path, crlf: bool) -> None:
+    end = "\r\n" if crlf else "\n"
+    plain = [f"a{i},b{i},é{i}" for i in range(300)]
+    odd = ['x,"quoted, with a comma",y', 'x,"a quote over' + end + 'two lines",y', "x,y",
+           "x,y,z,w", "x,y\rz,w", "", "x,\x00,y"]
+    for at in (0, 7, 150, 299):
+        for line in odd:
+            rows = [*plain[:at], line, *plain[at:]]
+            path = tmp_path / "f.csv"
+            path.write_bytes(("h1,h2,h3" + end + "".join(r + end for r in rows)).encode())
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(csvfile, "PLAIN_BLOCK", 64)
+                fast = inspect(path)
+                mp.setattr(csvfile, "_plain_blocks",
+                           lambda scan, text, dialect, width, base: ("", base))
+                slow = inspect(path)
+            assert (fast.rows, fast.lines, fast.problems, fast.problems_total) == (
+                slow.rows, slow.lines, slow.problems, slow.problems_total), (at, line)
