@@ -238,7 +238,7 @@ _LIMITS: dict[str, tuple[int, bool]] = {
     "api.request_timeout_seconds": (0, False), "api.retry_deadline_seconds": (0, False),
     "api.requests_per_second": (0, True),
     "spool.settle_seconds": (0, True), "spool.rescan_seconds": (0, False),
-    "spool.max_line_length": (1024, True),
+    "spool.max_line_length": (1024, True), "spool.ledger_retention_days": (0, True),
     "workers.uploads": (1, True), "workers.max_active_jobs": (1, True),
     "workers.poll_interval_seconds": (0, False), "workers.poll_max_interval_seconds": (0, False),
     "workers.job_timeout_seconds": (0, False), "workers.shutdown_grace_seconds": (0, True),

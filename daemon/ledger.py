@@ -11,16 +11,20 @@ aside and a new one started (the files in processing/ are then claimed afresh).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from daemon.logs import get_logger
 from daemon.store import Database
+
+log = get_logger()
 
 # States of one claimed file, in order. FINISHED rows are history. (SUBMITTING is no
 # longer written; older ledgers may hold it, and it is resumed like CLAIMED.)
@@ -269,6 +273,58 @@ class Ledger(Database):
             claim_id, FINISHED, None,
             "UPDATE files SET state=?, finished_at=?, updated_at=? WHERE claim_id=?",
             (FINISHED, finished_at, utcnow(), claim_id))
+
+    async def prune(self, before: str, batch: int) -> tuple[int, int]:
+        """Delete up to *batch* files FINISHED before *before* (with their parts and
+        notifications; none with a notification still pending), and up to *batch* of
+        the oldest history lines from before then: one short transaction. How many
+        files and lines went."""
+        def prune() -> tuple[int, int]:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                ids = [r[0] for r in self.conn.execute(
+                    "SELECT claim_id FROM files WHERE finished_at < ? AND state = ?"
+                    " AND claim_id NOT IN (SELECT claim_id FROM notifications"
+                    " WHERE state = 'PENDING') ORDER BY finished_at LIMIT ?",
+                    (before, FINISHED, batch))]
+                for table in ("parts", "notifications", "files"):
+                    self.conn.executemany(f"DELETE FROM {table} WHERE claim_id = ?",
+                                          [(i,) for i in ids])
+                # History is appended in time order, the oldest lines first: only a
+                # window of them is looked at (a clock set back leaves a few behind).
+                lines = self.conn.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <"
+                    " (SELECT min(seq) FROM events) + ? AND at < ? LIMIT ?)",
+                    (20 * batch, before, batch)).rowcount
+            return len(ids), lines
+        return await self.run(prune)
+
+    async def keep_pruned(self, days: int, stop: asyncio.Event, first: float = 60.0,
+                          every: float = 3600.0, batch: int = 500) -> None:
+        """Until *stop*: *first* seconds after start, then every *every*, delete what
+        finished more than *days* ago, *batch* rows a transaction, pausing between
+        them so the files' own writes go first. *days* 0: nothing is ever deleted."""
+        if days <= 0:
+            return
+        delay = first
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            before = (datetime.now(UTC) - timedelta(days=days)).isoformat(
+                timespec="milliseconds")
+            files = lines = 0
+            while not stop.is_set():
+                pruned, gone = await self.prune(before, batch)
+                files, lines = files + pruned, lines + gone
+                if pruned < batch and gone < batch:
+                    break
+                await asyncio.sleep(0.05)
+            if files or lines:
+                log.info("ledger.pruned", files=files, history_lines=lines,
+                         finished_before=before, retention_days=days)
+            delay = every
 
     async def unfinished(self) -> list[Row]:
         return await self.run(self._select, "SELECT * FROM files WHERE state IN (?, ?, ?, ?)"

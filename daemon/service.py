@@ -197,7 +197,7 @@ class Daemon:
     async def serve(self) -> None:
         """Run until :meth:`request_stop`; then shut down in phases and return."""
         await self._startup()
-        http = notifying = None
+        http = notifying = pruning = None
         try:
             http = self.http = await self._serve_http()
             self.notifier.extend_timeout(90)  # recovery may take a while with many rows
@@ -207,6 +207,8 @@ class Daemon:
             self._started()
             notifying = asyncio.create_task(self.notifier.run(self.stop_event, self.status_line),
                                             name="notifier")
+            pruning = asyncio.create_task(self.ledger.keep_pruned(
+                self.settings.spool.ledger_retention_days, self.stop_event), name="pruning")
             _due, waiting = await self.ledger.next_notification_at()
             if self.settings.notify.targets or waiting:  # pending ones resume from the ledger
                 self.sending = asyncio.create_task(self.outbox.run(self.stop_event),
@@ -221,9 +223,10 @@ class Daemon:
         finally:
             self.stop_event.set()
             await self._shutdown()
-            if notifying is not None:
-                notifying.cancel()
-                await asyncio.gather(notifying, return_exceptions=True)
+            for helper in (notifying, pruning):
+                if helper is not None:
+                    helper.cancel()
+                    await asyncio.gather(helper, return_exceptions=True)
             if self.sending is not None:  # what is unsent is sent at the next start
                 self.sending.cancel()
                 await asyncio.gather(self.sending, return_exceptions=True)

@@ -76,6 +76,7 @@ class SpoolSettings:
     rescan_seconds: float = 30.0
     force_polling: bool = False
     max_line_length: int = 1 << 20
+    ledger_retention_days: int = 90  # finished files' rows kept this long; 0: for ever
 
     def __post_init__(self) -> None:
         if self.state_dir == Path():

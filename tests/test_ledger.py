@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import OpenConnectorsClient
-from daemon.ledger import utcnow
+from daemon.ledger import Ledger, utcnow
 from daemon.service import Daemon, StartupError
 from daemon.settings import Secret
 from daemon.sim import SimServer
@@ -246,3 +246,47 @@ async def test_a_full_disk_keeps_the_job_id_and_the_file_until_space_comes_back(
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait() == 0
     assert sim.sim.creates_attempted == 1 and len(sim.sim.jobs) == 1
+
+
+async def test_finished_files_older_than_the_retention_are_pruned_in_batches(
+        tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.db")
+    await ledger.open()
+    try:
+        now = datetime.now(UTC)
+        ages = {"old1": 100, "old2": 95, "old3": 91, "pending": 120, "recent": 10,
+                "running": 200}
+        for claim, days in ages.items():
+            at = (now - timedelta(days=days)).isoformat(timespec="milliseconds")
+            await ledger.add_claim(claim, f"contact/{claim}.csv", f"p/{claim}", at)
+            if claim == "running":
+                continue  # never finished: never pruned, however old
+            await ledger.plan_parts(claim, [(0, 1), (1, 1)])
+            notify = [("hook", "failed", "{}")] if claim == "pending" else []
+            await ledger.mark_finishing(claim, "COMPLETE", "COMPLETED", "ok", "{}", None,
+                                        notify=notify)
+            await ledger.mark_finished(claim, at)
+        with sqlite3.connect(tmp_path / "ledger.db") as conn:  # history as old as its file
+            conn.execute("UPDATE events SET at = (SELECT coalesce(finished_at, received_at)"
+                         " FROM files f WHERE f.claim_id = events.claim_id)")
+        stop = asyncio.Event()
+        pruning = asyncio.create_task(ledger.keep_pruned(90, stop, first=0, every=3600,
+                                                         batch=2))
+        # A notification still to be sent keeps its file; history goes by its own age.
+        await wait_for(lambda: _claims(tmp_path) == {"pending", "recent", "running"}
+                       and _claims(tmp_path, "events") == {"recent"},
+                       what="the old finished files and old history pruned")
+        stop.set()
+        await asyncio.wait_for(pruning, 5)
+        assert _claims(tmp_path, "parts") == {"pending", "recent"}
+        # Everything finished before now: the recent file and its 3 history lines go.
+        assert (await ledger.prune(utcnow(), 10)) == (1, 3)
+        assert _claims(tmp_path) == {"pending", "running"}
+    finally:
+        await ledger.close()
+
+
+def _claims(tmp_path: Path, table: str = "files") -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'ledger.db'}?mode=ro",
+                                            uri=True)) as conn:
+        return {r[0] for r in conn.execute(f"SELECT claim_id FROM {table}")}
