@@ -12,10 +12,12 @@ is shielded: a stop waits for it rather than leave half a result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
+from datetime import datetime
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from daemon import csvfile, jsonfile, notify
@@ -70,13 +72,29 @@ class Filer:
         stored = (json.dumps(record) if len(errors) < 1000
                   else await asyncio.to_thread(json.dumps, record))
         # Its own name, most often free; filing finds out and chooses another if not.
-        dest = Placing(self.spool, work.claimed, outcome.ok, ()).natural()
+        folder = self._folder(work, outcome.ok, result["finished_at"], None)
+        dest = Placing(self.spool, work.claimed, outcome.ok, (), folder).natural()
         await asyncio.shield(self.ledger.mark_finishing(
             work.claimed.claim_id, outcome.status, outcome.api_status, outcome.reason, stored,
             self.spool.to_stored(dest), (result["records"]["total"], result["records"]["failed"]),
             notify.recorded(self.checks.settings.notify, result),
             (result["object"], result["hub"])))  # a file rejected has them only here
-        await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False))
+        await self.tasks.shield(self._file(work, result, errors, outcome.ok, dest, False,
+                                           folder))
+
+    def _folder(self, work: Work, ok: bool, finished_at: str,
+                dest: Path | None) -> PurePosixPath | None:
+        """The folder below done/ or failed/ the file goes in: the one recorded with it (a
+        filing resumed goes where it was going), else the path it was dropped in (None),
+        after the day it finished in done/ laid out by day (``[spool] done_layout``)."""
+        if dest is not None:
+            base = self.spool.done if ok else self.spool.failed
+            with contextlib.suppress(ValueError):
+                return PurePosixPath(dest.parent.relative_to(base).as_posix())
+        if ok and self.checks.settings.spool.done_layout == "daily":
+            day = datetime.fromisoformat(finished_at).astimezone().date().isoformat()
+            return PurePosixPath(day) / work.claimed.rel.parent
+        return None
 
     async def refile(self, work: Work, row: Row) -> None:
         """Finish the filing of a file a run cut short (its row is FINISHING)."""
@@ -90,16 +108,17 @@ class Filer:
         # has none yet (recorded once: a target's second is ignored).
         await self.ledger.record_notifications(
             work.claimed.claim_id, notify.recorded(self.checks.settings.notify, stored))
-        await self.tasks.shield(
-            self._file(work, stored, errors, row.outcome == COMPLETE, dest, True))
+        ok = row.outcome == COMPLETE
+        await self.tasks.shield(self._file(work, stored, errors, ok, dest, True,
+                                           self._folder(work, ok, stored["finished_at"], dest)))
 
     async def _file(self, work: Work, result: dict[str, Any], errors: list[Any], ok: bool,
-                    dest: Path | None, resumed: bool) -> None:
+                    dest: Path | None, resumed: bool, folder: PurePosixPath | None) -> None:
         claimed = work.claimed
         named = _Named(claimed.rel.name)  # the name filed under, once chosen
-        placed = await self._place(work, Placing(self.spool, claimed, ok,
-                                                 self._sidecars(work, result, errors, named)),
-                                   dest, resumed, named)
+        placing = Placing(self.spool, claimed, ok, self._sidecars(work, result, errors, named),
+                          folder)
+        placed = await self._place(work, placing, dest, resumed, named)
         await self.ledger.mark_finished(claimed.claim_id, result["finished_at"])
         self.on_recorded()  # its notifications may go now: the file is where they say
         if placed is None:

@@ -25,7 +25,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from daemon.folders import lexists, open_dirs
@@ -88,10 +88,12 @@ class Placing:
     """The file-system half of filing one claimed file. Synchronous: run it in a thread."""
 
     def __init__(self, spool: Spool, claimed: Claimed, ok: bool,
-                 sidecars: Sequence[Sidecar]) -> None:
+                 sidecars: Sequence[Sidecar], folder: PurePosixPath | None = None) -> None:
         self.spool = spool
         self.claimed = claimed
         self.base = spool.done if ok else spool.failed
+        # Below base: the path it was dropped in (and, laid out by day, its day first).
+        self.folder = claimed.rel.parent if folder is None else folder
         self.sidecars = sidecars
         self.tmps = {sc.suffix: spool.processing / f".{claimed.claim_id}{sc.suffix}.tmp"
                      for sc in sidecars}
@@ -105,7 +107,7 @@ class Placing:
     def natural(self) -> Path:
         """The file's own name under done/ or failed/ (fitted): where it goes unless that
         is taken. Computed without touching the disk; :meth:`place` finds out."""
-        return self.base / self.claimed.rel.parent / fit(self.claimed.rel.name)
+        return self.base / self.folder / fit(self.claimed.rel.name)
 
     def claimed_exists(self) -> bool:
         return os.path.lexists(self.claimed.path)
@@ -145,11 +147,11 @@ class Placing:
         name exists, or what is there is this very file (an earlier filing cut short)."""
         if not self.claimed_exists():
             return None
-        folder = open_dirs(self.base, self.claimed.rel.parent.parts, create=True, mode=0o777)
+        folder = open_dirs(self.base, self.folder.parts, create=True, mode=0o777)
         try:
             for name in suffixed_names(self.claimed.rel.name):
                 if self._free(name, folder):
-                    return self.base / self.claimed.rel.parent / name
+                    return self.base / self.folder / name
         finally:
             os.close(folder)
         raise AssertionError("unreachable")
@@ -162,7 +164,7 @@ class Placing:
         after the move; otherwise it was removed by hand (the caller checks).
         """
         name = dest.name
-        folder = open_dirs(self.base, self.claimed.rel.parent.parts, create=True, mode=0o777)
+        folder = open_dirs(self.base, self.folder.parts, create=True, mode=0o777)
         try:
             if len(name.encode()) > FILED_NAME_MAX:  # chosen by an older release: too long
                 self._take_back(name, folder)

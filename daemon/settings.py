@@ -77,6 +77,8 @@ class SpoolSettings:
     force_polling: bool = False
     max_line_length: int = 1 << 20
     ledger_retention_days: int = 90  # finished files' rows kept this long; 0: for ever
+    # done/<path as dropped>, or done/<day it finished>/<path as dropped>
+    done_layout: Literal["mirror", "daily"] = "mirror"
 
     def __post_init__(self) -> None:
         if self.state_dir == Path():

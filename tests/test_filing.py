@@ -5,15 +5,21 @@ again with backoff until the file and its result are in place. Real daemon subpr
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import aiohttp
 import pytest
 
+from daemon.ops import retry_failed_rows
 from daemon.sim import SimServer
+from daemon.spool import Spool
 from tests.conftest import Users
 from tests.helpers import (
     bulkdrop_status,
     contacts_csv,
     drop,
+    finished,
     free_port,
     http_get,
     result_of,
@@ -59,3 +65,20 @@ async def test_a_read_only_done_folder_holds_the_file_until_it_is_writable(
         assert (await http_get(http, base + "/readyz"))[0] == 200
         assert daemon.running
     assert len(sim.sim.jobs) == 1
+
+
+async def test_done_laid_out_by_day(make_settings, run_daemon, spool_root: Path) -> None:
+    """[spool] done_layout = "daily": done/<day it finished>/<path as dropped>; failed/
+    mirrors; the failed rows of a file filed by day go back to the folder it came from."""
+    await run_daemon(make_settings('[spool]\ndone_layout = "daily"\n'))
+    drop(spool_root, "contact/sub/people.csv", contacts_csv(4, bad_every=2))
+    drop(spool_root, "contact/empty.csv", "")
+    await wait_for(lambda: len(finished(spool_root)) == 2, what="both filed")
+    (filed,) = [p for p in finished(spool_root) if p.name == "people.csv"]
+    day = filed.relative_to(spool_root / "done").parts[0]
+    assert day == datetime.fromisoformat(
+        result_of(filed)["finished_at"]).astimezone().date().isoformat()
+    assert filed == spool_root / "done" / day / "contact" / "sub" / "people.csv"
+    assert (spool_root / "failed" / "contact" / "empty.csv").exists()
+    again = retry_failed_rows(Spool(spool_root, "node-a"), filed)
+    assert again == spool_root / "inbox" / "contact" / "sub" / "people.retry-1.csv"
