@@ -3,6 +3,7 @@ real folders and the simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -71,11 +72,13 @@ async def test_submit_wait_exit_codes(spawn, sim: SimServer, tmp_path: Path) -> 
              ("empty.csv", "", 3, "REJECTED"),
              ("objects.json", '[{"email": "a@example.com"}, {"email": "b"}]', 4, "COMPLETE"),
              ("bad.jsonl", '{"email": "a@example.com"},\n', 3, "REJECTED")]
-    for name, content, expected, status in cases:
-        path = tmp_path / name
-        path.write_text(content)
-        code, out, err = await finish(await spawn("submit", str(path), "--object", "contact",
-                                                   "--wait", env=env))
+    for name, content, _, _ in cases:
+        (tmp_path / name).write_text(content)
+    # Each its own process, all at once: nothing is shared but the simulator.
+    procs = [await spawn("submit", str(tmp_path / name), "--object", "contact", "--wait",
+                         env=env) for name, *_ in cases]
+    ended = await asyncio.gather(*map(finish, procs))
+    for (name, _, expected, status), (code, out, err) in zip(cases, ended, strict=True):
         assert code == expected, (name, err)
         assert json.loads(out)["status"] == status
         if name == "objects.json":  # sent as JSON lines, said to be JSON
