@@ -115,13 +115,16 @@ class InboxEvents:
         return True
 
     def _readable(self) -> None:
-        """The kernel has events: read them all, now (never blocks: non-blocking fd)."""
+        """The kernel has events: read them all, now (never blocks: non-blocking fd).
+        A read that fails asks for a rescan instead (a callback's exception would reach
+        no one)."""
         try:
             events = self.inotify.read(timeout=0)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return
-            raise
+            if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                log.warning("watcher.inotify_read_failed", error=exc.strerror or str(exc))
+                self.ready.put_nowait([None])
+            return
         batch: list[Path | None] = []
         new_folders: list[Path] = []
         for event in events:
