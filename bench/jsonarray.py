@@ -39,9 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import AUTH, MB, MIB, CpuWindow, Row, Sim, log, snapshot_daemon
+from bench import largefile
+from bench.common import MB, MIB, Row, Sim, log, snapshot_daemon
 from bench.csv_upload import COMPANY, DOMAIN, FIRST, LAST, NOTE, _ascii
-from bench.largefile import CURL, daemon_upload
+from bench.largefile import daemon_upload
 
 CITY = (("Hauptstraße", "10115", "Berlin", "DE"), ("Bahnhofstrasse", "8001", "Zürich", "CH"),
         ("Rue de la Paix", "75002", "Paris", "FR"), ("Calle Mayor", "28013", "Madrid", "ES"),
@@ -116,20 +117,11 @@ def generate(array: Path, lines: Path, size: int) -> tuple[int, str]:
 
 
 async def curl_upload(sim: Sim, src: Path, size: int) -> dict[str, Any]:
-    window = CpuWindow({"sim": sim.pid})
-    proc = await asyncio.create_subprocess_exec(
-        CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-F",
-        f"file=@{src};type=application/json", "-H", f"Authorization: {AUTH}",
-        f"{sim.base_url}/hubs/marketing/bulk/contact?path=/{src.name}",
-        stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    window.stop()
-    code, seconds = out.decode().split()
-    if code != "200":
-        raise SystemExit(f"curl upload: HTTP {code}")
+    """The same JSON lines by `curl -F ...;type=application/json`, and the records the
+    simulator counted."""
+    found = await largefile.curl_upload(sim, src, size, "application/json")
     job = max(await sim.control("GET", "/_sim/jobs"), key=lambda j: int(j["id"]))
-    return {"bytes": size, "seconds": float(seconds), "mb_s": size / MB / float(seconds),
-            "records": job["recordsCount"], **window.as_dict()}
+    return {**found, "records": job["recordsCount"]}
 
 
 async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, Any]]:

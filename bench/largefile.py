@@ -96,11 +96,13 @@ async def daemon_upload(sim: Sim, work: Path, src: Path, size: int) -> dict[str,
             "upload_daemon_cpu_share": upload.share("daemon")}
 
 
-async def curl_upload(sim: Sim, src: Path, size: int) -> dict[str, Any]:
+async def curl_upload(sim: Sim, src: Path, size: int, part_type: str = "") -> dict[str, Any]:
+    """`curl -F file=@src` (with *part_type*, the part's Content-Type) to the simulator."""
     window = CpuWindow({"sim": sim.pid})
+    typed = f";type={part_type}" if part_type else ""
     proc = await asyncio.create_subprocess_exec(
         CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-F",
-        f"file=@{src}", "-H", f"Authorization: {AUTH}",
+        f"file=@{src}{typed}", "-H", f"Authorization: {AUTH}",
         f"{sim.base_url}/hubs/marketing/bulk/contact?path=/{src.name}",
         stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()

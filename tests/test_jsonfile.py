@@ -12,7 +12,7 @@ import pytest
 
 from daemon import csvfile
 from daemon.csvfile import Columns
-from daemon.jsonfile import CHUNK, inspect
+from daemon.jsonfile import CHUNK, JsonInspection, inspect
 
 
 def write(tmp_path: Path, data: bytes | str, name: str = "f.json") -> Path:
@@ -111,6 +111,15 @@ def test_elements_cut_at_every_chunk_boundary_are_read_whole(tmp_path: Path) -> 
     assert (found.problem, found.rows) == (None, 40000)
 
 
+def _inspected_with_peak(path: Path) -> tuple[JsonInspection, int]:
+    """The file checked, and the most memory the check held at once (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        return inspect(path), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_large_array_is_read_in_flat_memory(tmp_path: Path) -> None:
     element = json.dumps({"email": "someone@example.com", "first": "Ann", "n": 1})
     path = tmp_path / "big.json"
@@ -118,12 +127,7 @@ def test_a_large_array_is_read_in_flat_memory(tmp_path: Path) -> None:
         fh.write("[")
         fh.write(",\n".join([element] * 60_000))  # about 4 MB, four chunks
         fh.write("]")
-    tracemalloc.start()
-    try:
-        found = inspect(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = _inspected_with_peak(path)
     assert (found.problem, found.rows) == (None, 60_000)
     assert peak < 8 * CHUNK, f"peak {peak} bytes"
 
@@ -134,12 +138,7 @@ def test_whitespace_before_the_first_token_is_never_held(tmp_path: Path) -> None
         for _ in range(24):
             fh.write(" \n" * (CHUNK // 2))  # 24 MiB of blank lines
         fh.write('[{"a": 1}]')
-    tracemalloc.start()
-    try:
-        found = inspect(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = _inspected_with_peak(path)
     assert (found.problem, found.rows, found.form) == (None, 1, "array")
     assert peak < 8 * CHUNK, f"peak {peak} bytes"
 
