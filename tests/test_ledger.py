@@ -290,3 +290,58 @@ def _claims(tmp_path: Path, table: str = "files") -> set[str]:
     with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'ledger.db'}?mode=ro",
                                             uri=True)) as conn:
         return {r[0] for r in conn.execute(f"SELECT claim_id FROM {table}")}
+
+
+async def _open_close(db: Path, write: bool = True) -> Ledger:
+    ledger = Ledger(db)
+    await ledger.open()
+    if write:
+        await ledger.add_claim(f"c{utcnow()}", "contact/a.csv", "processing/n/a.csv",
+                               utcnow())
+    await ledger.close()
+    return ledger
+
+
+async def test_a_ledger_closed_cleanly_is_not_read_through_again(tmp_path: Path) -> None:
+    db = tmp_path / "bulkdrop.db"
+    assert (await _open_close(db)).checked, "a new ledger is checked"
+    marker = tmp_path / "bulkdrop.db.closed"
+    assert marker.exists() and not (tmp_path / "bulkdrop.db-wal").exists()
+    ledger = Ledger(db)
+    await ledger.open()
+    try:
+        assert not ledger.checked, "as the last clean close left it: not read through"
+        assert not marker.exists(), "the record goes at open: a crash from now on is seen"
+    finally:
+        await ledger.close()
+    assert marker.exists()
+
+
+async def test_a_ledger_changed_after_its_clean_close_is_checked_and_set_aside(
+        tmp_path: Path) -> None:
+    db = tmp_path / "bulkdrop.db"
+    await _open_close(db)
+    data = bytearray(db.read_bytes())
+    for page_end in range(2 * 4096, len(data) + 1, 4096):
+        data[page_end - 40] ^= 0xFF
+    db.write_bytes(bytes(data))
+    ledger = Ledger(db)
+    await ledger.open()
+    await ledger.close()
+    assert ledger.checked and ledger.set_aside is not None
+
+
+async def test_a_ledger_left_with_a_wal_or_a_bad_record_is_checked(tmp_path: Path) -> None:
+    db = tmp_path / "bulkdrop.db"
+    await _open_close(db)
+    (tmp_path / "bulkdrop.db.closed").write_text("not json")
+    ledger = await _open_close(db, write=False)
+    assert ledger.checked
+    # A WAL beside it: written after the record, by a run that did not close.
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS extra (x)")
+    ledger = await _open_close(db, write=False)  # while conn holds the WAL open
+    conn.close()
+    assert ledger.checked
+    assert not (tmp_path / "bulkdrop.db.closed").exists(), "another connection was open"
