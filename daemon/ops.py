@@ -25,20 +25,16 @@ from typing import Any, TextIO
 
 from daemon import csvfile, exits, jsonfile
 from daemon.checks import file_info, inspect_file
-from daemon.client import OpenConnectorsClient
 from daemon.csvfile import BULKDROP_COLUMNS
 from daemon.failedrows import FAILED_SUFFIX, failed_suffix
 from daemon.fileref import FileRef
 from daemon.folders import lexists, open_dirs
 from daemon.ledger import read_summary, utcnow
 from daemon.logs import get_logger
-from daemon.normalise import upload_body, upload_kind
 from daemon.placing import RESULT_SUFFIX, SIDECARS, suffixed_names
 from daemon.results import COMPLETE, REJECTED, Outcome, build_result
-from daemon.retry import RejectedError, RetryPolicy
 from daemon.settings import ObjectSettings, Secret, Settings
 from daemon.spool import Spool, is_ignored_name, is_json_name
-from daemon.tracker import Tracker
 
 # -- status -------------------------------------------------------------------------------
 
@@ -311,6 +307,13 @@ async def submit(settings: Settings, path: Path, obj: str, wait: bool,
                  instance: str | None = None) -> tuple[int, dict[str, Any]]:
     """One file outside the spool, to *instance* (else the default one): check, upload,
     and with *wait* follow it to its end."""
+    # The API's client (aiohttp) is imported here, not with the module: `bulkdrop status`
+    # and `retry` import ops too, and start in a third of the time without it.
+    from daemon.client import OpenConnectorsClient
+    from daemon.normalise import upload_body, upload_kind
+    from daemon.retry import RejectedError, RetryPolicy
+    from daemon.tracker import Tracker
+
     inst = settings.instance(instance)
     conf = inst.object_settings(obj)
     columns = csvfile.Columns.of(conf)

@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from daemon.sim.config import ErrorShape, JobOutcome, SimConfig, StatusShape
-from daemon.sim.server import SimServer
-from daemon.sim.state import Simulator
+
+if TYPE_CHECKING:
+    from daemon.sim.state import Simulator
 
 DEFAULT_PORT = 8471
 
@@ -89,6 +90,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 async def serve(sim: Simulator, host: str, port: int, stop: asyncio.Event) -> None:
     """Serve until `stop` is set, announcing the base URL on stdout once listening."""
+    from daemon.sim.server import SimServer  # aiohttp.web: only for `bulkdrop sim`
+
     async with SimServer(sim, host=host, port=port) as server:
         print(f"Open Connectors simulator at {server.base_url}", flush=True)
         await stop.wait()
@@ -104,6 +107,8 @@ async def _main(sim: Simulator, host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad options, 1 if it cannot listen."""
+    from daemon.sim.state import Simulator
+
     try:
         sim = Simulator(config_from_args(args))
     except ValueError as exc:
