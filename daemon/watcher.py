@@ -94,14 +94,16 @@ class Watcher:
     async def scan(self) -> None:
         """Survey inbox/ (metrics, unreadable folders), and hand on what is settled: the
         handing-on walk goes on in the background, waiting when the claimer is full."""
+        if self._offering is None or self._offering.done():
+            # First: with a backlog, the survey's walk of every file would otherwise come
+            # before the first file is offered (100,000 files: a second or more).
+            self._offering = asyncio.create_task(self._offer_walk(), name="offering")
+            self._offering.add_done_callback(_surface)
         unreadable: dict[Path, OSError] = {}
         waiting, oldest = await asyncio.to_thread(self._survey, unreadable)
         self.on_scan(waiting, oldest)
         self._note_unreadable(unreadable)
         self.scans += 1
-        if self._offering is None or self._offering.done():
-            self._offering = asyncio.create_task(self._offer_walk(), name="offering")
-            self._offering.add_done_callback(_surface)
 
     def _survey(self, unreadable: dict[Path, OSError]) -> tuple[int, float | None]:
         waiting, oldest = 0, None
