@@ -5,7 +5,7 @@
     .venv/bin/python -m bench --only latency --only idle --idle-seconds 30
     .venv/bin/python -m bench --json /tmp/r.json --markdown /tmp/r.md
 
-Scenarios (--only NAME): throughput, latency, large, idle, backlog, jsonarray. See
+Scenarios (--only NAME): throughput, latency, large, idle, backlog, jsonarray, year. See
 bench/README.md.
 """
 
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import backlog_start, idle, jsonarray, largefile, latency, throughput
+from bench import backlog_start, idle, jsonarray, largefile, latency, throughput, year
 from bench.common import BENCH, ROOT, Row, fingerprint, log, snapshot_daemon
 
 Scenario = Callable[[argparse.Namespace, Path], Awaitable[tuple[list[Row], dict[str, Any]]]]
@@ -38,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle.run,
     "backlog": backlog_start.run,
     "jsonarray": jsonarray.run,
+    "year": year.run,
 }
 # knob: (full, quick)
 SIZES: dict[str, tuple[float, float]] = {
@@ -50,6 +51,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "idle_seconds": (60, 5),
     "backlog": (100_000, 5000),
     "backlog_seconds": (10, 3),
+    "year_rows": (1_000_000, 20_000),
 }
 
 
@@ -68,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backlog", type=int, help="backlog: files waiting at start (100000)")
     p.add_argument("--backlog-seconds", type=float,
                    help="backlog: seconds run after the first POST before reading RSS (10)")
+    p.add_argument("--year-rows", type=int,
+                   help="year: finished files in the ledger and in done/ (1000000)")
     p.add_argument("--json", type=Path, default=BENCH / "results.json", metavar="PATH",
                    help="write the results here (default: bench/results.json)")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="also write the table here")
