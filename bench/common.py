@@ -204,11 +204,12 @@ class Sim:
         jobs = await self.control("GET", "/_sim/jobs")
         listing = await self.control(
             "GET", "/elements/api-v2/hubs/marketing/bulk/jobs",
-            params={"pageSize": str(len(jobs) + 10)}, headers={"Authorization": AUTH})
+            params={"pageSize": str(len(jobs) + 10_000)}, headers={"Authorization": AUTH})
         created = {str(j["id"]): datetime.fromisoformat(j["createdDate"]).timestamp()
                    for j in listing}
+        # A daemon at work makes jobs between the two requests: only those in both.
         return {str(j["id"]): (j["filename"] or j["name"] or "", created[str(j["id"])])
-                for j in jobs}
+                for j in jobs if str(j["id"]) in created}
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)

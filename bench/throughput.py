@@ -4,6 +4,8 @@ Files per second from the first drop to the last result file written, against
 (a) the ceiling, bench/ceiling.py: the same API calls from a plain aiohttp client with the
     daemon's concurrency, run once before and once after the daemon (their mean counts),
 (b) bench/curl_loop.sh: a sequential shell loop of curl create + status calls.
+Then the same number of files split between two connector instances, against two
+ceiling clients run at once (each with one instance's limits).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bench.common import (
     Daemon,
     Row,
     Sim,
+    count_results,
     drop,
     last_result_mtime,
     log,
@@ -96,6 +99,42 @@ async def daemon_run(sim: Sim, work: Path, files: int) -> dict[str, Any]:
             "max_unfinished_jobs": state["max_unfinished_jobs"], **window.as_dict()}
 
 
+async def ceiling_pair(sim: Sim, files: int) -> dict[str, Any]:
+    """Two ceiling clients at once, each with one instance's limits: *files* in all."""
+    started = time.monotonic()
+    one, two = await asyncio.gather(ceiling(sim, files // 2), ceiling(sim, files - files // 2))
+    seconds = time.monotonic() - started
+    return {"files": files, "seconds": seconds, "files_per_s": files / seconds,
+            "cpu_s": one["cpu_s"] + two["cpu_s"]}
+
+
+async def two_instances(sim: Sim, work: Path, files: int) -> dict[str, Any]:
+    """*files* split between two connector instances ([instances.a] and [instances.b],
+    each with the limits of scenario 1), dropped at once."""
+    limits = {f"instances__{name}__{key}": value for name in "ab" for key, value in (
+        ("base_url", sim.base_url), ("user_secret", "u"), ("element_token", f"e{name}"),
+        ("uploads", UPLOADS), ("max_active_jobs", MAX_ACTIVE))}
+    daemon = Daemon(work, sim.base_url, **limits)
+    halves = {"a": [f"a{i:06}.csv" for i in range(files // 2)],
+              "b": [f"b{i:06}.csv" for i in range(files - files // 2)]}
+    for names in halves.values():
+        stage_small(daemon.stage, names)
+    inboxes = {name: daemon.root / "inbox" / name / "contact" for name in halves}
+    dones = [daemon.root / "done" / name / "contact" for name in halves]
+    async with daemon:
+        await daemon.warm_up()
+        window = CpuWindow({"sim": sim.pid, "daemon": daemon.pid})
+        first = drop(daemon.stage, inboxes["a"], halves["a"][:1])
+        for name, names in halves.items():
+            drop(daemon.stage, inboxes[name], names[1:] if name == "a" else names)
+        await wait_until(lambda: sum(count_results(d) for d in dones) >= files, 600, 0.1,
+                         daemon.check_alive, f"{files} result files of two instances")
+        window.stop()
+    seconds = max(last_result_mtime(d) for d in dones) - first
+    return {"files": files, "seconds": seconds, "files_per_s": files / seconds,
+            **window.as_dict()}
+
+
 async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, Any]]:
     async with Sim(work / "sim", job_seconds=0.0) as sim:
         log(f"throughput: ceiling, {args.files} jobs")
@@ -106,7 +145,12 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
         after = await ceiling(sim, args.files)
         log(f"throughput: curl loop, {args.curl_files} files")
         curl = await curl_loop(sim, work / "curl", args.curl_files)
+        log(f"throughput: two instances, {args.files} files; two ceiling clients at once")
+        pair_before = await ceiling_pair(sim, args.files)
+        pair = await two_instances(sim, work / "pair", args.files)
+        pair_after = await ceiling_pair(sim, args.files)
     ceiling_rate = (before["files_per_s"] + after["files_per_s"]) / 2
+    pair_rate = (pair_before["files_per_s"] + pair_after["files_per_s"]) / 2
     ceiling_sim = (before["sim_cpu_share"] + after["sim_cpu_share"]) / 2
     rate = daemon["files_per_s"]
     # CPU per file over the timed stretch: the daemon's process against the client's.
@@ -129,10 +173,16 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
         Row("throughput", f"daemon, {args.files} files", rate, "files/s",
             f"curl loop, {args.curl_files} files", curl["files_per_s"], "files/s",
             ">= 10x curl loop", rate >= 10 * curl["files_per_s"], daemon["sim_cpu_share"]),
+        Row("throughput", f"two instances, {args.files} files", pair["files_per_s"],
+            "files/s", "ceiling: two clients at once", pair_rate, "files/s",
+            ">= 0.85x ceiling", pair["files_per_s"] >= 0.85 * pair_rate, pair["sim_cpu_share"],
+            f"CPU share of the daemon {pair['daemon_cpu_share']:.2f}"),
         # How far the same concurrency can go at all: the ceiling against the curl loop.
         Row("throughput", "ceiling: aiohttp client", ceiling_rate, "files/s",
             f"curl loop, {args.curl_files} files", curl["files_per_s"], "files/s",
             "(information)", None, ceiling_sim),
     ]
     return rows, {"daemon": daemon, "ceiling_before": before, "ceiling_after": after,
-                  "ceiling_files_per_s": ceiling_rate, "curl_loop": curl}
+                  "ceiling_files_per_s": ceiling_rate, "curl_loop": curl,
+                  "two_instances": pair, "ceiling_pair_before": pair_before,
+                  "ceiling_pair_after": pair_after}
