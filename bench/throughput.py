@@ -120,6 +120,8 @@ async def two_instances(sim: Sim, work: Path, files: int) -> dict[str, Any]:
     for names in halves.values():
         stage_small(daemon.stage, names)
     inboxes = {name: daemon.root / "inbox" / name / "contact" for name in halves}
+    for inbox in inboxes.values():
+        inbox.mkdir(parents=True, exist_ok=True)
     dones = [daemon.root / "done" / name / "contact" for name in halves]
     async with daemon:
         await daemon.warm_up()

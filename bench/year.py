@@ -240,11 +240,13 @@ async def one(sim: Sim, work: Path, files: int, rows: int, backlog: int) -> dict
     # The backlog start: files waiting in inbox/ when the daemon starts (after a clean
     # stop), then again after it is killed with them half taken.
     make_backlog(daemon.inbox, backlog)
-    first_post = await _first_post(sim, daemon)
-    os.kill(daemon.pid, signal.SIGKILL)
-    await daemon.stop()
-    after_kill = await _first_post(sim, daemon)
-    await daemon.stop()
+    try:
+        first_post = await _first_post(sim, daemon)
+        os.kill(daemon.pid, signal.SIGKILL)
+        await daemon.stop()
+        after_kill = await _first_post(sim, daemon)
+    finally:
+        await daemon.stop()
     return {"rows": rows, "built_s": round(built, 1), "files": files,
             "files_per_s": statistics.median(rates), "rates": rates, "failed": failed,
             "status_s": status_s, "pages_s": pages, "peak_rss_mb": rss, "first_post_s": first_post,
