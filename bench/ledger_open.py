@@ -4,7 +4,8 @@
     python -m bench.ledger_open --files 1000000
 
 Builds a ledger like a year of files (every file finished, with its result and four
-history lines), then opens it as the daemon does: integrity_check and every row read.
+history lines), then opens it as the daemon does after a crash: integrity_check and
+every row read (a clean stop's record, which lets the next start skip that, is removed).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def build(db: Path, files: int) -> None:
 
 
 async def open_once(db: Path) -> float:
+    # The record of the last clean close would skip what is measured here.
+    db.with_name(f"{db.name}.closed").unlink(missing_ok=True)
     ledger = Ledger(db)
     started = time.perf_counter()
     await ledger.open()

@@ -9,9 +9,10 @@ its own write to be on disk.
 A write that fails for a reason that passes (a full disk, an I/O error, a lock) is tried
 again with backoff until it succeeds. At open, the whole database is checked and read
 end to end; one that cannot be is set aside and a new one started. That check is skipped
-when the database is byte for byte as a clean close left it (``<name>.closed`` records
-the file's identity, size and mtime then, and is removed at open): a year of files takes
-~18 s to read through (bench/README.md), which a restart need not wait for.
+when the database is as a clean close left it (``<name>.closed`` records the file's
+identity, size, mtime and ctime then, and is removed at open; a close after an error
+other than a passing one records nothing): a year of files takes ~20 s to read through
+(bench/README.md), which a restart need not wait for.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import itertools
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +42,7 @@ log = get_logger()
 # read-only (a remount), I/O error, full, cannot open, protocol (a WAL lock race).
 TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 RETRY_CAP = 30.0
+MARKER_BYTES = 256  # the clean-close record: {"db": [five integers]}
 
 Statement = tuple[str, tuple[Any, ...]]
 _Pending = tuple[Sequence[Statement], "asyncio.Future[None]"]
@@ -63,6 +66,7 @@ class Database:
         self.existed = False          # ... and a file was there (empty, or not a database)
         self.set_aside: Path | None = None  # where an unreadable one was moved
         self.checked = False          # read through at open (not closed cleanly before)
+        self._suspect = False         # an error other than a passing one: check next time
         self._closed_marker = path.with_name(f"{path.name}.closed")
         # Told what is wrong while writes fail and are retried (None once they work).
         self.on_trouble: Callable[[str | None], None] = lambda problem: None
@@ -91,14 +95,20 @@ class Database:
         self._pool.shutdown(wait=True)
 
     def _close_cleanly(self, conn: sqlite3.Connection) -> None:
-        """Close; when that checkpointed the WAL away (no other connection open), record
-        the file as it is, so the next open need not read it through."""
+        """Close; when that checkpointed the WAL away (no other connection open) and
+        nothing went wrong with the database while it was open, record the file as it
+        is, so the next open need not read it through."""
         conn.close()
-        if os.path.lexists(f"{self.path}-wal"):
-            return
         tmp = self._closed_marker.with_name(f".{self._closed_marker.name}.tmp")
         try:
-            with open(tmp, "w") as fh:
+            if self._suspect or _has_wal(self.path):
+                return
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            # Never through a link, never into a FIFO: a file of our own, made here.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            with open(fd, "w") as fh:
                 json.dump({"db": _identity(self.path)}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -108,20 +118,33 @@ class Database:
 
     def _closed_cleanly(self) -> bool:
         """Whether the database is as the last clean close left it; the record is gone
-        after this (whatever happens next changes the file, or makes a WAL)."""
+        after this (whatever happens next changes the file, or makes a WAL). Anything
+        odd about the record (not a regular file of ours, too long, not what we write)
+        means: check."""
         try:
-            recorded = json.loads(self._closed_marker.read_text())
+            fd = os.open(self._closed_marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
-        except (OSError, ValueError):
-            recorded = None
-        with contextlib.suppress(OSError):
-            self._closed_marker.unlink()
+        except OSError:
+            fd = -1
+        recorded: Any = None
         try:
-            same = recorded == {"db": _identity(self.path)}
+            if fd >= 0:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                    recorded = json.loads(os.read(fd, MARKER_BYTES))
+        except Exception:  # noqa: BLE001 - whatever it holds, the answer is: check
+            recorded = None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                self._closed_marker.unlink()
+        try:
+            return recorded == {"db": _identity(self.path)} and not _has_wal(self.path)
         except OSError:
             return False
-        return same and not os.path.lexists(f"{self.path}-wal")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run *fn* on the database's thread, tried again while trouble passes."""
@@ -154,6 +177,8 @@ class Database:
             try:
                 result = fn(*args)
             except sqlite3.Error as exc:
+                if not _is_transient(exc):
+                    self._suspect = True  # no record of a clean close: the next open checks
                 if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
                     loop.call_soon_threadsafe(self.on_broken,
                                               f"the ledger {self.path} is damaged: {exc}")
@@ -271,8 +296,18 @@ def _settle(settled: list[tuple[asyncio.Future[None], BaseException | None]]) ->
 
 
 def _identity(path: Path) -> list[int]:
+    """What changes whenever the file does: ctime cannot be set back without root."""
     st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _has_wal(path: Path) -> bool:
+    """A WAL with frames in it (an empty one, left by a read-only reader such as
+    `bulkdrop status`, holds nothing the database file lacks)."""
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _read_through(conn: sqlite3.Connection) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import OpenConnectorsClient
-from daemon.ledger import Ledger, utcnow
+from daemon.ledger import Ledger, read_summary, utcnow
 from daemon.service import Daemon, StartupError
 from daemon.settings import Secret
 from daemon.sim import SimServer
@@ -345,3 +345,68 @@ async def test_a_ledger_left_with_a_wal_or_a_bad_record_is_checked(tmp_path: Pat
     conn.close()
     assert ledger.checked
     assert not (tmp_path / "bulkdrop.db.closed").exists(), "another connection was open"
+
+
+async def test_a_prune_batch_reads_only_the_oldest_rows_of_a_big_ledger(
+        tmp_path: Path) -> None:
+    """Counted in SQLite's own steps, not seconds: a batch must not go through every
+    finished file (it holds the ledger's write lock, and files wait behind it)."""
+    db = tmp_path / "ledger.db"
+    ledger = Ledger(db)
+    await ledger.open()
+    try:
+        now, old = utcnow(), "2020-01-01T00:00:00.000+00:00"
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.executemany(
+                "INSERT INTO files (claim_id, rel_path, claimed_path, state, received_at,"
+                " updated_at, finished_at, outcome) VALUES (?, 'r', 'p', 'FINISHED', ?, ?, ?,"
+                " 'COMPLETE')", [(f"c{i:06}", now, now, old if i < 5 else now)
+                                 for i in range(20_000)])
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        await ledger.run(ledger.conn.set_progress_handler, count, 1000)
+        assert (await ledger.prune("2021-01-01T00:00:00.000+00:00", 500)) == (5, 0)
+        await ledger.run(ledger.conn.set_progress_handler, None, 0)
+        # Through every finished row it took ~100 (thousand steps); by age, none.
+        assert steps < 10, f"{steps} thousand SQLite steps to prune 5 of 20,000 files"
+    finally:
+        await ledger.close()
+
+
+async def test_what_may_not_pass_for_a_clean_close(tmp_path: Path) -> None:
+    db = tmp_path / "bulkdrop.db"
+    marker = tmp_path / "bulkdrop.db.closed"
+    await _open_close(db)
+    # `bulkdrop status` between a stop and a start leaves an empty WAL: still clean.
+    read_summary(db)
+    assert (tmp_path / "bulkdrop.db-wal").exists()
+    assert not (await _open_close(db, write=False)).checked
+    # Edited in place, its size and mtime put back: its ctime still tells.
+    data = bytearray(db.read_bytes())
+    data[-100] ^= 0xFF
+    st = db.stat()
+    db.write_bytes(bytes(data))
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (await _open_close(db, write=False)).checked
+    # A query that fails for good: no record of a clean close.
+    ledger = Ledger(db)
+    await ledger.open()
+    with pytest.raises(sqlite3.OperationalError):
+        await ledger.run(ledger.query, "SELECT * FROM no_such_table")
+    await ledger.close()
+    assert not marker.exists()
+    # A FIFO in the record's place is not read (no hang), and goes.
+    os.mkfifo(marker)
+    assert (await asyncio.wait_for(_open_close(db), 30)).checked
+    assert marker.is_file() and not marker.is_symlink()
+    # A link where the record is written first is not followed.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (tmp_path / ".bulkdrop.db.closed.tmp").symlink_to(victim)
+    await _open_close(db)
+    assert victim.read_text() == "mine" and marker.is_file() and not marker.is_symlink()
