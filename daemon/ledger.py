@@ -289,7 +289,9 @@ class Ledger(Database):
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
                 ids = [r[0] for r in self.conn.execute(
-                    "SELECT claim_id FROM files WHERE finished_at < ? AND state = ?"
+                    # +state: by files_finished, the oldest first, not every FINISHED
+                    # row through files_counts and a sort (1,000,000 of them a batch).
+                    "SELECT claim_id FROM files WHERE finished_at < ? AND +state = ?"
                     " AND claim_id NOT IN (SELECT claim_id FROM notifications"
                     " WHERE state = 'PENDING') ORDER BY finished_at LIMIT ?",
                     (before, FINISHED, batch))]
@@ -395,14 +397,15 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
                 f"SELECT state, {instance}, outcome, count(*),"
                 f" count(CASE WHEN {failed} > 0 THEN 1 END) FROM files"
                 f" GROUP BY state, {instance}, outcome"):
-            key = outcome if state == FINISHED else state
+            key = outcome if state == FINISHED and outcome else state
             shown = "default" if inst is None else inst or "(none)"
             counts[key] = counts.get(key, 0) + n
             mine = by_instance.setdefault(shown, {})
             mine[key] = mine.get(key, 0) + n
-            if key == "COMPLETE":
+            if outcome == "COMPLETE":  # also while it is being filed
                 partial += some_failed
-        # The latest: files under way (few), and the last finished (files_finished).
+        # The latest: files under way (few), and the last to finish (files_finished),
+        # newest change first. (A file finished without a time is not among them.)
         columns = (f"rel_path, {instance} AS instance, state, outcome, job_id, api_status,"
                    " reason, received_at, updated_at")
         marks = ", ".join("?" * len(UNFINISHED))
@@ -425,7 +428,8 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
         elif row["instance"] == "":
             row["instance"] = "(none)"
         latest_rows.append(row)
-    return {"counts": counts, "instances": by_instance, "latest": latest_rows,
+    return {"counts": counts, "instances": dict(sorted(by_instance.items())),
+            "latest": latest_rows,
             "partial": partial, "notifications_pending": pending}
 
 
