@@ -82,7 +82,10 @@ def ask_readyz(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
 
 def _counts_line(counts: dict[str, int]) -> str:
     done = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("COMPLETE", "FAILED", "REJECTED"))
-    moving = {k: v for k, v in counts.items() if k not in ("COMPLETE", "FAILED", "REJECTED")}
+    if counts.get("FINISHED"):  # ended with no result: gone from processing/ by hand
+        done += f", without a result {counts['FINISHED']}"
+    moving = {k: v for k, v in counts.items()
+              if k not in ("COMPLETE", "FAILED", "REJECTED", "FINISHED")}
     return (f"{done}; in progress {sum(moving.values())}"
             + (f" ({', '.join(f'{k} {v}' for k, v in sorted(moving.items()))})"
                if moving else ""))

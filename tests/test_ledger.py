@@ -410,3 +410,38 @@ async def test_what_may_not_pass_for_a_clean_close(tmp_path: Path) -> None:
     (tmp_path / ".bulkdrop.db.closed.tmp").symlink_to(victim)
     await _open_close(db)
     assert victim.read_text() == "mine" and marker.is_file() and not marker.is_symlink()
+
+
+async def test_status_counts_and_latest_from_a_ledger_of_every_kind_of_row(
+        tmp_path: Path) -> None:
+    from daemon.ops import format_status
+
+    db = tmp_path / "bulkdrop.db"
+    await _open_close(db, write=False)
+    rows = [  # claim, state, outcome, instance, records_failed, finished_at, updated_at
+        ("a", "FINISHED", "COMPLETE", None, 2, "2026-01-01T00:00:05", "2026-01-01T00:00:05"),
+        ("b", "FINISHED", "COMPLETE", "crm", 0, "2026-01-01T00:00:04", "2026-01-01T00:00:04"),
+        ("c", "FINISHING", "COMPLETE", "crm", 1, None, "2026-01-01T00:00:09"),
+        ("d", "FINISHED", None, "", None, "2026-01-01T00:00:03", "2026-01-01T00:00:03"),
+        ("e", "SUBMITTED", None, "crm", None, None, "2026-01-01T00:00:08"),
+        ("f", "FINISHED", "REJECTED", "", None, "2026-01-01T00:00:01", "2026-01-01T00:00:01"),
+    ]
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO files (claim_id, rel_path, claimed_path, state, outcome, instance,"
+            " records_failed, finished_at, updated_at, received_at) VALUES"
+            " (?1, 'contact/' || ?1 || '.csv', 'p', ?2, ?3, ?4, ?5, ?6, ?7, ?7)", rows)
+    report = read_summary(db, latest=4)
+    assert report["counts"] == {"COMPLETE": 2, "FINISHING": 1, "FINISHED": 1,
+                                "SUBMITTED": 1, "REJECTED": 1}
+    assert report["partial"] == 2, "COMPLETE with records failed, filed or being filed"
+    assert report["instances"] == {"(none)": {"FINISHED": 1, "REJECTED": 1},
+                                   "crm": {"COMPLETE": 1, "FINISHING": 1, "SUBMITTED": 1},
+                                   "default": {"COMPLETE": 1}}
+    assert [r["rel_path"] for r in report["latest"]] == [
+        "contact/c.csv", "contact/e.csv", "contact/a.csv", "contact/b.csv"]
+    assert [r["instance"] for r in report["latest"]] == ["crm", "crm", "default", "crm"]
+    shown = format_status({**report, "node": "n", "ledger": str(db),
+                           "inbox": {"waiting": 0, "oldest": None}})
+    assert ("COMPLETE 2, FAILED 0, REJECTED 1, without a result 1; in progress 2 "
+            "(FINISHING 1, SUBMITTED 1)") in shown
