@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -455,6 +455,8 @@ class LedgerView:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-view")
         self._conn: sqlite3.Connection | None = None
         self._queued = 0
+        # Told of every error a query meets (the ledger's: damage seen here counts too).
+        self.on_error: Callable[[sqlite3.Error], None] = lambda exc: None
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
@@ -480,7 +482,11 @@ class LedgerView:
             self._conn = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro",
                                          uri=True, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
-        return [dict(r) for r in self._conn.execute(sql, params)]
+        try:
+            return [dict(r) for r in self._conn.execute(sql, params)]
+        except sqlite3.Error as exc:
+            self.on_error(exc)
+            raise
 
     async def counts_since(self, since: str) -> list[dict[str, Any]]:
         """Files finished since *since* by outcome, partial (some records failed) apart."""

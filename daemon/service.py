@@ -272,6 +272,7 @@ class Daemon:
         if not http.enabled:
             return None
         self.ledger_view = LedgerView(self.ledger.path)
+        self.ledger_view.on_error = partial(self.ledger.note_error, loop=None)
         spool = self.spool
         view = ViewHost(self.ledger_view, spool, self.live, http.actions,
                         partial(ops.retry, spool), partial(ops.retry_failed_rows, spool))

@@ -42,6 +42,9 @@ log = get_logger()
 # read-only (a remount), I/O error, full, cannot open, protocol (a WAL lock race).
 TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 RETRY_CAP = 30.0
+# Passing, but the file may not be what was opened (moved: READONLY_DBMOVED) or the
+# file system found damage (IOERR_CORRUPTFS): no record of a clean close after them.
+SUSPECT_CODES = frozenset({1032, 8458})
 MARKER_BYTES = 256  # the clean-close record: {"db": [five integers]}
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -67,6 +70,7 @@ class Database:
         self.set_aside: Path | None = None  # where an unreadable one was moved
         self.checked = False          # read through at open (not closed cleanly before)
         self._suspect = False         # an error other than a passing one: check next time
+        self._opened_as: list[int] = []  # device and inode of the file opened
         self._closed_marker = path.with_name(f"{path.name}.closed")
         # Told what is wrong while writes fail and are retried (None once they work).
         self.on_trouble: Callable[[str | None], None] = lambda problem: None
@@ -101,14 +105,15 @@ class Database:
         conn.close()
         tmp = self._closed_marker.with_name(f".{self._closed_marker.name}.tmp")
         try:
-            if self._suspect or _has_wal(self.path):
+            if (self._suspect or _has_wal(self.path)
+                    or _identity(self.path)[:2] != self._opened_as):
                 return
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             # Never through a link, never into a FIFO: a file of our own, made here.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
-            with open(fd, "w") as fh:
+            with os.fdopen(fd, "w") as fh:  # closes fd, also when it fails
                 json.dump({"db": _identity(self.path)}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -139,8 +144,12 @@ class Database:
         finally:
             if fd >= 0:
                 os.close(fd)
-            with contextlib.suppress(OSError):
-                self._closed_marker.unlink()
+        try:
+            self._closed_marker.unlink()  # kept, it could be trusted again: check
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
         try:
             return recorded == {"db": _identity(self.path)} and not _has_wal(self.path)
         except OSError:
@@ -177,11 +186,7 @@ class Database:
             try:
                 result = fn(*args)
             except sqlite3.Error as exc:
-                if not _is_transient(exc):
-                    self._suspect = True  # no record of a clean close: the next open checks
-                if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
-                    loop.call_soon_threadsafe(self.on_broken,
-                                              f"the ledger {self.path} is damaged: {exc}")
+                self.note_error(exc, loop)
                 if not _is_transient(exc) or self._closing:
                     raise
                 delay = min(RETRY_CAP, 0.1 * 2 ** n)
@@ -196,6 +201,16 @@ class Database:
             return result
         raise AssertionError("unreachable")
 
+    def note_error(self, exc: sqlite3.Error, loop: asyncio.AbstractEventLoop | None) -> None:
+        """An error from the database (here, or on a reader's connection of its own):
+        one that may mean damage leaves no record of a clean close, so the next open
+        checks it all; a damaged database is reported (with *loop*: from a thread)."""
+        if not _is_transient(exc) or _code(exc) in SUSPECT_CODES:
+            self._suspect = True
+        if loop is not None and isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
+            loop.call_soon_threadsafe(self.on_broken,
+                                      f"the ledger {self.path} is damaged: {exc}")
+
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             with self._lock:
@@ -207,7 +222,7 @@ class Database:
                 self._durably(loop, self._write_all, batch)
                 outcomes: list[BaseException | None] = [None] * len(batch)
             except sqlite3.Error:
-                outcomes = [self._write_one(item) for item in batch]  # find the bad one
+                outcomes = [self._write_one(item, loop) for item in batch]  # the bad one
             # One wake-up of the event loop for the whole batch.
             loop.call_soon_threadsafe(_settle, [(done, error) for (_, done), error
                                                 in zip(batch, outcomes, strict=True)])
@@ -219,10 +234,12 @@ class Database:
                 for sql, params in statements:
                     self.conn.execute(sql, params)
 
-    def _write_one(self, item: _Pending) -> BaseException | None:
+    def _write_one(self, item: _Pending,
+                   loop: asyncio.AbstractEventLoop) -> BaseException | None:
         try:
             self._write_all([item])
         except sqlite3.Error as exc:
+            self.note_error(exc, loop)
             return exc
         return None
 
@@ -252,6 +269,8 @@ class Database:
             self.existed = False
             self.checked = True
             self._conn = self._connect(True)
+        with contextlib.suppress(OSError):
+            self._opened_as = _identity(self.path)[:2]  # a file put in its place is not it
         log.info("ledger.opened", path=str(self.path), checked=self.checked,
                  seconds=round(time.monotonic() - started, 3))
 
@@ -275,13 +294,19 @@ class _Corrupt(sqlite3.DatabaseError):
     pass
 
 
+def _code(exc: sqlite3.Error) -> int | None:
+    """SQLite's extended result code (its low byte is the primary one)."""
+    return getattr(exc, "sqlite_errorcode", None)
+
+
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, _Corrupt) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    code = _code(exc)
+    return isinstance(exc, _Corrupt) or code is not None and code & 0xFF in (
+        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _is_transient(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
+    code = _code(exc)
     return code is not None and code & 0xFF in TRANSIENT_CODES
 
 
@@ -305,9 +330,10 @@ def _has_wal(path: Path) -> bool:
     """A WAL with frames in it (an empty one, left by a read-only reader such as
     `bulkdrop status`, holds nothing the database file lacks)."""
     try:
-        return os.stat(f"{path}-wal").st_size > 0
+        st = os.lstat(f"{path}-wal")
     except FileNotFoundError:
         return False
+    return not stat.S_ISREG(st.st_mode) or st.st_size > 0
 
 
 def _read_through(conn: sqlite3.Connection) -> None:

@@ -16,12 +16,13 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from daemon.client import OpenConnectorsClient
-from daemon.ledger import Ledger, read_summary, utcnow
+from daemon.ledger import Ledger, LedgerView, read_summary, utcnow
 from daemon.service import Daemon, StartupError
 from daemon.settings import Secret
 from daemon.sim import SimServer
@@ -392,7 +393,27 @@ async def test_what_may_not_pass_for_a_clean_close(tmp_path: Path) -> None:
     st = db.stat()
     db.write_bytes(bytes(data))
     os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
+    while db.stat().st_ctime_ns == st.st_ctime_ns:  # a coarse clock: until its next tick
+        os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (await _open_close(db, write=False)).checked
+    # Another file put in its place while it was open: not the file that was closed.
+    ledger = Ledger(db)
+    await ledger.open()
+    shutil.copy(db, tmp_path / "copy.db")
+    os.replace(tmp_path / "copy.db", db)
+    await ledger.close()
+    assert not marker.exists()
+    # An error met by the web view's own connection counts too.
+    await _open_close(db)
+    ledger = Ledger(db)
+    await ledger.open()
+    view = LedgerView(db)
+    view.on_error = partial(ledger.note_error, loop=None)
+    with pytest.raises(sqlite3.OperationalError):
+        await view._run("SELECT * FROM no_such_table", ())
+    await view.close()
+    await ledger.close()
+    assert not marker.exists()
     # A query that fails for good: no record of a clean close.
     ledger = Ledger(db)
     await ledger.open()
@@ -400,7 +421,8 @@ async def test_what_may_not_pass_for_a_clean_close(tmp_path: Path) -> None:
         await ledger.run(ledger.query, "SELECT * FROM no_such_table")
     await ledger.close()
     assert not marker.exists()
-    # A FIFO in the record's place is not read (no hang), and goes.
+    # A FIFO in the record's place is not read (no hang), and goes. (Were it read, the
+    # thread would block for good and the interpreter wait for it at exit.)
     os.mkfifo(marker)
     assert (await asyncio.wait_for(_open_close(db), 30)).checked
     assert marker.is_file() and not marker.is_symlink()
