@@ -66,12 +66,14 @@ class InboxEvents:
 
     async def batches(self) -> AsyncIterator[list[Path | None]]:
         """Every folder watched (a walk, in a thread), then each batch as it comes, until
-        :meth:`stop`; the inotify instance is closed at the end."""
+        :meth:`stop`; the inotify instance is closed at the end. The first batch is empty:
+        every folder is watched from then on."""
         loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(self.watch_tree, self.inbox)
             loop.add_reader(self.inotify.fileno(), self._readable)
             try:
+                yield []
                 while (batch := await self.ready.get()) is not None:
                     yield batch
             finally:

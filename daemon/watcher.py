@@ -33,6 +33,7 @@ from daemon.trouble import Troubles
 
 log = get_logger()
 WATCH_RETRY_CAP = 30.0  # seconds between restarts of a failing event watcher, at most
+WATCH_READY_WAIT = 5.0  # the first scan waits this long at most for inbox/ to be watched
 
 
 class Watcher:
@@ -49,6 +50,9 @@ class Watcher:
         self._pending: dict[Path, tuple[int, int, float]] = {}  # size, mtime_ns, since
         self._settling = asyncio.Event()  # something is pending: the settle loop ticks
         self._offering: asyncio.Task[None] | None = None
+        self._walk_again = False  # a scan was asked for while a walk was under way
+        self._watching = asyncio.Event()  # inbox/ is watched: events will come
+        self._scan_started = False
         self._kick = asyncio.Event()     # a folder appeared: scan now
         self._stop = asyncio.Event()
         self.scans = 0
@@ -94,11 +98,14 @@ class Watcher:
     async def scan(self) -> None:
         """Survey inbox/ (metrics, unreadable folders), and hand on what is settled: the
         handing-on walk goes on in the background, waiting when the claimer is full."""
+        self._scan_started = True
+        # First: with a backlog, the survey's walk of every file would otherwise come
+        # before the first file is offered (100,000 files: a second or more).
         if self._offering is None or self._offering.done():
-            # First: with a backlog, the survey's walk of every file would otherwise come
-            # before the first file is offered (100,000 files: a second or more).
             self._offering = asyncio.create_task(self._offer_walk(), name="offering")
             self._offering.add_done_callback(_surface)
+        else:  # the walk under way may be past where a new file lands: one more after it
+            self._walk_again = True
         unreadable: dict[Path, OSError] = {}
         waiting, oldest = await asyncio.to_thread(self._survey, unreadable)
         self.on_scan(waiting, oldest)
@@ -129,9 +136,14 @@ class Watcher:
                 self.troubles.clear("unclaimable", key)
 
     async def _offer_walk(self) -> None:
+        """Walk inbox/ handing files on; again while scans were asked for meanwhile."""
         loop = asyncio.get_running_loop()
-        offered = await asyncio.to_thread(self._walk, loop)
-        log.debug("scan.done", offered=offered, pending=len(self._pending))
+        while True:
+            self._walk_again = False
+            offered = await asyncio.to_thread(self._walk, loop)
+            log.debug("scan.done", offered=offered, pending=len(self._pending))
+            if not self._walk_again:
+                return
 
     def _walk(self, loop: asyncio.AbstractEventLoop) -> int:
         offered = 0
@@ -183,6 +195,10 @@ class Watcher:
             await _wait(stop, tick)
 
     async def _rescan_loop(self, stop: asyncio.Event) -> None:
+        # The first scan once inbox/ is watched: a file that lands between a walk and its
+        # folder's watch would wait for the next rescan. (Not for ever: a slow start of
+        # the watches asks for another scan once they are in place.)
+        await first_of(self._watching.wait(), stop.wait(), limit=WATCH_READY_WAIT)
         await self.scan()
         while not await _wait(stop, self.rescan, self._kick):
             self._kick.clear()
@@ -204,6 +220,7 @@ class Watcher:
                         kernel = False
                         log.warning("watcher.no_inotify", error=str(exc),
                                     note="watching with watchfiles instead")
+                self._watching.set()  # (watchfiles says nothing of when it watches)
                 async for changes in watchfiles.awatch(
                         self.spool.inbox, stop_event=events_stop, watch_filter=None, debounce=100,
                         step=50, force_polling=self.force_polling or None, poll_delay_ms=200,
@@ -225,6 +242,10 @@ class Watcher:
         stopping.add_done_callback(lambda _: events.stop())
         try:
             async for batch in events.batches():
+                if not self._watching.is_set():
+                    self._watching.set()
+                    if self._scan_started:  # the first scan did not wait for the watches
+                        self._kick.set()
                 if None in batch:
                     self._kick.set()  # events were lost, or a folder is not watched
                 await self._on_changes(str(p) for p in batch if p is not None)

@@ -116,3 +116,25 @@ async def test_inotify_watches_folders_never_through_a_link(tmp_path: Path) -> N
     finally:
         events.stop()
         await asyncio.wait_for(reader, 5)
+
+
+async def test_a_file_landing_before_the_watches_is_found_without_a_rescan(
+        make_settings, run_daemon, spool_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instant a start cannot pin down: the file lands after a walk of inbox/ could
+    have listed it and before its folder has a watch (so it has no event)."""
+    landed = spool_root / "done" / "contact" / "early.csv.result.json"
+    watch_tree = InboxEvents.watch_tree
+    daemon_box: list[object] = []
+
+    def late_watches(self: InboxEvents, top: Path) -> bool:
+        if top == spool_root / "inbox":
+            deadline = time.monotonic() + 1.0  # a walk, if one runs first, is done by then
+            while time.monotonic() < deadline and not any(
+                    getattr(d, "watcher", None) and d.watcher.scans for d in daemon_box):
+                time.sleep(0.01)
+            drop(spool_root, "contact/early.csv", contacts_csv(2))
+        return watch_tree(self, top)
+
+    monkeypatch.setattr(InboxEvents, "watch_tree", late_watches)
+    daemon_box.append(await run_daemon(make_settings(spool__rescan_seconds=3600)))
+    await wait_for(lambda: landed.exists(), timeout=10, what="early.csv filed")
