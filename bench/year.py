@@ -1,10 +1,11 @@
-"""6. A year of files: the daemon on a spool that has been busy for months.
+"""7. A year of files: the daemon on a spool that has been busy for months.
 
 The same daemon is measured twice in one run: on an empty spool (the baseline), then on
 a spool holding `--year-rows` finished files (1,000,000) in its ledger, each with four
-history lines and a ~400-byte result, finished over the last 85 days (inside the
-default 90-day retention, so nothing is pruned while measured), and their CSVs and
-result files in done/, laid out by day (`[spool] done_layout = "daily"`; hard links,
+history lines and a ~400-byte result, 90% finished over the last 85 days and 10%
+91-99 days back (beyond the default 90-day retention: the daemon's first prune pass, a
+minute after start, deletes them), written in the order they finished, and their CSVs
+and result files in done/, laid out by day (`[spool] done_layout = "daily"`; hard links,
 at most 60,000 to an inode). On each:
 
 - throughput: `--files` small files (2,000) dropped at once, as scenario 1, three times
@@ -12,6 +13,9 @@ at most 60,000 to an inode). On each:
 - `bulkdrop status` run as a user would (a new process), wall time, median of 3;
 - the web view's pages (/, /api/status, /api/files?limit=100, a filtered list, a page
   far back, one file's page), slowest of 5 requests each;
+- once its first prune pass has begun (a minute after start; 10% of the files finished
+  91-99 days back, beyond the default 90-day retention), another drop: files/s while
+  old files are deleted;
 - the daemon's peak RSS after all of that;
 - then `--backlog` files (100,000) are put in inbox/ and the daemon started again: the
   time from its exec to its first POST; then it is killed (SIGKILL) and started once
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -56,6 +61,8 @@ from bench.common import (
 from daemon.ledger import Ledger
 
 DAYS = 85                 # finished over this many days back (retention: 90)
+RETENTION = 90            # [spool] ledger_retention_days, the default
+OLD_SHARE = 0.1           # of the files finished 91-99 days back: pruned a minute after start
 LINKS_PER_INODE = 60_000  # ext4 allows 65,000
 BATCH = 50_000            # ledger rows per executemany
 RESULT = ('{{"file": "contact/f{i}.csv", "status": "COMPLETE", "reason": "job {job} '
@@ -78,6 +85,10 @@ async def fill_ledger(path: Path, rows: int) -> list[str]:
     await ledger.close()
     rng = random.Random(11)
     now = datetime.now(UTC)
+    # Written in the order they finished, as the daemon writes them (history by seq).
+    old = int(rows * OLD_SHARE)
+    ages = sorted((rng.uniform(RETENTION + 1, RETENTION + 9) if i < old
+                   else rng.uniform(60 / 86400, DAYS)) for i in range(rows))[::-1]
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
     sample: list[str] = []
@@ -85,7 +96,7 @@ async def fill_ledger(path: Path, rows: int) -> list[str]:
         for start in range(0, rows, BATCH):
             files, events = [], []
             for i in range(start, min(rows, start + BATCH)):
-                finished = now - timedelta(seconds=rng.uniform(60, DAYS * 86400))
+                finished = now - timedelta(days=ages[i])
                 stamp = _stamp(finished)
                 claim = f"{int(finished.timestamp() * 1000):012x}{i:08x}"
                 outcome = rng.choices(("COMPLETE", "FAILED", "REJECTED"), (90, 6, 4))[0]
@@ -207,6 +218,34 @@ async def _first_post(sim: Sim, daemon: Daemon) -> float:
     return min(at for job_id, (_, at) in times.items() if job_id not in known) - daemon.started_at
 
 
+def _old_rows(daemon: Daemon) -> int:
+    """Finished files older than the retention still in the ledger (read-only)."""
+    before = _stamp(datetime.now(UTC) - timedelta(days=RETENTION))
+    db = daemon.root / ".state" / "bench" / "bulkdrop.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT count(*) FROM files WHERE finished_at < ?",
+                                (before,)).fetchone()[0])
+
+
+async def _while_pruning(daemon: Daemon, files: int) -> dict[str, Any]:
+    """Once the daemon's first prune pass (a minute after start) has begun: a drop of
+    *files* files, and how many old files went while they were filed."""
+    at_start = await asyncio.to_thread(_old_rows, daemon)
+    await wait_until(lambda: _old_rows(daemon) < at_start, 180, 0.2, daemon.check_alive,
+                     "the first prune pass")
+    names = [f"p-{i:06}.csv" for i in range(files)]
+    stage_small(daemon.stage, names)
+    before = await asyncio.to_thread(_old_rows, daemon)
+    want = daemon.results() + files
+    first = drop(daemon.stage, daemon.inbox, names)
+    await wait_until(lambda: daemon.results() >= want, 600, 0.1, daemon.check_alive,
+                     f"{files} result files while pruning")
+    seconds = last_result_mtime(daemon.done) - first
+    after = await asyncio.to_thread(_old_rows, daemon)
+    return {"files_per_s": files / seconds, "old_rows_at_start": at_start,
+            "pruned_during_drop": before - after, "old_rows_left": after}
+
+
 async def one(sim: Sim, work: Path, files: int, rows: int, backlog: int) -> dict[str, Any]:
     port = _free_port()
     daemon = _daemon(sim, work, port)
@@ -234,6 +273,7 @@ async def one(sim: Sim, work: Path, files: int, rows: int, backlog: int) -> dict
         window.stop()
         status_s = await _status_seconds(daemon)
         pages = await _pages(port, claims)
+        pruning = await _while_pruning(daemon, files) if rows else {}
         daemon.check_alive()
         rss = peak_rss_mb(daemon.pid)
     failed = sum(1 for _ in daemon.failed.glob("*.result.json")) if daemon.failed.exists() else 0
@@ -250,7 +290,8 @@ async def one(sim: Sim, work: Path, files: int, rows: int, backlog: int) -> dict
     return {"rows": rows, "built_s": round(built, 1), "files": files,
             "files_per_s": statistics.median(rates), "rates": rates, "failed": failed,
             "status_s": status_s, "pages_s": pages, "peak_rss_mb": rss, "first_post_s": first_post,
-            "first_post_after_kill_s": after_kill, "backlog": backlog, **window.as_dict()}
+            "first_post_after_kill_s": after_kill, "backlog": backlog, "pruning": pruning,
+            **window.as_dict()}
 
 
 async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, Any]]:
@@ -271,6 +312,12 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
         Row("year", f"daemon, {args.files} files, {rows_k} finished", rate, "files/s",
             "empty spool", base_rate, "files/s", ">= 0.9x empty", rate >= 0.9 * base_rate,
             full["sim_cpu_share"]),
+        Row("year", f"daemon, {args.files} files, while pruning", full["pruning"]["files_per_s"],
+            "files/s", "empty spool", base_rate, "files/s", ">= 0.9x empty",
+            full["pruning"]["files_per_s"] >= 0.9 * base_rate, None,
+            f"{full['pruning']['pruned_during_drop']:,} old files pruned during the drop, "
+            f"{full['pruning']['old_rows_left']:,} of "
+            f"{full['pruning']['old_rows_at_start']:,} left"),
         Row("year", f"bulkdrop status, {rows_k}", full["status_s"], "s", "empty spool",
             empty["status_s"], "s", "< 1 s", full["status_s"] < 1),
         Row("year", f"slowest web page, {rows_k}", slowest * 1000, "ms", "empty spool",
