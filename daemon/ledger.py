@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -324,11 +325,14 @@ class Ledger(Database):
                 timespec="milliseconds")
             files = lines = 0
             while not stop.is_set():
+                started = time.monotonic()
                 pruned, gone = await self.prune(before, batch)
                 files, lines = files + pruned, lines + gone
                 if pruned < batch and gone < batch:
                     break
-                await asyncio.sleep(0.05)
+                # A fifth of the ledger's thread at most: a backlog of old rows (the
+                # first start with a retention) goes over minutes, the files' writes first.
+                await asyncio.sleep(max(0.05, 4 * (time.monotonic() - started)))
             if files or lines:
                 log.info("ledger.pruned", files=files, history_lines=lines,
                          finished_before=before, retention_days=days)
