@@ -11,8 +11,9 @@ again with backoff until it succeeds. At open, the whole database is checked and
 end to end; one that cannot be is set aside and a new one started. That check is skipped
 when the database is as a clean close left it (``<name>.closed`` records the file's
 identity, size, mtime and ctime then, and is removed at open; a close after an error
-other than a passing one records nothing): a year of files takes ~20 s to read through
-(bench/README.md), which a restart need not wait for.
+other than a passing one records nothing), and was read through less than a week ago:
+a year of files takes ~20 s to read through (bench/README.md), which a restart need not
+wait for.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ RETRY_CAP = 30.0
 # Passing, but the file may not be what was opened (moved: READONLY_DBMOVED) or the
 # file system found damage (IOERR_CORRUPTFS): no record of a clean close after them.
 SUSPECT_CODES = frozenset({1032, 8458})
-MARKER_BYTES = 256  # the clean-close record: {"db": [five integers]}
+MARKER_BYTES = 256  # the clean-close record: {"db": [five integers], "checked_at": t}
+# However many clean stops in a row: a start reads the ledger through at least this
+# often (damage in pages nothing reads would otherwise go unseen for good).
+FULL_CHECK_SECONDS = 7 * 86400
 
 Statement = tuple[str, tuple[Any, ...]]
 _Pending = tuple[Sequence[Statement], "asyncio.Future[None]"]
@@ -71,6 +75,7 @@ class Database:
         self.checked = False          # read through at open (not closed cleanly before)
         self._suspect = False         # an error other than a passing one: check next time
         self._opened_as: list[int] = []  # device and inode of the file opened
+        self._checked_at = 0.0           # when it was last read through (Unix time)
         self._closed_marker = path.with_name(f"{path.name}.closed")
         # Told what is wrong while writes fail and are retried (None once they work).
         self.on_trouble: Callable[[str | None], None] = lambda problem: None
@@ -114,7 +119,7 @@ class Database:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as fh:  # closes fd, also when it fails
-                json.dump({"db": _identity(self.path)}, fh)
+                json.dump({"db": _identity(self.path), "checked_at": self._checked_at}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self._closed_marker)  # lost in a crash: the next open checks
@@ -122,10 +127,10 @@ class Database:
             log.warning("ledger.close_unrecorded", path=str(self.path), error=str(exc))
 
     def _closed_cleanly(self) -> bool:
-        """Whether the database is as the last clean close left it; the record is gone
-        after this (whatever happens next changes the file, or makes a WAL). Anything
-        odd about the record (not a regular file of ours, too long, not what we write)
-        means: check."""
+        """Whether the database is as the last clean close left it, and was read through
+        less than :data:`FULL_CHECK_SECONDS` ago; the record is gone after this (whatever
+        happens next changes the file, or makes a WAL). Anything odd about the record
+        (not a regular file of ours, too long, not what we write) means: check."""
         try:
             fd = os.open(self._closed_marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                          | os.O_CLOEXEC)
@@ -151,9 +156,16 @@ class Database:
         except OSError:
             return False
         try:
-            return recorded == {"db": _identity(self.path)} and not _has_wal(self.path)
+            same = (isinstance(recorded, dict) and recorded.keys() == {"db", "checked_at"}
+                    and recorded["db"] == _identity(self.path) and not _has_wal(self.path))
         except OSError:
             return False
+        checked_at = recorded["checked_at"] if same else None
+        if not isinstance(checked_at, (int, float)) or not (
+                0 <= time.time() - checked_at < FULL_CHECK_SECONDS):
+            return False  # read through too long ago (or in the future): now
+        self._checked_at = checked_at
+        return True
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run *fn* on the database's thread, tried again while trouble passes."""
@@ -250,6 +262,8 @@ class Database:
         keep_private(self.path.parent)
         self.existed = self.path.exists()
         self.checked = not self._closed_cleanly()
+        if self.checked:
+            self._checked_at = time.time()
         started = time.monotonic()
         try:
             self._conn = self._connect(self.checked)

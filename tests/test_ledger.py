@@ -467,3 +467,19 @@ async def test_status_counts_and_latest_from_a_ledger_of_every_kind_of_row(
                            "inbox": {"waiting": 0, "oldest": None}})
     assert ("COMPLETE 2, FAILED 0, REJECTED 1, without a result 1; in progress 2 "
             "(FINISHING 1, SUBMITTED 1)") in shown
+
+
+async def test_clean_stops_in_a_row_still_read_the_ledger_through_weekly(
+        tmp_path: Path) -> None:
+    db = tmp_path / "bulkdrop.db"
+    marker = tmp_path / "bulkdrop.db.closed"
+    assert (await _open_close(db)).checked
+    checked_at = json.loads(marker.read_text())["checked_at"]
+    assert not (await _open_close(db, write=False)).checked
+    # A start that skipped the check carries the time of the last one forward.
+    assert json.loads(marker.read_text())["checked_at"] == checked_at
+    record = json.loads(marker.read_text())
+    record["checked_at"] -= 8 * 86400  # as if the clean stops had gone on for 8 days
+    marker.write_text(json.dumps(record))
+    assert (await _open_close(db, write=False)).checked
+    assert json.loads(marker.read_text())["checked_at"] > checked_at
