@@ -402,9 +402,8 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
                 f" count(CASE WHEN {failed} > 0 THEN 1 END) FROM files"
                 f" GROUP BY state, {instance}, outcome"):
             key = outcome if state == FINISHED and outcome else state
-            shown = "default" if inst is None else inst or "(none)"
             counts[key] = counts.get(key, 0) + n
-            mine = by_instance.setdefault(shown, {})
+            mine = by_instance.setdefault(_instance_label(inst), {})
             mine[key] = mine.get(key, 0) + n
             if outcome == "COMPLETE":  # also while it is being filed
                 partial += some_failed
@@ -424,17 +423,14 @@ def read_summary(path: Path, latest: int = 10) -> dict[str, Any]:
                                    " WHERE state = 'PENDING'").fetchone()[0]
     finally:
         conn.close()
-    latest_rows = []
-    for r in rows[:latest]:
-        row = dict(r)
-        if row["instance"] is None:
-            row["instance"] = "default"
-        elif row["instance"] == "":
-            row["instance"] = "(none)"
-        latest_rows.append(row)
+    latest_rows = [{**r, "instance": _instance_label(r["instance"])} for r in rows[:latest]]
     return {"counts": counts, "instances": dict(sorted(by_instance.items())),
-            "latest": latest_rows,
-            "partial": partial, "notifications_pending": pending}
+            "latest": latest_rows, "partial": partial, "notifications_pending": pending}
+
+
+def _instance_label(instance: str | None) -> str:
+    """NULL: a single-instance ledger's row ([api]'s); "": a file that went to none."""
+    return "default" if instance is None else instance or "(none)"
 
 
 # -- what the web view reads: its own read-only connection, its own thread ---------------

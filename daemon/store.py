@@ -110,8 +110,8 @@ class Database:
         conn.close()
         tmp = self._closed_marker.with_name(f".{self._closed_marker.name}.tmp")
         try:
-            if (self._suspect or _has_wal(self.path)
-                    or _identity(self.path)[:2] != self._opened_as):
+            identity = _identity(self.path)
+            if self._suspect or _has_wal(self.path) or identity[:2] != self._opened_as:
                 return
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -119,7 +119,7 @@ class Database:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as fh:  # closes fd, also when it fails
-                json.dump({"db": _identity(self.path), "checked_at": self._checked_at}, fh)
+                json.dump({"db": identity, "checked_at": self._checked_at}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self._closed_marker)  # lost in a crash: the next open checks
@@ -156,14 +156,14 @@ class Database:
         except OSError:
             return False
         try:
-            same = (isinstance(recorded, dict) and recorded.keys() == {"db", "checked_at"}
-                    and recorded["db"] == _identity(self.path) and not _has_wal(self.path))
+            same = (isinstance(recorded, dict) and recorded.get("db") == _identity(self.path)
+                    and not _has_wal(self.path))
         except OSError:
             return False
-        checked_at = recorded["checked_at"] if same else None
+        checked_at = recorded.get("checked_at") if same else None
         if not isinstance(checked_at, (int, float)) or not (
                 0 <= time.time() - checked_at < FULL_CHECK_SECONDS):
-            return False  # read through too long ago (or in the future): now
+            return False  # not the same file, or read through too long ago (or ahead)
         self._checked_at = checked_at
         return True
 

@@ -52,7 +52,6 @@ class Watcher:
         self._offering: asyncio.Task[None] | None = None
         self._walk_again = False  # a scan was asked for while a walk was under way
         self._watching = asyncio.Event()  # inbox/ is watched: events will come
-        self._scan_started = False
         self._kick = asyncio.Event()     # a folder appeared: scan now
         self._stop = asyncio.Event()
         self.scans = 0
@@ -98,7 +97,6 @@ class Watcher:
     async def scan(self) -> None:
         """Survey inbox/ (metrics, unreadable folders), and hand on what is settled: the
         handing-on walk goes on in the background, waiting when the claimer is full."""
-        self._scan_started = True
         # First: with a backlog, the survey's walk of every file would otherwise come
         # before the first file is offered (100,000 files: a second or more).
         if self._offering is None or self._offering.done():
@@ -244,7 +242,7 @@ class Watcher:
             async for batch in events.batches():
                 if not self._watching.is_set():
                     self._watching.set()
-                    if self._scan_started:  # the first scan did not wait for the watches
+                    if self._offering is not None:  # a scan did not wait for the watches
                         self._kick.set()
                 if None in batch:
                     self._kick.set()  # events were lost, or a folder is not watched
