@@ -15,7 +15,7 @@ import itertools
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from daemon import csvfile, jsonfile, rawfile
+from daemon import csvfile, csvsplit, jsonfile, rawfile
 from daemon.admission import Ticket
 from daemon.fileref import FileRef, NotAFile
 from daemon.logs import get_logger
@@ -168,7 +168,7 @@ def inspect_file(ref: FileRef, name: str, columns: csvfile.Columns,
     *copy_to* as JSON lines), else CSV."""
     if is_json_name(name):
         return jsonfile.inspect(ref, columns, copy_to=copy_to)
-    return csvfile.inspect(ref, columns)
+    return csvsplit.inspect(ref, columns)
 
 
 def file_info(found: Inspection | None, columns: csvfile.Columns

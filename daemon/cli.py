@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from daemon import __version__, csvfile, exits, jsonfile, logs
+from daemon import __version__, csvfile, csvsplit, exits, jsonfile, logs
 from daemon.config import find_config_path, load_settings
 from daemon.settings import ConfigError, InstanceSettings, Settings
 from daemon.sim import cli as sim_cli
@@ -354,7 +354,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if code == exits.OK and args.object and inst.api.base_url:
                 _warn_unknown_columns(inst, args.object, found_json.keys, columns, "key")
             return code
-        found = csvfile.inspect(path, columns)
+        found = csvsplit.inspect(path, columns)
     except OSError as exc:
         print(f"bulkdrop: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return exits.FAILURE

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import builtins
 import csv
+import functools
 import hashlib
 import io
 import itertools
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,10 +148,11 @@ def header_names(row: Sequence[str]) -> list[str]:
 
 
 ProblemSink = Callable[[Problem], None]
-PLAIN_BLOCK = 1 << 20  # characters of text checked at once by the fast path
+PLAIN_BLOCK = 1 << 18  # characters of text checked at once by the fast path
+FAST_PATH = True  # off: the csv module reads every record (the tests compare the two)
 
 
-class _Scan:
+class Scan:
     """The structure pass: parse, check, count."""
 
     def __init__(self, columns: Columns, check_nul: bool, sink: ProblemSink | None) -> None:
@@ -161,6 +164,9 @@ class _Scan:
         self.total = 0
         self.header: tuple[str, ...] = ()
         self.fed = 0  # characters handed to the parser for the record being read
+        self.stopped = False      # the rest of the file could not be read
+        self.undecodable = False  # ... for a byte its encoding cannot decode
+        self.unclosed = False     # ... for a quoted field still open at its end
 
     def add(self, line: int | None, message: str) -> None:
         self.total += 1
@@ -229,7 +235,7 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
     sample = head.decode(codec_of(encoding), "replace").lstrip("\ufeff")
     endings = line_endings(sample)
     dialect = Dialect(encoding, sniff_delimiter(sample), endings)
-    scan = _Scan(columns, check_nul=raw.has_nul, sink=sink)
+    scan = Scan(columns, check_nul=raw.has_nul, sink=sink)
     text = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
             if whole is not None else open_text(ref, encoding))
     with text:
@@ -250,29 +256,52 @@ def _undecodable(raw: RawBytes, encoding: str, head: bytes, line: int | None,
                                                        endings), (), 0, (problem,), 1)
 
 
-def _check_rows(scan: _Scan, text: io.TextIOWrapper, dialect: Dialect, ref: FileRef) -> None:
-    """Parse and check every record. After the header, blocks of lines with no quote
-    and no bare CR go by the fast path (:func:`_plain_blocks`); from the first block
-    that has one, the csv module reads the rest, from that block's first line."""
-    delimiter = dialect.delimiter
-    reader = csv.reader(scan.feed(text, LINE_LIMIT), delimiter=delimiter, strict=True)
+def _check_rows(scan: Scan, text: io.TextIOWrapper, dialect: Dialect, ref: FileRef) -> None:
+    """Parse and check every record: the header, then the rest by :func:`check_body`."""
+    width = check_header(scan, text, dialect, ref)
+    if width and not scan.stopped:
+        check_body(scan, text, dialect, width, ref)
+    check_rows_found(scan, width)
+
+
+def check_header(scan: Scan, text: TextIO, dialect: Dialect, ref: FileRef | None) -> int:
+    """Read and check the header (after any blank lines); its width, 0 when there is none."""
+    reader = csv.reader(scan.feed(text, LINE_LIMIT), delimiter=dialect.delimiter, strict=True)
     width = _read_records(scan, reader, 0, 0, text.encoding, ref, header_only=True)
-    base = reader.line_num
-    if width > 1 and not scan.total and dialect.line_endings in ("LF", "CRLF"):
-        rest, base = _plain_blocks(scan, text, dialect, width, base)
-        reader = csv.reader(itertools.chain(_lines_of(rest, scan), scan.feed(text, LINE_LIMIT)),
-                            delimiter=delimiter, strict=True)
-    _read_records(scan, reader, base, width, text.encoding, ref)
-    scan.lines = base + reader.line_num
-    _check_rows_found(scan, width)
+    scan.lines = reader.line_num
+    return width
 
 
-def _read_records(scan: _Scan, reader: Any, base: int, width: int, encoding: str,
-                  ref: FileRef, header_only: bool = False) -> int:
-    """Check the records *reader* gives (its line numbers after *base*); the header's
-    width (found here when *width* is 0)."""
-    limit = LINE_LIMIT
+def check_body(scan: Scan, text: TextIO, dialect: Dialect, width: int,
+                ref: FileRef | None) -> None:
+    """Check the records after the header (``scan.lines`` lines read), each of *width*
+    fields.
+
+    Blocks of whole lines go by the fast path (:class:`_Blocks`) while it can vouch for
+    them; a block it cannot goes to the csv module, from its first line to the first
+    record that ends at or after its last, and the fast path takes over again there.
+    """
+    blocks = _Blocks(scan, text, dialect, width) if FAST_PATH else None
     while True:
+        block = blocks.check() if blocks is not None else None  # None: the csv module
+        base = scan.lines                                      # reads all the rest
+        reader = csv.reader(_handover(scan, text, blocks, block or ""),
+                            delimiter=dialect.delimiter, strict=True)
+        _read_records(scan, reader, base, width, text.encoding, ref,
+                      stop_at=None if block is None else _line_count(block))
+        scan.lines = base + reader.line_num
+        if block is None or scan.stopped:
+            return
+
+
+def _read_records(scan: Scan, reader: Any, base: int, width: int, encoding: str,
+                  ref: FileRef | None, header_only: bool = False,
+                  stop_at: int | None = None) -> int:
+    """Check the records *reader* gives (its line numbers after *base*), up to the first
+    that ends on or after its line *stop_at*; the header's width (found here when *width*
+    is 0). Sets ``scan.stopped`` when the rest cannot be read."""
+    limit = LINE_LIMIT
+    while stop_at is None or reader.line_num < stop_at:
         line = base + reader.line_num + 1  # where the record starts (it may span lines)
         scan.fed = 0
         try:
@@ -281,13 +310,16 @@ def _read_records(scan: _Scan, reader: Any, base: int, width: int, encoding: str
             break
         except csv.Error as exc:
             if _stops(scan, line, exc):
+                scan.stopped = True
                 break
             continue
         except (LineTooLong, UnicodeDecodeError) as exc:  # the rest cannot be read
+            scan.stopped = True
             if isinstance(exc, LineTooLong):
                 scan.add(line, _too_long(limit, spans=base + reader.line_num > line))
             else:
-                scan.add(bad_byte_line(ref, encoding),
+                scan.undecodable = True
+                scan.add(bad_byte_line(ref, encoding) if ref is not None else None,
                          f"bytes that are not valid {encoding} text; "
                          "save the file as UTF-8 and drop it again")
             break
@@ -306,50 +338,112 @@ def _read_records(scan: _Scan, reader: Any, base: int, width: int, encoding: str
     return width
 
 
-def _plain_blocks(scan: _Scan, text: io.TextIOWrapper, dialect: Dialect, width: int,
-                  base: int) -> tuple[str, int]:
-    """Check whole lines a block at a time while the csv module could find nothing in
-    them that a count cannot: no quote, no bare CR (a line end of its own), no NUL to
-    report, no line over the limit, every line blank or of *width* fields. Returns what
-    is left for the csv module (from the first block that is not so, whole lines from
-    its start) and the lines checked."""
-    fields, delimiter = width - 1, dialect.delimiter
-    end = "\r\n" if dialect.line_endings == "CRLF" else "\n"
-    pending = ""
-    while chunk := text.read(PLAIN_BLOCK):
-        block = pending + chunk
-        cut = block.rfind("\n") + 1
-        block, pending = block[:cut], block[cut:]
-        if not block:
-            if len(pending) > LINE_LIMIT:
-                break
-            continue
-        lines = block.split(end)
-        # Every CR and LF is a line end (CRLF: as a pair), so the csv module would split
-        # these lines here too.
-        whole = (block.count("\r") == block.count("\n") == len(lines) - 1 if end == "\r\n"
-                 else "\r" not in block)
-        lines.pop()  # after the last line end
-        blank = lines.count("")
-        if (not whole or '"' in block or (scan.check_nul and "\x00" in block)
-                or (len(block) > LINE_LIMIT and max(map(len, lines)) > LINE_LIMIT)
-                or list(map(str.count, lines, itertools.repeat(delimiter))).count(fields)
-                != len(lines) - blank):
-            pending = block + pending
-            break
-        scan.rows += len(lines) - blank
-        base += len(lines)
+class _Blocks:
+    """The fast path: whole lines checked a block at a time, without the csv module,
+    while nothing in them could make it find anything else: every line blank or of
+    *width* fields, each field plain (no quote, delimiter or line end in it) or quoted
+    whole on its line (``"..."``, quotes in it doubled), no bare CR (a line end of its
+    own), no NUL to report, no line over the limit."""
+
+    def __init__(self, scan: Scan, text: TextIO, dialect: Dialect, width: int) -> None:
+        self.scan = scan
+        self.text = text
+        self.fields = width - 1
+        self.delimiter = dialect.delimiter
+        self.end = "\r\n" if dialect.line_endings == "CRLF" else "\n"
+        self.done = width < 2 or dialect.line_endings not in ("LF", "CRLF")
+        self.pattern = None if self.done else _records_pattern(self.delimiter, width, self.end)
+        self.pending = ""  # the start of the line the last block cut
+        self.piece: io.StringIO | None = None  # lines the csv module took from there on
+
+    def check(self) -> str | None:
+        """Check blocks, counting their lines and rows in *scan*, up to one the fast path
+        cannot vouch for: its whole lines. None at the end of the file (what is left is
+        its last line, without a line end), or when the rest is the csv module's."""
+        scan, text = self.scan, self.text
+        if self.piece is not None:  # the csv module stopped within it: the rest is ours
+            self.pending, self.piece = self.piece.read(), None
+        if self.done:
+            return None
+        while chunk := text.read(PLAIN_BLOCK):
+            block = self.pending + chunk
+            cut = block.rfind("\n") + 1
+            block, self.pending = block[:cut], block[cut:]
+            if not block:
+                if len(self.pending) > LINE_LIMIT:
+                    break  # the csv module says where
+                continue
+            counted = self._vouch(block)
+            if counted is None:
+                return block
+            scan.lines += counted[0]
+            scan.rows += counted[1]
+        self.done = True
+        return None
+
+    def _vouch(self, block: str) -> tuple[int, int] | None:
+        """(lines, rows) of a block of whole lines the fast path vouches for, else None."""
+        end = self.end
+        if self.scan.check_nul and "\x00" in block:
+            return None
+        lines = block.count("\n")
+        split: list[str] | None = None
+        if '"' in block:
+            if self.pattern is None or self.pattern.fullmatch(block) is None:
+                return None
+        else:
+            if not (block.count("\r") == block.count("\r\n") == lines if end == "\r\n"
+                    else "\r" not in block):
+                return None  # a bare CR ends a line of its own
+            split = block.split(end)
+            split.pop()  # after the last line end
+            if list(map(str.count, split, itertools.repeat(self.delimiter))).count(
+                    self.fields) != lines - split.count(""):
+                return None
+        if len(block) > LINE_LIMIT:
+            split = split or block.split(end)
+            if max(map(len, split)) + len(end) > LINE_LIMIT:
+                return None
+        blank = 0
+        if block.startswith(end) or end + end in block:
+            blank = (split or block.split(end)[:-1]).count("")
+        return lines, lines - blank
+
+
+@functools.lru_cache(maxsize=32)
+def _records_pattern(delimiter: str, width: int, end: str) -> re.Pattern[str]:
+    """Whole lines, each blank or *width* fields, plain or quoted whole on their line:
+    what the fast path vouches for in a block with a quote."""
+    d = re.escape(delimiter)
+    field = f'(?:"(?:[^"\\r\\n]++|"")*+"|[^"{d}\\r\\n]*+)'
+    if width <= 64:
+        line = field + (d + field) * (width - 1)
     else:
-        return pending, base  # the end of the file: its last line, if it has no line end
-    # The csv module takes each string it is given as ending its record: the line cut
-    # at the chunk's end goes whole.
-    return pending + text.readline(LINE_LIMIT + 1), base
+        line = f"{field}(?:{d}{field}){{{width - 1}}}"
+    return re.compile(f"(?:(?:{line})?{re.escape(end)})*+")
 
 
-def _lines_of(text: str, scan: _Scan) -> Iterator[str]:
-    """*text* as the csv module's lines (split as ``newline=""`` reading splits them),
-    each counted like :meth:`_Scan.feed`'s."""
-    readline = io.StringIO(text, newline="").readline
+def _handover(scan: Scan, text: TextIO, blocks: _Blocks | None, block: str) -> Iterator[str]:
+    """Lines for the csv module: *block*'s; then, if it asks for more, the line the fast
+    path cut, completed; then the rest of the file."""
+    yield from _lines_of(io.StringIO(block, newline=""), scan)
+    if blocks is not None and blocks.pending:
+        piece = io.StringIO(blocks.pending + text.readline(LINE_LIMIT + 1), newline="")
+        blocks.pending, blocks.piece = "", piece
+        yield from _lines_of(piece, scan)
+        blocks.piece = None
+    yield from scan.feed(text, LINE_LIMIT)
+
+
+def _line_count(block: str) -> int:
+    """The lines of *block* (whole lines) as ``newline=""`` reading splits them."""
+    return block.count("\n") + block.count("\r") - block.count("\r\n")
+
+
+def _lines_of(text: io.StringIO, scan: Scan) -> Iterator[str]:
+    """*text*'s lines (split as ``newline=""`` reading splits them), each counted like
+    :meth:`Scan.feed`'s."""
+    readline = text.readline
     while line := readline():
         scan.fed += len(line)
         if scan.fed > LINE_LIMIT:
@@ -357,7 +451,7 @@ def _lines_of(text: str, scan: _Scan) -> Iterator[str]:
         yield line
 
 
-def _check_rows_found(scan: _Scan, width: int) -> None:
+def check_rows_found(scan: Scan, width: int) -> None:
     if width and not scan.rows and not scan.total:
         scan.add(None, "the file has a header line but no data rows")
     if not width and not scan.total:
@@ -370,9 +464,10 @@ def _too_long(limit: int, spans: bool) -> str:
             "check the file, or raise [spool] max_line_length")
 
 
-def _stops(scan: _Scan, line: int, exc: csv.Error) -> bool:
+def _stops(scan: Scan, line: int, exc: csv.Error) -> bool:
     """Record a parse error; True when parsing cannot go on."""
     if "end of data" in str(exc):
+        scan.unclosed = True
         scan.add(line, 'a quoted field is never closed (unbalanced ")')
         return True
     if "field limit" in str(exc):  # a line or record over the limit stops it before this
@@ -402,7 +497,7 @@ def write_problems(source: Path | FileRef, columns: Columns, out: BinaryIO,
     return total
 
 
-def _check_header(scan: _Scan, row: list[str], line: int) -> int:
+def _check_header(scan: Scan, row: list[str], line: int) -> int:
     if not row:
         return 0  # blank lines before the header are skipped
     names = header_names(row)

@@ -205,21 +205,26 @@ def test_the_fast_path_finds_what_the_csv_module_finds(
         crlf: bool, block: int, columns_delim: str) -> None:
     """Lines checked a block at a time by counting give the same rows, lines and
     problems as the csv module reading them all, wherever the blocks fall."""
-    plain = st.text(alphabet=st.sampled_from(list("ab é")), max_size=5)
-    row = st.one_of(st.lists(plain, min_size=width, max_size=width),
-                    st.lists(plain, min_size=width, max_size=width),
-                    st.just([]),  # a blank line
-                    st.lists(_CELLS, min_size=0, max_size=5))
-    rows = data.draw(st.lists(row, max_size=40))
     end = "\r\n" if crlf else "\n"
+    plain = st.text(alphabet=st.sampled_from(list("ab é")), max_size=5)
+    quoted = st.text(alphabet=st.sampled_from(list('ab é",;')), max_size=5)
+    multiline = st.text(alphabet=st.sampled_from(list('a"\r\n,')), max_size=4)
+    row = st.one_of(st.lists(plain, min_size=width, max_size=width).map(columns_delim.join),
+                    st.lists(st.one_of(plain, quoted), min_size=width, max_size=width).map(
+                        lambda r: _render([r], columns_delim, "utf-8", end).decode()[:-len(end)]),
+                    st.lists(st.one_of(plain, quoted, multiline), min_size=0, max_size=5).map(
+                        lambda r: _render([r], columns_delim, "utf-8", end).decode()[:-len(end)]),
+                    st.just(""),  # a blank line
+                    st.lists(_CELLS, min_size=0, max_size=5).map(columns_delim.join))
+    rows = data.draw(st.lists(row, max_size=40))
     header = columns_delim.join(f"c{i}" for i in range(width))
-    text = header + end + "".join(columns_delim.join(r) + end for r in rows)
+    text = header + end + "".join(r + end for r in rows)
     path = tmp_path_factory.mktemp("fast") / "f.csv"
     path.write_bytes(text.encode())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(csvfile, "PLAIN_BLOCK", block)
         fast = inspect(path)
-        mp.setattr(csvfile, "_plain_blocks", lambda scan, text, dialect, width, base: ("", base))
+        mp.setattr(csvfile, "FAST_PATH", False)
         slow = inspect(path)
     assert (fast.rows, fast.lines, fast.header, fast.problems, fast.problems_total) == (
         slow.rows, slow.lines, slow.header, slow.problems, slow.problems_total)
@@ -240,8 +245,7 @@ def test_the_fast_path_hands_over_where_a_block_needs_the_csv_module(
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(csvfile, "PLAIN_BLOCK", 64)
                 fast = inspect(path)
-                mp.setattr(csvfile, "_plain_blocks",
-                           lambda scan, text, dialect, width, base: ("", base))
+                mp.setattr(csvfile, "FAST_PATH", False)
                 slow = inspect(path)
             assert (fast.rows, fast.lines, fast.problems, fast.problems_total) == (
                 slow.rows, slow.lines, slow.problems, slow.problems_total), (at, line)

@@ -18,7 +18,7 @@ TIERS: list[tuple[str, set[str]]] = [
     ("rooms", {"admission", "checks", "jobs", "filing", "tracker", "watcher", "web",
                "instances", "view", "notify"}),
     ("what they work on", {"work", "placing", "ledger", "client", "failedrows", "jsonfile",
-                           "normalise", "csvfile", "spool"}),
+                           "normalise", "csvfile", "csvsplit", "spool"}),
     ("the tools under those", {"store", "folders", "rawfile", "fileref", "results", "answers",
                                "inboxevents",
                                "ratelimit",

@@ -1,0 +1,201 @@
+"""A large CSV file checked on two cores: the first half here, the second in a child
+process (``python -m daemon.csvsplit``), at the same time.
+
+The child is handed the open file (its descriptor, never a path) and where to start: the
+first line end after the middle. Its findings count only when the two halves meet at a
+record's end: the first half, read alone, must end outside any quoted field. Anything
+else (the halves do not meet there, a byte that is not UTF-8, the child cannot start or
+fails) and the file is checked in order by :func:`daemon.csvfile.inspect`, as a small
+file is, which finds the same. The whole file is hashed meanwhile in a thread (hashlib
+lets go of the GIL).
+
+Only a file that is UTF-8 by its first bytes (or its byte order mark), has LF or CRLF
+line ends, and is at least :data:`SPLIT_MIN` bytes goes this way; and only where two
+cores are free to take it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import concurrent.futures
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from daemon import csvfile, rawfile
+from daemon.csvfile import Columns, Dialect, Inspection, Problem, Scan
+from daemon.fileref import FileRef, as_ref
+
+SPLIT_MIN = 64 << 20
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def inspect(source: Path | FileRef, columns: Columns | None = None) -> Inspection:
+    """:func:`daemon.csvfile.inspect`, on two cores when the file is large enough."""
+    ref = as_ref(source)
+    found = None
+    if _cores() >= 2:
+        try:
+            found = inspect_split(ref, columns or Columns())
+        except OSError:
+            found = None  # read again in order: the error is the file's, or is raised there
+    return found or csvfile.inspect(ref, columns)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def inspect_split(ref: FileRef, columns: Columns) -> Inspection | None:
+    """The file checked in two halves at once; None when it is not one to split, or the
+    halves do not agree with reading it in order (then the caller does)."""
+    with ref.open_binary(buffering=0) as first, ref.open_binary(buffering=0) as second:
+        size = os.fstat(first.fileno()).st_size
+        if size < SPLIT_MIN:
+            return None
+        head = first.read(rawfile.CHUNK)
+        dialect = _dialect(head)
+        middle = _line_start_after(second, size // 2)
+        if dialect is None or middle is None:
+            return None
+        first.seek(0)
+        codec = rawfile.codec_of(dialect.encoding)
+        text = io.TextIOWrapper(io.BufferedReader(_Upto(first, middle), rawfile.CHUNK),
+                                encoding=codec, newline="")
+        scan = Scan(columns, check_nul=True, sink=None)
+        width = csvfile.check_header(scan, text, dialect, None)
+        if not width or scan.stopped:
+            return None
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            digest = pool.submit(rawfile.digest, ref)
+            child = _start_second_half(second, middle, dialect, width)
+            try:
+                csvfile.check_body(scan, text, dialect, width, None)
+                found = _second_half(child)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+            sha256, read = digest.result()
+    if scan.undecodable or scan.unclosed:
+        return None  # not UTF-8 after all, or the halves do not meet at a record's end
+    if not scan.stopped:
+        if found is None or found["undecodable"]:
+            return None
+        _join(scan, found)
+    csvfile.check_rows_found(scan, width)
+    return Inspection(sha256, read, scan.lines, dialect, scan.header, scan.rows,
+                      tuple(scan.problems), scan.total)
+
+
+def _dialect(head: bytes) -> Dialect | None:
+    """The dialect of a file that starts as UTF-8 with LF or CRLF line ends, else None."""
+    encoding = rawfile.bom_encoding(head, False)
+    if encoding not in (None, "utf-8-sig"):
+        return None
+    try:
+        sample = codecs.getincrementaldecoder("utf-8")().decode(head).lstrip("\ufeff")
+    except UnicodeDecodeError:
+        return None
+    endings = rawfile.line_endings(sample)
+    if endings not in ("LF", "CRLF"):
+        return None
+    return Dialect(encoding or "utf-8", csvfile.sniff_delimiter(sample), endings)
+
+
+def _line_start_after(fh: BinaryIO, offset: int) -> int | None:
+    """Where the first line after *offset* starts; None if none starts within reach."""
+    fh.seek(offset)
+    end = offset + 4 * csvfile.LINE_LIMIT + 4  # a longer line is reported either way
+    while offset < end and (chunk := fh.read(rawfile.CHUNK)):
+        at = chunk.find(b"\n")
+        if at >= 0:
+            return offset + at + 1
+        offset += len(chunk)
+    return None
+
+
+class _Upto(io.RawIOBase):
+    """A raw file read up to *end*, as if it ended there."""
+
+    def __init__(self, raw: BinaryIO, end: int) -> None:
+        self.raw = raw
+        self.left = end - raw.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buffer)
+        read = self.raw.readinto(view[:self.left]) or 0  # type: ignore[attr-defined]
+        self.left -= read
+        return read
+
+
+def _start_second_half(fh: BinaryIO, start: int, dialect: Dialect,
+                       width: int) -> subprocess.Popen[bytes]:
+    """The child checking from *start* to the end, given the open file *fh*."""
+    fd = fh.fileno()
+    args = {"fd": fd, "start": start, "encoding": dialect.encoding, "width": width,
+            "delimiter": dialect.delimiter, "line_endings": dialect.line_endings,
+            "line_limit": csvfile.LINE_LIMIT}
+    # No environment of the daemon's (its secrets among it) goes to the child.
+    return subprocess.Popen([sys.executable, "-m", "daemon.csvsplit", json.dumps(args)],
+                            pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={"PYTHONPATH": PACKAGE_ROOT})
+
+
+def _second_half(child: subprocess.Popen[bytes]) -> dict[str, Any] | None:
+    """What the child found; None if it failed (logged)."""
+    out, err = child.communicate()
+    if child.returncode == 0:
+        try:
+            found: dict[str, Any] = json.loads(out)
+            return found
+        except ValueError:
+            pass
+    from daemon.logs import get_logger  # not in the child: it starts faster without
+
+    get_logger().warning("check.second_half_failed", code=child.returncode,
+                         error=err.decode("utf-8", "replace")[-500:])
+    return None
+
+
+def _join(scan: Scan, found: dict[str, Any]) -> None:
+    """Add the second half's findings to the first's: its lines after the first's."""
+    offset = scan.lines
+    for line, message in found["problems"][:max(0, csvfile.MAX_PROBLEMS - len(scan.problems))]:
+        scan.problems.append(Problem(None if line is None else line + offset, message))
+    scan.total += found["total"]
+    scan.lines += found["lines"]
+    scan.rows += found["rows"]
+    scan.stopped = found["stopped"]
+
+
+def check_second_half(args: dict[str, Any]) -> dict[str, Any]:
+    """The child's work: check the records from ``start`` to the end of the file."""
+    csvfile.set_line_limit(args["line_limit"])
+    dialect = Dialect(args["encoding"], args["delimiter"], args["line_endings"])
+    with os.fdopen(args["fd"], "rb", buffering=0) as raw:
+        raw.seek(args["start"])
+        text = io.TextIOWrapper(io.BufferedReader(raw, rawfile.CHUNK), encoding="utf-8",
+                                newline="")
+        scan = Scan(Columns(), check_nul=True, sink=None)
+        csvfile.check_body(scan, text, dialect, args["width"], None)
+    problems = [(p.line, p.message) for p in scan.problems]
+    return {"lines": scan.lines, "rows": scan.rows, "problems": problems,
+            "total": scan.total, "stopped": scan.stopped, "undecodable": scan.undecodable}
+
+
+def main() -> None:
+    json.dump(check_second_half(json.loads(sys.argv[1])), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
