@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import concurrent.futures
+import errno
 import io
 import json
 import os
@@ -41,6 +42,8 @@ def inspect(source: Path | FileRef, columns: Columns | None = None) -> Inspectio
     if _cores() >= 2:
         try:
             found = inspect_split(ref, columns or Columns())
+        except InterruptedError:
+            raise  # stopped by a signal: no verdict, and no second reading now
         except OSError:
             found = None  # read again in order: the error is the file's, or is raised there
     return found or csvfile.inspect(ref, columns)
@@ -145,15 +148,22 @@ def _start_second_half(fh: BinaryIO, start: int, dialect: Dialect,
     args = {"fd": fd, "start": start, "encoding": dialect.encoding, "width": width,
             "delimiter": dialect.delimiter, "line_endings": dialect.line_endings,
             "line_limit": csvfile.LINE_LIMIT}
-    # No environment of the daemon's (its secrets among it) goes to the child.
+    # No environment of the daemon's (its secrets among it) goes to the child; nor a
+    # terminal's Ctrl-C (the daemon stops, and waits for the check to end).
     return subprocess.Popen([sys.executable, "-m", "daemon.csvsplit", json.dumps(args)],
                             pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={"PYTHONPATH": PACKAGE_ROOT})
+                            stderr=subprocess.PIPE, env={"PYTHONPATH": PACKAGE_ROOT},
+                            start_new_session=True)
 
 
 def _second_half(child: subprocess.Popen[bytes]) -> dict[str, Any] | None:
-    """What the child found; None if it failed (logged)."""
+    """What the child found; None if it failed (logged). A child ended by a signal (a
+    service stopping sends every process of it one) raises :class:`InterruptedError`:
+    the check is tried again later, never read in order while the daemon stops."""
     out, err = child.communicate()
+    if child.returncode < 0:
+        raise InterruptedError(errno.EINTR, "the check of the file's second half was "
+                               f"stopped by signal {-child.returncode}")
     if child.returncode == 0:
         try:
             found: dict[str, Any] = json.loads(out)

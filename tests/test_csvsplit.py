@@ -113,6 +113,19 @@ def test_a_child_that_fails_leaves_the_file_to_be_read_in_order(
     assert _seen(csvsplit.inspect(path)) == _seen(csvfile.inspect(path))
 
 
+def test_a_child_stopped_by_a_signal_is_no_verdict(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service stopping signals every process of it: the check is tried again later
+    (an OSError that is not the file's), not read in order while the daemon stops."""
+    path = _file(tmp_path, list(ROWS))
+    killed = tmp_path / "killed"
+    killed.write_text("#!/bin/sh\nkill -TERM $$\n")
+    killed.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(killed))
+    with pytest.raises(InterruptedError, match="signal 15"):
+        csvsplit.inspect(path)
+
+
 def test_files_that_are_not_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under SPLIT_MIN, UTF-16, or CR line ends: read in order."""
     path = _file(tmp_path, list(ROWS))
@@ -132,8 +145,8 @@ _CELL = st.text(alphabet=st.sampled_from(list('ab é",\r\n')), max_size=4)
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(rows=st.lists(st.lists(_CELL, min_size=0, max_size=5), min_size=1, max_size=60),
        crlf=st.booleans())
-def test_wherever_the_middle_falls_the_findings_are_the_same(tmp_path_factory: pytest.TempPathFactory,
-                                   rows: list[list[str]], crlf: bool) -> None:
+def test_wherever_the_middle_falls_the_findings_are_the_same(
+        tmp_path_factory: pytest.TempPathFactory, rows: list[list[str]], crlf: bool) -> None:
     end = "\r\n" if crlf else "\n"
     buf = io.StringIO()
     csv.writer(buf, lineterminator=end).writerows([["a", "b", "c", "d"], *rows])
