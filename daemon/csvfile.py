@@ -386,27 +386,25 @@ class _Blocks:
         end = self.end
         if self.scan.check_nul and "\x00" in block:
             return None
-        lines = block.count("\n")
-        split: list[str] | None = None
         if '"' in block:
             if self.pattern is None or self.pattern.fullmatch(block) is None:
                 return None
+            lines, split = block.count("\n"), None
+            blank = (block.split(end)[:-1].count("")
+                     if block.startswith(end) or end + end in block else 0)
         else:
-            if not (block.count("\r") == block.count("\r\n") == lines if end == "\r\n"
-                    else "\r" not in block):
-                return None  # a bare CR ends a line of its own
             split = block.split(end)
             split.pop()  # after the last line end
+            lines, blank = len(split), split.count("")
+            if not ("\r" not in block if end == "\n"
+                    else block.count("\r") == block.count("\n") == lines):
+                return None  # a bare CR (or LF) ends a line of its own
             if list(map(str.count, split, itertools.repeat(self.delimiter))).count(
-                    self.fields) != lines - split.count(""):
+                    self.fields) != lines - blank:
                 return None
-        if len(block) > LINE_LIMIT:
-            split = split or block.split(end)
-            if max(map(len, split)) + len(end) > LINE_LIMIT:
-                return None
-        blank = 0
-        if block.startswith(end) or end + end in block:
-            blank = (split or block.split(end)[:-1]).count("")
+        if len(block) > LINE_LIMIT and max(map(len, split or block.split(end))) + len(end) \
+                > LINE_LIMIT:
+            return None
         return lines, lines - blank
 
 
