@@ -206,12 +206,16 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
+Splitter = Callable[[FileRef, "Columns"], "Inspection | None"]
+
+
 def inspect(source: Path | FileRef, columns: Columns | None = None,
-            sink: ProblemSink | None = None) -> Inspection:
+            sink: ProblemSink | None = None, split: Splitter | None = None) -> Inspection:
     """Detect, validate and count; never raises for bad content, only for I/O errors.
 
     Every problem is also handed to *sink*, when given: the result keeps only the first
-    :data:`MAX_PROBLEMS`, the errors CSV gets them all.
+    :data:`MAX_PROBLEMS`, the errors CSV gets them all. A file larger than one read is
+    first offered to *split* (:mod:`daemon.csvsplit`), which may check it on two cores.
     """
     columns = columns or Columns()
     ref = as_ref(source)
@@ -221,6 +225,9 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
     whole = head if len(head) < CHUNK else None  # a small file is read once, here
+    if whole is None and split is not None and sink is None \
+            and (found := split(ref, columns)) is not None:
+        return found
     declared = bom_encoding(head, whole is not None)
     raw = prescan(ref, check_utf8=declared is None, whole=whole)
     if declared:

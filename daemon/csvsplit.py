@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from daemon import csvfile, rawfile
 from daemon.csvfile import Columns, Dialect, Inspection, Problem, Scan
-from daemon.fileref import FileRef, as_ref
+from daemon.fileref import FileRef
 
 SPLIT_MIN = 64 << 20
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -37,16 +37,18 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 def inspect(source: Path | FileRef, columns: Columns | None = None) -> Inspection:
     """:func:`daemon.csvfile.inspect`, on two cores when the file is large enough."""
-    ref = as_ref(source)
-    found = None
-    if _cores() >= 2:
-        try:
-            found = inspect_split(ref, columns or Columns())
-        except InterruptedError:
-            raise  # stopped by a signal: no verdict, and no second reading now
-        except OSError:
-            found = None  # read again in order: the error is the file's, or is raised there
-    return found or csvfile.inspect(ref, columns)
+    return csvfile.inspect(source, columns, split=_split)
+
+
+def _split(ref: FileRef, columns: Columns) -> Inspection | None:
+    if _cores() < 2:
+        return None
+    try:
+        return inspect_split(ref, columns)
+    except InterruptedError:
+        raise  # stopped by a signal: no verdict, and no second reading now
+    except OSError:
+        return None  # read in order: the error is the file's, or is raised there
 
 
 def _cores() -> int:
