@@ -77,6 +77,23 @@ def peak_rss_mb(pid: int) -> float:
     return _status_kib(pid, "VmHWM") * 1024 / MB
 
 
+def children_peak_rss_mb(pid: int) -> float:
+    """The largest peak RSS (VmHWM, MB) among the processes *pid* has running now (a
+    child started from any of its threads); 0 when it has none."""
+    peak = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                peak = max(peak, peak_rss_mb(int(child)))
+            except (OSError, ValueError):
+                continue  # it ended meanwhile
+    return peak
+
+
 def rss_mb(pid: int) -> float:
     return _status_kib(pid, "VmRSS") * 1024 / MB
 
