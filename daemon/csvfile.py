@@ -155,9 +155,13 @@ FAST_PATH = True  # off: the csv module reads every record (the tests compare th
 class Scan:
     """The structure pass: parse, check, count."""
 
-    def __init__(self, columns: Columns, check_nul: bool, sink: ProblemSink | None) -> None:
+    def __init__(self, columns: Columns, check_nul: bool, sink: ProblemSink | None,
+                 decodable: bool = False) -> None:
         self.columns = columns
         self.check_nul = check_nul
+        # Every byte is known to decode (the fast path reads blocks, not lines: a byte
+        # that does not would be found in the wrong place).
+        self.decodable = decodable
         self.sink = sink
         self.rows = self.lines = 0
         self.problems: list[Problem] = []
@@ -166,7 +170,6 @@ class Scan:
         self.fed = 0  # characters handed to the parser for the record being read
         self.stopped = False      # the rest of the file could not be read
         self.undecodable = False  # ... for a byte its encoding cannot decode
-        self.unclosed = False     # ... for a quoted field still open at its end
 
     def add(self, line: int | None, message: str) -> None:
         self.total += 1
@@ -229,7 +232,7 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
             and (found := split(ref, columns)) is not None:
         return found
     declared = bom_encoding(head, whole is not None)
-    raw = prescan(ref, check_utf8=declared is None, whole=whole)
+    raw = prescan(ref, check_utf8=declared in (None, "utf-8-sig"), whole=whole)
     if declared:
         encoding = declared
     elif raw.utf8:
@@ -242,7 +245,9 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
     sample = head.decode(codec_of(encoding), "replace").lstrip("\ufeff")
     endings = line_endings(sample)
     dialect = Dialect(encoding, sniff_delimiter(sample), endings)
-    scan = Scan(columns, check_nul=raw.has_nul, sink=sink)
+    decodable = raw.utf8 if encoding in ("utf-8", "utf-8-sig") else \
+        encoding == "cp1252" and raw.cp1252
+    scan = Scan(columns, check_nul=raw.has_nul, sink=sink, decodable=decodable)
     text = (io.TextIOWrapper(io.BytesIO(whole), encoding=codec_of(encoding), newline="")
             if whole is not None else open_text(ref, encoding))
     with text:
@@ -288,7 +293,7 @@ def check_body(scan: Scan, text: TextIO, dialect: Dialect, width: int,
     them; a block it cannot goes to the csv module, from its first line to the first
     record that ends at or after its last, and the fast path takes over again there.
     """
-    blocks = _Blocks(scan, text, dialect, width) if FAST_PATH else None
+    blocks = _Blocks(scan, text, dialect, width) if FAST_PATH and scan.decodable else None
     while True:
         block = blocks.check() if blocks is not None else None  # None: the csv module
         base = scan.lines                                      # reads all the rest
@@ -472,7 +477,6 @@ def _too_long(limit: int, spans: bool) -> str:
 def _stops(scan: Scan, line: int, exc: csv.Error) -> bool:
     """Record a parse error; True when parsing cannot go on."""
     if "end of data" in str(exc):
-        scan.unclosed = True
         scan.add(line, 'a quoted field is never closed (unbalanced ")')
         return True
     if "field limit" in str(exc):  # a line or record over the limit stops it before this

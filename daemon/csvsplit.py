@@ -2,16 +2,17 @@
 process (``python -m daemon.csvsplit``), at the same time.
 
 The child is handed the open file (its descriptor, never a path) and where to start: the
-first line end after the middle. Its findings count only when the two halves meet at a
-record's end: the first half, read alone, must end outside any quoted field. Anything
-else (the halves do not meet there, a byte that is not UTF-8, the child cannot start or
-fails) and the file is checked in order by :func:`daemon.csvfile.inspect`, as a small
-file is, which finds the same. The whole file is hashed meanwhile in a thread (hashlib
-lets go of the GIL).
+first line after the middle. Its findings count only when both halves were read to their
+ends, every byte decoding as UTF-8, and the first half, read alone, ended outside any
+quoted field (so the two meet at a record's end). Anything else (the halves do not meet
+there; a byte that is not UTF-8; a line too long or another problem that stops reading,
+after which bytes go undecoded; a child that cannot start or fails) and the file is
+checked in order by :func:`daemon.csvfile.inspect`, as a smaller file is, which finds
+the same. The whole file is hashed meanwhile in a thread (hashlib lets go of the GIL).
 
 Only a file that is UTF-8 by its first bytes (or its byte order mark), has LF or CRLF
 line ends, and is at least :data:`SPLIT_MIN` bytes goes this way; and only where two
-cores are free to take it.
+CPUs are free to take it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,8 @@ from daemon.fileref import FileRef
 
 SPLIT_MIN = 64 << 20
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+CHILD_ENV = ("PATH", "PYTHONHOME", "LD_LIBRARY_PATH", "LANG", "LC_ALL")
+STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def inspect(source: Path | FileRef, columns: Columns | None = None) -> Inspection:
@@ -52,12 +56,26 @@ def _split(ref: FileRef, columns: Columns) -> Inspection | None:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0))
+    """The CPUs this process may use: its affinity, within its cgroup's CPU quota (a
+    container or a service limited to one CPU gains nothing from a second process)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    try:
+        with open("/proc/self/cgroup") as fh:
+            group = next(line[3:].strip() for line in fh if line.startswith("0::"))
+        quota, period = Path("/sys/fs/cgroup", group.lstrip("/"), "cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, int(quota) // int(period))
+    except (OSError, StopIteration, ValueError):
+        pass  # no cgroup v2 here: the affinity says it
+    return cores
 
 
 def inspect_split(ref: FileRef, columns: Columns) -> Inspection | None:
     """The file checked in two halves at once; None when it is not one to split, or the
-    halves do not agree with reading it in order (then the caller does)."""
+    halves cannot stand for reading it in order (then the caller does)."""
     with ref.open_binary(buffering=0) as first, ref.open_binary(buffering=0) as second:
         size = os.fstat(first.fileno()).st_size
         if size < SPLIT_MIN:
@@ -71,27 +89,31 @@ def inspect_split(ref: FileRef, columns: Columns) -> Inspection | None:
         codec = rawfile.codec_of(dialect.encoding)
         text = io.TextIOWrapper(io.BufferedReader(_Upto(first, middle), rawfile.CHUNK),
                                 encoding=codec, newline="")
-        scan = Scan(columns, check_nul=True, sink=None)
-        width = csvfile.check_header(scan, text, dialect, None)
-        if not width or scan.stopped:
+        # UTF-8 by its first bytes only: a byte that is not ends this (the fast path
+        # reads blocks, not lines, and raises).
+        scan = Scan(columns, check_nul=True, sink=None, decodable=True)
+        try:
+            width = csvfile.check_header(scan, text, dialect, None)
+            if not width or scan.stopped:
+                return None
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                digest = pool.submit(rawfile.digest, ref)
+                with _start_second_half(second, middle, dialect, width) as child:
+                    try:
+                        csvfile.check_body(scan, text, dialect, width, None)
+                        found = None if scan.stopped else _second_half(child)
+                    finally:
+                        if child.poll() is None:
+                            child.kill()  # its findings are not wanted
+                sha256, read = digest.result()
+        except UnicodeDecodeError:
             return None
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            digest = pool.submit(rawfile.digest, ref)
-            child = _start_second_half(second, middle, dialect, width)
-            try:
-                csvfile.check_body(scan, text, dialect, width, None)
-                found = _second_half(child)
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                child.wait()
-            sha256, read = digest.result()
-    if scan.undecodable or scan.unclosed:
-        return None  # not UTF-8 after all, or the halves do not meet at a record's end
-    if not scan.stopped:
-        if found is None or found["undecodable"]:
-            return None
-        _join(scan, found)
+    if scan.stopped or found is None or found["stopped"] or found["undecodable"]:
+        # Reading stopped (a line too long; a quote never closed, as at a middle inside
+        # a quoted field) or met a byte that is not UTF-8: what comes after was never
+        # decoded, so only reading in order, from the bytes up, can say what the file is.
+        return None
+    _join(scan, found)
     csvfile.check_rows_found(scan, width)
     return Inspection(sha256, read, scan.lines, dialect, scan.header, scan.rows,
                       tuple(scan.problems), scan.total)
@@ -150,20 +172,22 @@ def _start_second_half(fh: BinaryIO, start: int, dialect: Dialect,
     args = {"fd": fd, "start": start, "encoding": dialect.encoding, "width": width,
             "delimiter": dialect.delimiter, "line_endings": dialect.line_endings,
             "line_limit": csvfile.LINE_LIMIT}
-    # No environment of the daemon's (its secrets among it) goes to the child; nor a
-    # terminal's Ctrl-C (the daemon stops, and waits for the check to end).
-    return subprocess.Popen([sys.executable, "-m", "daemon.csvsplit", json.dumps(args)],
+    # Of the daemon's environment (its secrets among it) only what finds Python goes to
+    # the child; it imports nothing from its working folder (-P; the spool, maybe); and a
+    # terminal's Ctrl-C is the daemon's alone (it stops, and waits for the check to end).
+    env = {key: os.environ[key] for key in CHILD_ENV if key in os.environ}
+    return subprocess.Popen([sys.executable, "-P", "-m", "daemon.csvsplit", json.dumps(args)],
                             pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={"PYTHONPATH": PACKAGE_ROOT},
-                            start_new_session=True)
+                            stderr=subprocess.PIPE, env={**env, "PYTHONPATH": PACKAGE_ROOT},
+                            cwd="/", start_new_session=True)
 
 
 def _second_half(child: subprocess.Popen[bytes]) -> dict[str, Any] | None:
-    """What the child found; None if it failed (logged). A child ended by a signal (a
-    service stopping sends every process of it one) raises :class:`InterruptedError`:
-    the check is tried again later, never read in order while the daemon stops."""
+    """What the child found; None if it failed (logged). A child stopped by a signal as
+    a service stopping sends every process of it raises :class:`InterruptedError`: the
+    check is tried again later, never read in order while the daemon stops."""
     out, err = child.communicate()
-    if child.returncode < 0:
+    if -child.returncode in STOPPING:
         raise InterruptedError(errno.EINTR, "the check of the file's second half was "
                                f"stopped by signal {-child.returncode}")
     if child.returncode == 0:
@@ -187,7 +211,6 @@ def _join(scan: Scan, found: dict[str, Any]) -> None:
     scan.total += found["total"]
     scan.lines += found["lines"]
     scan.rows += found["rows"]
-    scan.stopped = found["stopped"]
 
 
 def check_second_half(args: dict[str, Any]) -> dict[str, Any]:
@@ -198,8 +221,11 @@ def check_second_half(args: dict[str, Any]) -> dict[str, Any]:
         raw.seek(args["start"])
         text = io.TextIOWrapper(io.BufferedReader(raw, rawfile.CHUNK), encoding="utf-8",
                                 newline="")
-        scan = Scan(Columns(), check_nul=True, sink=None)
-        csvfile.check_body(scan, text, dialect, args["width"], None)
+        scan = Scan(Columns(), check_nul=True, sink=None, decodable=True)
+        try:
+            csvfile.check_body(scan, text, dialect, args["width"], None)
+        except UnicodeDecodeError:  # a block with a byte that is not UTF-8
+            scan.undecodable = True
     problems = [(p.line, p.message) for p in scan.problems]
     return {"lines": scan.lines, "rows": scan.rows, "problems": problems,
             "total": scan.total, "stopped": scan.stopped, "undecodable": scan.undecodable}

@@ -16,6 +16,7 @@ from typing import TextIO
 from daemon.fileref import FileRef, as_ref
 
 CHUNK = 256 * 1024
+CP1252_UNDEFINED = (b"\x81", b"\x8d", b"\x8f", b"\x90", b"\x9d")
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"),
         (codecs.BOM_UTF16_BE, "utf-16-be"))
 
@@ -29,6 +30,7 @@ class RawBytes:
     error_line: int | None  # the line of the first byte that does not
     non_ascii_before: bool  # something non-ASCII decoded as UTF-8 before that byte
     has_nul: bool
+    cp1252: bool = True     # no byte Windows-1252 leaves undefined
 
 
 def chunks(ref: FileRef, whole: bytes | None) -> Iterator[bytes]:
@@ -45,12 +47,15 @@ def prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> RawBy
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     size = newlines = 0
-    utf8, error_line, non_ascii, has_nul = check_utf8, None, False, False
+    utf8, error_line, non_ascii, has_nul, cp1252 = check_utf8, None, False, False, True
     for chunk in chunks(ref, whole):
         digest.update(chunk)
         size += len(chunk)
         has_nul = has_nul or b"\0" in chunk
-        if utf8 and not (chunk.isascii() and not decoder.getstate()[0]):
+        ascii = chunk.isascii()
+        if cp1252 and not ascii:
+            cp1252 = not any(byte in chunk for byte in CP1252_UNDEFINED)
+        if utf8 and not (ascii and not decoder.getstate()[0]):
             # (ASCII is UTF-8: only a chunk with other bytes, or after a cut character,
             # is decoded.)
             try:
@@ -65,7 +70,7 @@ def prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> RawBy
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             utf8, error_line = False, newlines + 1
-    return RawBytes(digest.hexdigest(), size, utf8, error_line, non_ascii, has_nul)
+    return RawBytes(digest.hexdigest(), size, utf8, error_line, non_ascii, has_nul, cp1252)
 
 
 def codec_of(encoding: str) -> str:
@@ -123,7 +128,8 @@ def digest(source: Path | FileRef) -> tuple[str, int]:
 
 def bad_byte_line(ref: FileRef, codec: str) -> int | None:
     """The line of the first byte *codec* cannot decode (the text layer reads ahead)."""
-    decoder = codecs.getincrementaldecoder(codec)("strict")
+    # (utf-8-sig's decoder counts a bad byte's place from after the byte order mark.)
+    decoder = codecs.getincrementaldecoder("utf-8" if codec == "utf-8-sig" else codec)("strict")
     newlines = 0
     with ref.open_binary() as fh:
         while chunk := fh.read(CHUNK):

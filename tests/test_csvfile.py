@@ -230,6 +230,27 @@ def test_the_fast_path_finds_what_the_csv_module_finds(
         slow.rows, slow.lines, slow.header, slow.problems, slow.problems_total)
 
 
+@pytest.mark.parametrize("data", [
+    b"a,b\n" + b"\xe9,x\n" * 3000 + b"y,\x81\n",          # Windows-1252 leaves 0x81 undefined
+    b"\xef\xbb\xbfa,b\n" + b"x,y\n" * 3000 + b"\xff,z\n",  # UTF-8 by its byte order mark
+    b"\xef\xbb\xbfa,b\n" + b"x,y\n" * 3000 + b"x,y\n"])     # ... and every byte of it
+def test_a_byte_the_encoding_cannot_decode_far_in(tmp_path: Path, data: bytes,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found on its line with the fast path as without it (which reads blocks, not
+    lines, so is used only where every byte is known to decode)."""
+    path = _write(tmp_path, data)
+    fast = inspect(path)
+    monkeypatch.setattr(csvfile, "FAST_PATH", False)
+    slow = inspect(path)
+    assert (fast.dialect, fast.rows, fast.lines, fast.problems, fast.problems_total) == (
+        slow.dialect, slow.rows, slow.lines, slow.problems, slow.problems_total)
+    if data.endswith(b"x,y\n"):
+        assert fast.problem is None and fast.rows == 3001
+    else:
+        assert fast.problems_total == 1 and fast.problems[0].line == 3002
+        assert "not valid" in fast.problems[0].message
+
+
 @pytest.mark.parametrize("crlf", [False, True])
 def test_the_fast_path_hands_over_where_a_block_needs_the_csv_module(
         tmp_path: Path, crlf: bool) -> None:

@@ -59,7 +59,7 @@ def test_two_halves_find_what_reading_in_order_finds(tmp_path: Path, case: str,
         rows[10] = rows[N - 10] = "x,y"
     elif case == "more problems than are kept":
         rows = ["x,y"] * 300
-    elif case == "an unclosed quote in the second half":
+    elif case == "a quote closed only on the next line, in the second half":
         rows[N * 3 // 4] = 'x,"never closed,y,z'
     elif case == "a NUL in the second half":
         rows[N * 7 // 8] = "x,\x00,y,z"
@@ -70,8 +70,14 @@ def test_two_halves_find_what_reading_in_order_finds(tmp_path: Path, case: str,
         rows[5] = rows[N - 5] = 'x,"two' + end + 'lines",y,z'
     path = _file(tmp_path, rows, end, head)
     split = _split(path)
+    in_order = csvfile.inspect(path)
+    if case == "a line too long in the first half":
+        assert split is None  # reading stopped: what comes after was never decoded
+        assert in_order.problems_total == 1
+        assert _seen(csvsplit.inspect(path)) == _seen(in_order)
+        return
     assert split is not None
-    assert _seen(split) == _seen(csvfile.inspect(path))
+    assert _seen(split) == _seen(in_order)
     if case == "problems in both halves":
         assert [p.line for p in split.problems] == [12, N - 8]
 
@@ -91,12 +97,13 @@ def test_halves_that_do_not_meet_at_a_record_end_are_read_in_order(tmp_path: Pat
     assert _seen(csvsplit.inspect(path)) == _seen(in_order)
 
 
-@pytest.mark.parametrize("where", ["first", "second"])
-def test_a_file_that_is_not_utf8_after_all_is_read_in_order(tmp_path: Path, where: str) -> None:
-    """Only the first bytes say UTF-8; a Windows-1252 byte later sends the file back to be
-    read in order, which tells its encoding."""
+@pytest.mark.parametrize("where", [10, N // 4, N - 10])
+def test_a_file_that_is_not_utf8_after_all_is_read_in_order(tmp_path: Path, where: int) -> None:
+    """Only the first bytes say UTF-8; a Windows-1252 byte later (in a line the header's
+    read took, or in a block of the fast path's, in either half) sends the file back to
+    be read in order, which tells its encoding."""
     rows = ["ann@example.com,Ann,Acme,plain"] * N
-    rows[10 if where == "first" else N - 10] = "bob@example.com,Bob,Acme,caf\udce9"
+    rows[where] = "bob@example.com,Bob,Acme,caf\udce9"
     path = tmp_path / "f.csv"
     path.write_bytes(("email,first,company,note\r\n" + "".join(r + "\r\n" for r in rows))
                      .encode("utf-8", "surrogateescape"))
@@ -104,6 +111,25 @@ def test_a_file_that_is_not_utf8_after_all_is_read_in_order(tmp_path: Path, wher
     found = csvsplit.inspect(path)
     assert found.dialect is not None and found.dialect.encoding == "cp1252"
     assert found.problem is None and found.rows == N
+
+
+@pytest.mark.parametrize("half", ["first", "second"])
+def test_after_a_half_stops_the_file_is_read_in_order(tmp_path: Path, half: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line too long stops reading: a byte after it that is not UTF-8 was never
+    decoded, and reading in order (from the bytes up) finds it, and the encoding."""
+    monkeypatch.setattr(csvfile, "LINE_LIMIT", 200)
+    rows = list(ROWS)
+    rows[N // 4 if half == "first" else N * 3 // 4] = "x," * 100 + "y"
+    rows[N - 10] = "bob@example.com,Bob,Acme,caf\udce9"
+    path = tmp_path / "f.csv"
+    path.write_bytes(("email,first,company,note\r\n" + "".join(r + "\r\n" for r in rows))
+                     .encode("utf-8", "surrogateescape"))
+    assert _split(path) is None
+    found = csvsplit.inspect(path)
+    assert _seen(found) == _seen(csvfile.inspect(path))
+    assert found.dialect is not None and found.dialect.encoding == "utf-8"
+    assert found.problems_total == 1 and "not valid utf-8" in found.problems[0].message
 
 
 def test_a_child_that_fails_leaves_the_file_to_be_read_in_order(
@@ -115,17 +141,22 @@ def test_a_child_that_fails_leaves_the_file_to_be_read_in_order(
     assert split is None or _seen(split) == _seen(csvfile.inspect(path))
 
 
-def test_a_child_stopped_by_a_signal_is_no_verdict(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A service stopping signals every process of it: the check is tried again later
-    (an OSError that is not the file's), not read in order while the daemon stops."""
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_a_child_ended_by_a_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   signal: str) -> None:
+    """A service stopping signals every process of it (TERM): the check is tried again
+    later (an OSError that is not the file's), not read in order while the daemon stops.
+    Any other end (KILL: the kernel out of memory) and the file is read in order."""
     path = _file(tmp_path, list(ROWS))
     killed = tmp_path / "killed"
-    killed.write_text("#!/bin/sh\nkill -TERM $$\n")
+    killed.write_text(f"#!/bin/sh\nkill -{signal} $$\n")
     killed.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(killed))
-    with pytest.raises(InterruptedError, match="signal 15"):
-        csvsplit.inspect(path)
+    if signal == "TERM":
+        with pytest.raises(InterruptedError, match="signal 15"):
+            csvsplit.inspect(path)
+    else:
+        assert _seen(csvsplit.inspect(path)) == _seen(csvfile.inspect(path))
 
 
 def test_files_that_are_not_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
