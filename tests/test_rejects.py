@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,12 +180,13 @@ async def test_no_free_descriptors_is_never_a_files_verdict(make_settings, run_d
     real_inspect = csvfile.inspect
     refused = 0
 
-    def crowded(source: FileRef, columns: csvfile.Columns | None = None) -> csvfile.Inspection:
+    def crowded(source: FileRef, columns: csvfile.Columns | None = None,
+                **kwargs: Any) -> csvfile.Inspection:
         nonlocal refused
         if refused < 2:
             refused += 1
             raise OSError(errno.EMFILE, "Too many open files", str(source.path))
-        return real_inspect(source, columns)
+        return real_inspect(source, columns, **kwargs)
 
     monkeypatch.setattr(csvfile, "inspect", crowded)
     daemon = await run_daemon(make_settings())
