@@ -7,14 +7,17 @@ import csv
 import io
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import csvfile, csvsplit
+from daemon import csvfile, csvsplit, rawfile
 from daemon.csvfile import Columns, Inspection
 from daemon.fileref import FileRef
+from daemon.sim import SimServer
+from tests.helpers import contacts_csv, drop, result_of, wait_for
 
 ROW = 'ann@example.com,Ann,"Müller & Söhne, GmbH","said ""call me"""'
 
@@ -187,3 +190,29 @@ def test_wherever_the_middle_falls_the_findings_are_the_same(
     path.write_bytes(buf.getvalue().encode())
     split = _split(path)  # None only where the middle falls in a quoted field
     assert split is None or _seen(split) == _seen(csvfile.inspect(path))
+
+
+async def test_the_daemon_checks_a_large_file_in_two_halves(
+        make_settings: Any, run_daemon: Any, sim: SimServer, spool_root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file over the split size (lowered here) is checked by a real child process in
+    the running daemon, then uploaded and filed as any other."""
+    started = []
+    real_start = csvsplit._start_second_half
+
+    def start(*args: Any) -> Any:
+        child = real_start(*args)
+        started.append(child.pid)
+        return child
+
+    monkeypatch.setattr(csvsplit, "_start_second_half", start)
+    await run_daemon(make_settings())
+    data = contacts_csv(20_000)
+    assert len(data) > rawfile.CHUNK  # only files larger than one read are offered
+    drop(spool_root, "contact/large.csv", data)
+    done = spool_root / "done" / "contact" / "large.csv"
+    await wait_for(lambda: done.with_name("large.csv.result.json").exists(), what="filed")
+    result = result_of(done)
+    assert result["status"] == "COMPLETE" and result["csv"]["rows"] == 20_000
+    assert len(started) == 1
+    assert [job.records_count for job in sim.sim.jobs.values()] == [20_000]
