@@ -16,6 +16,7 @@ import functools
 import hashlib
 import io
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,7 +210,7 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
-Splitter = Callable[[FileRef, "Columns"], "Inspection | None"]
+Splitter = Callable[[FileRef, "Columns", int], "Inspection | None"]
 
 
 def inspect(source: Path | FileRef, columns: Columns | None = None,
@@ -218,18 +219,20 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
 
     Every problem is also handed to *sink*, when given: the result keeps only the first
     :data:`MAX_PROBLEMS`, the errors CSV gets them all. A file larger than one read is
-    first offered to *split* (:mod:`daemon.csvsplit`), which may check it on two cores.
+    first offered to *split* (:mod:`daemon.csvsplit`) with its size, which may check it
+    on two cores.
     """
     columns = columns or Columns()
     ref = as_ref(source)
     with ref.open_binary(buffering=0) as fh:  # one read; no buffer to set up
         head = fh.read(CHUNK)
+        size = os.fstat(fh.fileno()).st_size if len(head) == CHUNK else len(head)
     if not head:
         return Inspection(hashlib.sha256().hexdigest(), 0, 0, None, (), 0,
                           (Problem(None, "the file is empty"),), 1)
     whole = head if len(head) < CHUNK else None  # a small file is read once, here
     if whole is None and split is not None and sink is None \
-            and (found := split(ref, columns)) is not None:
+            and (found := split(ref, columns, size)) is not None:
         return found
     declared = bom_encoding(head, whole is not None)
     raw = prescan(ref, check_utf8=declared in (None, "utf-8-sig"), whole=whole)
@@ -242,9 +245,7 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
         return _undecodable(raw, "utf-8", head, raw.error_line, sink)
     else:
         encoding = "cp1252"
-    sample = head.decode(codec_of(encoding), "replace").lstrip("\ufeff")
-    endings = line_endings(sample)
-    dialect = Dialect(encoding, sniff_delimiter(sample), endings)
+    dialect = dialect_of(head.decode(codec_of(encoding), "replace"), encoding)
     decodable = raw.utf8 if encoding in ("utf-8", "utf-8-sig") else \
         encoding == "cp1252" and raw.cp1252
     scan = Scan(columns, check_nul=raw.has_nul, sink=sink, decodable=decodable)
@@ -254,6 +255,12 @@ def inspect(source: Path | FileRef, columns: Columns | None = None,
         _check_rows(scan, text, dialect, ref)
     return Inspection(raw.sha256, raw.size, scan.lines, dialect, scan.header, scan.rows,
                       tuple(scan.problems), scan.total, content=whole)
+
+
+def dialect_of(sample: str, encoding: str) -> Dialect:
+    """The dialect a file of *encoding* shows in *sample*, its first characters."""
+    sample = sample.lstrip("\ufeff")
+    return Dialect(encoding, sniff_delimiter(sample), line_endings(sample))
 
 
 def _undecodable(raw: RawBytes, encoding: str, head: bytes, line: int | None,

@@ -44,8 +44,8 @@ def inspect(source: Path | FileRef, columns: Columns | None = None) -> Inspectio
     return csvfile.inspect(source, columns, split=_split)
 
 
-def _split(ref: FileRef, columns: Columns) -> Inspection | None:
-    if _cores() < 2:
+def _split(ref: FileRef, columns: Columns, size: int) -> Inspection | None:
+    if size < SPLIT_MIN or _cores() < 2:
         return None
     try:
         return inspect_split(ref, columns)
@@ -125,13 +125,11 @@ def _dialect(head: bytes) -> Dialect | None:
     if encoding not in (None, "utf-8-sig"):
         return None
     try:
-        sample = codecs.getincrementaldecoder("utf-8")().decode(head).lstrip("\ufeff")
+        sample = codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError:
         return None
-    endings = rawfile.line_endings(sample)
-    if endings not in ("LF", "CRLF"):
-        return None
-    return Dialect(encoding or "utf-8", csvfile.sniff_delimiter(sample), endings)
+    dialect = csvfile.dialect_of(sample, encoding or "utf-8")
+    return dialect if dialect.line_endings in ("LF", "CRLF") else None
 
 
 def _line_start_after(fh: BinaryIO, offset: int) -> int | None:

@@ -53,8 +53,6 @@ def prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> RawBy
         size += len(chunk)
         has_nul = has_nul or b"\0" in chunk
         ascii = chunk.isascii()
-        if cp1252 and not ascii:
-            cp1252 = not any(byte in chunk for byte in CP1252_UNDEFINED)
         if utf8 and not (ascii and not decoder.getstate()[0]):
             # (ASCII is UTF-8: only a chunk with other bytes, or after a cut character,
             # is decoded.)
@@ -64,6 +62,10 @@ def prescan(ref: FileRef, check_utf8: bool, whole: bytes | None = None) -> RawBy
                 good = chunk[:exc.start]
                 non_ascii = non_ascii or not good.decode("utf-8", "replace").isascii()
                 utf8, error_line = False, newlines + good.count(b"\n") + 1
+        # Read as Windows-1252 only when not UTF-8 and ASCII before the bad byte: only
+        # from that chunk on can a byte it leaves undefined matter.
+        if check_utf8 and not utf8 and cp1252 and not ascii:
+            cp1252 = not any(byte in chunk for byte in CP1252_UNDEFINED)
         newlines += chunk.count(b"\n")
     if utf8:
         try:
