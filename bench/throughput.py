@@ -3,7 +3,10 @@
 Files per second from the first drop to the last result file written, against
 (a) the ceiling, bench/ceiling.py: the same API calls from a plain aiohttp client with the
     daemon's concurrency, run once before and once after the daemon (their mean counts),
-(b) bench/curl_loop.sh: a sequential shell loop of curl create + status calls.
+(b) bench/curl_loop.sh: a sequential shell loop of curl create + status calls,
+(c) the floor, bench/floor.py: the ceiling's calls plus the least a Python uploader must
+    do to keep SPEC.md's promises (claim, read, ledger, result fsync, filing), once after
+    the ceiling's second run: what any design of the daemon could reach (information).
 Then the same number of files split between two connector instances, against two
 ceiling clients run at once (each with one instance's limits).
 """
@@ -99,6 +102,19 @@ async def daemon_run(sim: Sim, work: Path, files: int) -> dict[str, Any]:
             "max_unfinished_jobs": state["max_unfinished_jobs"], **window.as_dict()}
 
 
+async def floor(sim: Sim, folder: Path, files: int) -> dict[str, Any]:
+    stage_small(folder / "inbox", [f"l{i:06}.csv" for i in range(files)])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.floor", "--base-url", sim.base_url, "--dir", str(folder),
+        "--uvloop", "--uploads", str(UPLOADS), "--max-active", str(MAX_ACTIVE), "--poll",
+        str(POLL), "--poll-max", str(POLL_MAX), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"bench.floor exited with {proc.returncode}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
 async def ceiling_pair(sim: Sim, files: int) -> dict[str, Any]:
     """Two ceiling clients at once, each with one instance's limits: *files* in all."""
     started = time.monotonic()
@@ -145,6 +161,8 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
         daemon = await daemon_run(sim, work / "daemon", args.files)
         log(f"throughput: ceiling again, {args.files} jobs")
         after = await ceiling(sim, args.files)
+        log(f"throughput: floor, {args.files} files")
+        lean = await floor(sim, work / "floor", args.files)
         log(f"throughput: curl loop, {args.curl_files} files")
         curl = await curl_loop(sim, work / "curl", args.curl_files)
         log(f"throughput: two instances, {args.files} files; two ceiling clients at once")
@@ -158,6 +176,7 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
     # CPU per file over the timed stretch: the daemon's process against the client's.
     cpu_file = daemon["daemon_cpu_s"] / args.files * 1000
     ceiling_cpu_file = (before["cpu_s"] + after["cpu_s"]) / (2 * args.files) * 1000
+    floor_cpu_file = lean["cpu_s"] / args.files * 1000
     client_share = (before["client_cpu_s"] + after["client_cpu_s"]) / (
         before["seconds"] + after["seconds"])
     note = (f"sim CPU share: ceiling {ceiling_sim:.2f}, curl loop {curl['sim_cpu_share']:.2f}; "
@@ -179,12 +198,19 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str
             "files/s", "ceiling: two clients at once", pair_rate, "files/s",
             ">= 0.85x ceiling", pair["files_per_s"] >= 0.85 * pair_rate, pair["sim_cpu_share"],
             f"CPU share of the daemon {pair['daemon_cpu_share']:.2f}"),
+        # What keeping the promises costs at least, in Python (bench/floor.py).
+        Row("throughput", "floor: lean durable client", lean["files_per_s"], "files/s",
+            "ceiling: aiohttp client", ceiling_rate, "files/s", "(information)", None),
+        Row("throughput", "floor: CPU per file", floor_cpu_file, "ms", "ceiling client",
+            ceiling_cpu_file, "ms", "(information)", None),
+        Row("throughput", "daemon CPU per file", cpu_file, "ms", "floor client",
+            floor_cpu_file, "ms", "(information)", None),
         # How far the same concurrency can go at all: the ceiling against the curl loop.
         Row("throughput", "ceiling: aiohttp client", ceiling_rate, "files/s",
             f"curl loop, {args.curl_files} files", curl["files_per_s"], "files/s",
             "(information)", None, ceiling_sim),
     ]
     return rows, {"daemon": daemon, "ceiling_before": before, "ceiling_after": after,
-                  "ceiling_files_per_s": ceiling_rate, "curl_loop": curl,
+                  "ceiling_files_per_s": ceiling_rate, "floor": lean, "curl_loop": curl,
                   "two_instances": pair, "ceiling_pair_before": pair_before,
                   "ceiling_pair_after": pair_after}

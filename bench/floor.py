@@ -1,0 +1,229 @@
+"""The floor: the least CPU a Python uploader spends on a file while keeping SPEC.md's
+durability promises, for comparison with the ceiling client and the daemon.
+
+The ceiling client (bench/ceiling.py) only makes the API calls. This one also does, for
+each of N small CSV files on disk, what the daemon must do and nothing else: claim it
+(rename into processing/), read it, hash it and count its rows, record the claim, the
+job id and the result in an SQLite ledger (WAL, ``synchronous=FULL``, group commits by
+one writer thread; the job id and the result durable before the next step), write the
+result file and fsync it, link the file and its result into done/ and remove the claimed
+name. The API calls and their limits are the ceiling's. It is as lean as that can be
+written: one event loop, the file steps on it (no thread hand-offs), one thread trip per
+group of commits and one per group of results to fsync; no watching (it lists its
+folder once), no settings, logs, metrics, retries, checks beyond counting rows.
+
+    python -m bench.floor --base-url http://127.0.0.1:PORT/elements/api-v2 --dir DIR
+
+DIR holds ``inbox/`` with the files; ``processing/``, ``done/`` and ``ledger.db`` are
+made beside it. Prints one JSON line: files, seconds, files_per_s and the CPU seconds
+of the process over the timed stretch (cpu_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.ceiling import DONE
+from bench.common import AUTH
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Batcher:
+    """Work handed to one thread in groups: whatever queued while the last group ran goes
+    in the next trip; each caller awaits its own item's group."""
+
+    def __init__(self, run: Callable[[list[Any]], None], inline: bool = False) -> None:
+        self.run = run
+        self.inline = inline  # on the event loop itself (it blocks for each fsync)
+        self.queued: list[Any] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.busy = False
+        self.thread = ThreadPoolExecutor(1)
+
+    def add(self, item: Any) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if self.inline:
+            self.run([item])
+            done.set_result(None)
+            return done
+        self.queued.append(item)
+        self.waiters.append(done)
+        if not self.busy:
+            self._start(loop)
+        return done
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        items, waiters = self.queued, self.waiters
+        self.queued, self.waiters, self.busy = [], [], True
+
+        def trip() -> None:
+            self.run(items)
+            loop.call_soon_threadsafe(self._ended, loop, waiters)
+
+        loop.run_in_executor(self.thread, trip)
+
+    def _ended(self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]) -> None:
+        for done in waiters:
+            done.set_result(None)
+        self.busy = False
+        if self.queued:
+            self._start(loop)
+
+
+def open_ledger(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS files (claim_id TEXT PRIMARY KEY, rel TEXT, "
+                 "state TEXT, sha256 TEXT, rows INTEGER, job_id TEXT, result_json TEXT, "
+                 "updated_at TEXT)")
+    conn.execute("CREATE INDEX IF NOT EXISTS files_state ON files(state)")
+    return conn
+
+
+def commit_all(conn: sqlite3.Connection, writes: list[tuple[str, tuple[Any, ...]]]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for sql, args in writes:
+        conn.execute(sql, args)
+    conn.execute("COMMIT")
+
+
+def write_results(results: list[tuple[Path, bytes]], sync: bool = True) -> None:
+    for tmp, body in results:
+        fd = os.open(tmp, _NEW, 0o666)
+        try:
+            os.write(fd, body)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    root: Path = args.dir
+    inbox, processing, done = root / "inbox", root / "processing", root / "done"
+    processing.mkdir(exist_ok=True)
+    done.mkdir(exist_ok=True)
+    conn = open_ledger(root / "ledger.db")
+    if args.without == "ledger-sync":
+        conn.execute("PRAGMA synchronous=OFF")
+    ledger = Batcher(lambda writes: None if args.without == "ledger" else commit_all(conn, writes),
+                     args.inline)
+    results = Batcher(lambda items: write_results(items, args.without != "result-fsync"),
+                      args.inline)
+    uploads = asyncio.Semaphore(args.uploads)
+    active = asyncio.Semaphore(args.max_active)
+    headers = {"Authorization": AUTH, "Accept": "application/json"}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    url = f"{args.base_url}/hubs/marketing/bulk"
+
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def one(n: int, name: str) -> None:
+            held = True
+            try:
+                claim_id = f"{n:020}"
+                claimed = processing / f"{claim_id}-{name}"
+                os.rename(inbox / name, claimed)
+                fd = os.open(claimed, _READ)
+                try:
+                    body = os.read(fd, 1 << 16)
+                finally:
+                    os.close(fd)
+                sha = hashlib.sha256(body).hexdigest()
+                rows = sum(1 for _ in csv.reader(io.StringIO(body.decode()))) - 1
+                ledger.add(("INSERT INTO files VALUES (?, ?, 'CLAIMED', ?, ?, NULL, NULL, ?)",
+                            (claim_id, name, sha, rows, stamp)))
+                async with uploads:
+                    form = aiohttp.FormData()
+                    form.add_field("file", body, filename=name, content_type="text/csv")
+                    async with session.post(f"{url}/contact", params={"path": f"/{name}"},
+                                            data=form) as resp:
+                        resp.raise_for_status()
+                        job_id = str((await resp.json())["id"])
+                # Durable before the first poll (due `poll` seconds later: they overlap).
+                recorded = ledger.add(("UPDATE files SET state='SUBMITTED', job_id=?, "
+                                       "updated_at=? WHERE claim_id=?",
+                                       (job_id, stamp, claim_id)))
+                delay = args.poll
+                while True:
+                    await asyncio.sleep(delay)
+                    await recorded
+                    delay = min(delay * 1.5, args.poll_max)
+                    async with session.get(f"{url}/{job_id}/status") as resp:
+                        status = await resp.json()
+                    if status.get("status") in DONE:
+                        break
+                active.release()  # the job has ended: another may start while this is filed
+                held = False
+                result = json.dumps({"file": name, "sha256": sha, "rows": rows,
+                                     "job_id": job_id, "status": status}, indent=2)
+                await ledger.add(("UPDATE files SET state='FINISHING', result_json=?, "
+                                  "updated_at=? WHERE claim_id=?", (result, stamp, claim_id)))
+                tmp = processing / f".{claim_id}.result.json.tmp"
+                await results.add((tmp, result.encode()))
+                os.link(claimed, done / name)
+                os.link(tmp, done / f"{name}.result.json")
+                os.unlink(claimed)
+                os.unlink(tmp)
+                await ledger.add(("UPDATE files SET state='FINISHED', updated_at=? "
+                                  "WHERE claim_id=?", (stamp, claim_id)))
+            finally:
+                if held:
+                    active.release()
+
+        names = sorted(os.listdir(inbox))
+        started, cpu0 = time.monotonic(), time.process_time()
+        tasks = []
+        for n, name in enumerate(names):
+            await active.acquire()
+            tasks.append(asyncio.create_task(one(n, name)))
+        await asyncio.gather(*tasks)
+        seconds, cpu = time.monotonic() - started, time.process_time() - cpu0
+    conn.close()
+    return {"files": len(names), "seconds": seconds, "files_per_s": len(names) / seconds,
+            "cpu_s": cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--uploads", type=int, default=4)
+    parser.add_argument("--max-active", type=int, default=32)
+    parser.add_argument("--poll", type=float, default=0.05)
+    parser.add_argument("--poll-max", type=float, default=0.2)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as the daemon")
+    parser.add_argument("--inline", action="store_true",
+                        help="commit and fsync on the event loop, blocking it (not a floor: "
+                             "what the threads cost)")
+    parser.add_argument("--without", choices=("ledger", "ledger-sync", "result-fsync"),
+                        help="leave one promise out, to see what it costs (not a floor)")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            out = runner.run(run(args))
+    else:
+        out = asyncio.run(run(args))
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
