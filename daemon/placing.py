@@ -98,6 +98,7 @@ class Placing:
         self.tmps = {sc.suffix: spool.processing / f".{claimed.claim_id}{sc.suffix}.tmp"
                      for sc in sidecars}
         self.prepared = False
+        self.written: set[str] = set()  # sidecars this object wrote and has not published
 
     @property
     def heavy(self) -> bool:
@@ -116,23 +117,25 @@ class Placing:
         """Write every sidecar in full under processing/<node>/, ready to be linked. Done
         again after a restart, unless the file has already left processing/ (then what
         was written before stays: it is what was, or is being, published)."""
+        self.written.clear()
         if not self.claimed_exists():
             return
         for sc in self.sidecars:
             tmp = self.tmps[sc.suffix]
-            if os.path.lexists(tmp):  # never rewritten in place: it may be linked already
-                tmp.unlink()
-            fd = os.open(tmp, _NEW, 0o666)
+            fd = _create(tmp)
             try:
-                with open(fd, "wb") as fh:
-                    if isinstance(sc.content, bytes):
-                        fh.write(sc.content)
-                    else:
+                if isinstance(sc.content, bytes):
+                    _write_all(fd, sc.content)  # no buffered file object to set up
+                else:
+                    with open(fd, "wb", closefd=False) as fh:
                         sc.content(fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                os.fsync(fd)
             except Skip:
                 tmp.unlink()  # an extra the file can go without: not published
+                continue
+            finally:
+                os.close(fd)
+            self.written.add(sc.suffix)
 
     def prepare_and_place(self, dest: Path, resumed: bool) -> bool:
         """Both, in one trip to a thread (most files take their own name at once)."""
@@ -177,7 +180,7 @@ class Placing:
             published: list[str] = []
             for sc in self.sidecars:
                 tmp = self.tmps[sc.suffix]
-                if not tmp.exists():
+                if sc.suffix not in self.written and not tmp.exists():
                     continue  # published and tidied by a run cut short just before the end
                 got = _publish(tmp, name + sc.suffix, folder)
                 if got == "taken":  # someone took the name since _free(): start over
@@ -192,6 +195,7 @@ class Placing:
         self.claimed.path.unlink(missing_ok=True)
         for tmp in self.tmps.values():
             tmp.unlink(missing_ok=True)
+        self.written.clear()
         _prune_empty(self.claimed.path.parent, self.spool.processing)
         return True
 
@@ -242,6 +246,22 @@ class Placing:
             os.unlink(name, dir_fd=folder)
         else:
             os.rename(name, self.claimed.path, src_dir_fd=folder)
+
+
+def _create(tmp: Path) -> int:
+    """A new file at *tmp*, opened for writing; one left there before is removed first
+    (never rewritten in place: it may be linked already)."""
+    try:
+        return os.open(tmp, _NEW, 0o666)
+    except FileExistsError:
+        tmp.unlink()
+        return os.open(tmp, _NEW, 0o666)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _publish(tmp: Path, name: str, folder: int) -> str:

@@ -75,6 +75,24 @@ def test_filing_repeated_after_a_crash_files_the_file_once(tmp_path: Path) -> No
     assert dest.read_bytes() == b"a,b\n1,2\n"
 
 
+def test_a_sidecar_left_by_a_crash_is_replaced_never_rewritten_in_place(tmp_path: Path) -> None:
+    """Written again after a restart: a new file, so a link made from the old one (a
+    sidecar already published) keeps what it held."""
+    spool = new_spool(tmp_path)
+    claimed = claimed_file(spool, "contact/h.csv")
+    first = _filing(spool, claimed, True, {"run": 1})
+    first.prepare()
+    published = tmp_path / "published.json"
+    os.link(first.tmps[RESULT_SUFFIX], published)
+    again = _filing(spool, claimed, True, {"run": 2})
+    again.prepare()
+    assert json.loads(published.read_text()) == {"run": 1}
+    assert json.loads(again.tmps[RESULT_SUFFIX].read_text()) == {"run": 2}
+    assert os.stat(published).st_nlink == 1
+    dest = _file(again)
+    assert json.loads(dest.with_name("h.csv.result.json").read_text()) == {"run": 2}
+
+
 @pytest.mark.parametrize("taken", ["e.csv", *(f"e.csv{suffix}" for suffix in SIDECARS)])
 def test_a_name_is_free_only_when_the_file_and_every_sidecar_name_are(
         tmp_path: Path, taken: str) -> None:
