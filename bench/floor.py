@@ -16,7 +16,9 @@ folder once), no settings, logs, metrics, retries, checks beyond counting rows.
 
 DIR holds ``inbox/`` with the files; ``processing/``, ``done/`` and ``ledger.db`` are
 made beside it. Prints one JSON line: files, seconds, files_per_s and the CPU seconds
-of the process over the timed stretch (cpu_s).
+of the process over the timed stretch (cpu_s). ``--inline``, ``--window`` and
+``--without`` make variants that show what one choice or promise costs (not floors:
+``python -m bench.floors`` runs them against the ceiling and the floor).
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ class Batcher:
     """Work handed to one thread in groups: whatever queued while the last group ran goes
     in the next trip; each caller awaits its own item's group."""
 
-    def __init__(self, run: Callable[[list[Any]], None], inline: bool = False) -> None:
+    def __init__(self, run: Callable[[list[Any]], None], inline: bool = False,
+                 window: float = 0.0) -> None:
         self.run = run
         self.inline = inline  # on the event loop itself (it blocks for each fsync)
+        self.window = window  # a trip waits this long for more work to join it
         self.queued: list[Any] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.busy = False
@@ -66,7 +70,11 @@ class Batcher:
         self.queued.append(item)
         self.waiters.append(done)
         if not self.busy:
-            self._start(loop)
+            self.busy = True
+            if self.window:
+                loop.call_later(self.window, self._start, loop)
+            else:
+                self._start(loop)
         return done
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -84,7 +92,11 @@ class Batcher:
             done.set_result(None)
         self.busy = False
         if self.queued:
-            self._start(loop)
+            self.busy = True
+            if self.window:
+                loop.call_later(self.window, self._start, loop)
+            else:
+                self._start(loop)
 
 
 def open_ledger(path: Path) -> sqlite3.Connection:
@@ -125,9 +137,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     if args.without == "ledger-sync":
         conn.execute("PRAGMA synchronous=OFF")
     ledger = Batcher(lambda writes: None if args.without == "ledger" else commit_all(conn, writes),
-                     args.inline)
+                     args.inline, args.window)
     results = Batcher(lambda items: write_results(items, args.without != "result-fsync"),
-                      args.inline)
+                      args.inline, args.window)
     uploads = asyncio.Semaphore(args.uploads)
     active = asyncio.Semaphore(args.max_active)
     headers = {"Authorization": AUTH, "Accept": "application/json"}
@@ -213,6 +225,8 @@ def main() -> None:
     parser.add_argument("--inline", action="store_true",
                         help="commit and fsync on the event loop, blocking it (not a floor: "
                              "what the threads cost)")
+    parser.add_argument("--window", type=float, default=0.0,
+                        help="seconds a thread trip waits for more work to join it")
     parser.add_argument("--without", choices=("ledger", "ledger-sync", "result-fsync"),
                         help="leave one promise out, to see what it costs (not a floor)")
     args = parser.parse_args()

@@ -102,12 +102,14 @@ async def daemon_run(sim: Sim, work: Path, files: int) -> dict[str, Any]:
             "max_unfinished_jobs": state["max_unfinished_jobs"], **window.as_dict()}
 
 
-async def floor(sim: Sim, folder: Path, files: int) -> dict[str, Any]:
+async def floor(sim: Sim, folder: Path, files: int, *extra: str) -> dict[str, Any]:
+    """bench/floor.py over *files* small files staged in *folder*; *extra*: its options."""
     stage_small(folder / "inbox", [f"l{i:06}.csv" for i in range(files)])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.floor", "--base-url", sim.base_url, "--dir", str(folder),
         "--uvloop", "--uploads", str(UPLOADS), "--max-active", str(MAX_ACTIVE), "--poll",
-        str(POLL), "--poll-max", str(POLL_MAX), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        str(POLL), "--poll-max", str(POLL_MAX), *extra, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     if proc.returncode:
         raise SystemExit(f"bench.floor exited with {proc.returncode}")
