@@ -5,8 +5,9 @@ simulator: CPU per file and files/s of each, medians over the rounds.
     python -m bench.floors --variant=--inline --variant=--without=ledger --repeat 5
 
 A variant is the floor with options of bench/floor.py (``--inline``: commits and fsyncs
-on the event loop; ``--without=ledger|ledger-sync|result-fsync``; ``--window=SECONDS``;
-several in one quoted string): what one choice or one promise costs. Prints each run,
+on the event loop; ``--process``: in processes of their own;
+``--without=ledger|ledger-sync|result-fsync``; ``--window=SECONDS``; several in one
+quoted string): what one choice or one promise costs. Prints each run,
 then the medians and their ratio to the ceiling's.
 """
 
