@@ -8,10 +8,8 @@ request that must not be repeated blindly (creating a job) stays visible as such
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,10 +36,6 @@ ERRORS_PAGE_SIZE = 200
 # Error pages are followed until the API stops giving a token; this bounds a broken
 # server that keeps sending one (200 x 5000 = a million error records).
 MAX_ERROR_PAGES = 5000
-# A form's boundary: unguessable (a random prefix a process), different for every request,
-# without a trip to the kernel for each (aiohttp's default draws a uuid4 every time).
-_BOUNDARY_PREFIX = secrets.token_hex(12)
-_boundaries = itertools.count(1)
 
 
 def authorization(user: Secret, organization: Secret, element: Secret) -> str:
@@ -238,8 +232,7 @@ class OpenConnectorsClient:
                 sent.fire()
 
             payload = AsyncIterablePayload(watched(progress), content_type=content_type)
-        boundary = f"{_BOUNDARY_PREFIX}{next(_boundaries):08x}"
-        with aiohttp.MultipartWriter("form-data", boundary=boundary) as form:
+        with aiohttp.MultipartWriter("form-data") as form:
             form.append_payload(_form_field(payload, "file", filename=name))
             if metadata is not None:
                 # A plain form field, as `curl -F 'metaData={...}'` sends it: no type.

@@ -98,7 +98,6 @@ class Placing:
         self.tmps = {sc.suffix: spool.processing / f".{claimed.claim_id}{sc.suffix}.tmp"
                      for sc in sidecars}
         self.prepared = False
-        self.written: set[str] = set()  # sidecars this object wrote and has not published
 
     @property
     def heavy(self) -> bool:
@@ -117,7 +116,6 @@ class Placing:
         """Write every sidecar in full under processing/<node>/, ready to be linked. Done
         again after a restart, unless the file has already left processing/ (then what
         was written before stays: it is what was, or is being, published)."""
-        self.written.clear()
         if not self.claimed_exists():
             return
         for sc in self.sidecars:
@@ -132,10 +130,8 @@ class Placing:
                 os.fsync(fd)
             except Skip:
                 tmp.unlink()  # an extra the file can go without: not published
-                continue
             finally:
                 os.close(fd)
-            self.written.add(sc.suffix)
 
     def prepare_and_place(self, dest: Path, resumed: bool) -> bool:
         """Both, in one trip to a thread (most files take their own name at once)."""
@@ -180,7 +176,7 @@ class Placing:
             published: list[str] = []
             for sc in self.sidecars:
                 tmp = self.tmps[sc.suffix]
-                if sc.suffix not in self.written and not tmp.exists():
+                if not tmp.exists():
                     continue  # published and tidied by a run cut short just before the end
                 got = _publish(tmp, name + sc.suffix, folder)
                 if got == "taken":  # someone took the name since _free(): start over
@@ -195,7 +191,6 @@ class Placing:
         self.claimed.path.unlink(missing_ok=True)
         for tmp in self.tmps.values():
             tmp.unlink(missing_ok=True)
-        self.written.clear()
         _prune_empty(self.claimed.path.parent, self.spool.processing)
         return True
 

@@ -93,6 +93,33 @@ def test_a_sidecar_left_by_a_crash_is_replaced_never_rewritten_in_place(tmp_path
     assert json.loads(dest.with_name("h.csv.result.json").read_text()) == {"run": 2}
 
 
+def test_a_filing_cut_short_while_tidying_is_done_again_on_the_same_object(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filing retries the same Placing after an I/O error: the sidecars already tidied
+    away are taken as published, the rest is finished."""
+    spool = new_spool(tmp_path)
+    claimed = claimed_file(spool, "contact/r.csv")
+    filing = _filing(spool, claimed, False, {"status": "FAILED"}, b"x\r\n")
+    filing.prepare()
+    dest = filing.natural()
+    real_unlink = Path.unlink
+
+    def failing_once(self: Path, missing_ok: bool = False) -> None:
+        if self == filing.tmps[RESULT_SUFFIX] and not getattr(failing_once, "failed", False):
+            failing_once.failed = True  # type: ignore[attr-defined]
+            raise OSError(errno.EIO, "injected", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", failing_once)
+    with pytest.raises(OSError, match="injected"):
+        filing.place(dest, resumed=False)
+    assert filing.place(dest, resumed=True)
+    assert sorted(p.name for p in dest.parent.iterdir()) == [
+        "r.csv", "r.csv.errors.csv", "r.csv.result.json"]
+    assert json.loads(dest.with_name("r.csv.result.json").read_text()) == {"status": "FAILED"}
+    assert not list(spool.processing.rglob("*"))
+
+
 @pytest.mark.parametrize("taken", ["e.csv", *(f"e.csv{suffix}" for suffix in SIDECARS)])
 def test_a_name_is_free_only_when_the_file_and_every_sidecar_name_are(
         tmp_path: Path, taken: str) -> None:
