@@ -77,7 +77,16 @@ def main() -> None:
     parser.add_argument("--max-active", type=int, default=32)
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--poll-max", type=float, default=0.2)
-    print(json.dumps(asyncio.run(run(parser.parse_args()))), flush=True)
+    parser.add_argument("--uvloop", action="store_true",
+                        help="on uvloop, as the daemon (the table's ceiling runs on asyncio's)")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            out = runner.run(run(args))
+    else:
+        out = asyncio.run(run(args))
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

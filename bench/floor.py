@@ -56,7 +56,7 @@ class Batcher:
     def __init__(self, run: Callable[[list[Any]], None], inline: bool = False,
                  window: float = 0.0) -> None:
         self.run = run
-        self.inline = inline  # on the event loop itself (it blocks for each fsync)
+        self.inline = inline  # on the event loop itself (it blocks while a group syncs)
         self.window = window  # a trip waits this long for more work to join it
         self.queued: list[Any] = []
         self.waiters: list[asyncio.Future[None]] = []
@@ -66,40 +66,41 @@ class Batcher:
     def add(self, item: Any) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        if self.inline:
-            self.run([item])
-            done.set_result(None)
-            return done
         self.queued.append(item)
         self.waiters.append(done)
         if not self.busy:
-            self.busy = True
-            if self.window:
-                loop.call_later(self.window, self._start, loop)
-            else:
-                self._start(loop)
+            self._soon(loop)
         return done
+
+    def _soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.busy = True
+        if self.window:
+            loop.call_later(self.window, self._start, loop)
+        elif self.inline:  # what queues during this turn of the loop joins the group
+            loop.call_soon(self._start, loop)
+        else:
+            self._start(loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         items, waiters = self.queued, self.waiters
-        self.queued, self.waiters, self.busy = [], [], True
-
-        def trip() -> None:
+        self.queued, self.waiters = [], []
+        if self.inline:
             self.run(items)
-            loop.call_soon_threadsafe(self._ended, loop, waiters)
+            self._ended(loop, waiters, None)
+            return
+        trip = loop.run_in_executor(self.thread, self.run, items)  # one wake-up when done
+        trip.add_done_callback(lambda ran: self._ended(loop, waiters, ran.exception()))
 
-        loop.run_in_executor(self.thread, trip)
-
-    def _ended(self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]) -> None:
+    def _ended(self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]],
+               error: BaseException | None) -> None:
         for done in waiters:
-            done.set_result(None)
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
         self.busy = False
         if self.queued:
-            self.busy = True
-            if self.window:
-                loop.call_later(self.window, self._start, loop)
-            else:
-                self._start(loop)
+            self._soon(loop)
 
 
 class WorkerBatcher(Batcher):
@@ -120,7 +121,7 @@ class WorkerBatcher(Batcher):
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         items, waiters = self.queued, self.waiters
-        self.queued, self.waiters, self.busy = [], [], True
+        self.queued, self.waiters = [], []
         loop.create_task(self._trip(loop, items, waiters))
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -133,8 +134,12 @@ class WorkerBatcher(Batcher):
         reader, writer = await self._connect()
         data = pickle.dumps(items)
         writer.write(len(data).to_bytes(8, "big") + data)
-        await reader.readexactly(1)
-        self._ended(loop, waiters)
+        try:
+            await reader.readexactly(1)
+        except (OSError, asyncio.IncompleteReadError) as exc:  # the worker failed
+            self._ended(loop, waiters, exc)
+        else:
+            self._ended(loop, waiters, None)
 
     async def close(self) -> float:
         """Stop the worker; the CPU seconds it used."""
@@ -177,10 +182,26 @@ def commit_all(conn: sqlite3.Connection, writes: list[tuple[str, tuple[Any, ...]
 
 
 def write_results(results: list[tuple[Path, bytes]], sync: bool = True) -> None:
+    """Write and fsync results, in another process (--process)."""
     for tmp, body in results:
-        fd = os.open(tmp, _NEW, 0o666)
+        sync_results([write_result(tmp, body)], sync)
+
+
+def write_result(tmp: Path, body: bytes) -> int:
+    """A result written (on the loop: a small write to the page cache); fsync to come."""
+    fd = os.open(tmp, _NEW, 0o666)
+    try:
+        os.write(fd, body)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def sync_results(fds: list[int], sync: bool = True) -> None:
+    """Make written results durable, in a thread: what may wait for the disk."""
+    for fd in fds:
         try:
-            os.write(fd, body)
             if sync:
                 os.fsync(fd)
         finally:
@@ -196,7 +217,9 @@ def batchers(args: argparse.Namespace, conn: sqlite3.Connection) -> tuple[Batche
         return lambda writes: None if args.without == "ledger" else commit_all(own, writes)
 
     def writer() -> Callable[[list[Any]], None]:
-        return lambda items: write_results(items, args.without != "result-fsync")
+        if args.process:  # a descriptor does not go through a pipe: path and bytes do
+            return lambda items: write_results(items, args.without != "result-fsync")
+        return lambda fds: sync_results(fds, args.without != "result-fsync")
 
     if args.process:
         return WorkerBatcher(committer, args.window), WorkerBatcher(writer, args.window)
@@ -216,6 +239,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     headers = {"Authorization": AUTH, "Accept": "application/json"}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ")
     url = f"{args.base_url}/hubs/marketing/bulk"
+    ending: list[asyncio.Future[None]] = []
 
     async with aiohttp.ClientSession(headers=headers) as session:
         async def one(n: int, name: str) -> None:
@@ -260,13 +284,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 await ledger.add(("UPDATE files SET state='FINISHING', result_json=?, "
                                   "updated_at=? WHERE claim_id=?", (result, stamp, claim_id)))
                 tmp = processing / f".{claim_id}.result.json.tmp"
-                await results.add((tmp, result.encode()))
+                await results.add((tmp, result.encode()) if args.process
+                                  else write_result(tmp, result.encode()))
                 os.link(claimed, done / name)
                 os.link(tmp, done / f"{name}.result.json")
                 os.unlink(claimed)
                 os.unlink(tmp)
-                await ledger.add(("UPDATE files SET state='FINISHED', updated_at=? "
-                                  "WHERE claim_id=?", (stamp, claim_id)))
+                ending.append(ledger.add(("UPDATE files SET state='FINISHED', updated_at=? "
+                                          "WHERE claim_id=?", (stamp, claim_id))))
             finally:
                 if held:
                     active.release()
@@ -278,6 +303,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             await active.acquire()
             tasks.append(asyncio.create_task(one(n, name)))
         await asyncio.gather(*tasks)
+        await asyncio.gather(*ending)  # nothing waits for these, but they count
         seconds, cpu = time.monotonic() - started, time.process_time() - cpu0
     for batcher in (ledger, results):
         if isinstance(batcher, WorkerBatcher):

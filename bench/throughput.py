@@ -46,13 +46,14 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def ceiling(sim: Sim, files: int) -> dict[str, Any]:
+async def ceiling(sim: Sim, files: int, *extra: str) -> dict[str, Any]:
     window = CpuWindow({"sim": sim.pid})
     client0 = children_cpu()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.ceiling", "--base-url", sim.base_url, "--files",
         str(files), "--uploads", str(UPLOADS), "--max-active", str(MAX_ACTIVE), "--poll",
-        str(POLL), "--poll-max", str(POLL_MAX), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        str(POLL), "--poll-max", str(POLL_MAX), *extra, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     if proc.returncode:
         raise SystemExit(f"bench.ceiling exited with {proc.returncode}")
