@@ -1,23 +1,24 @@
-"""The floor: the least CPU a Python uploader spends on a file while keeping SPEC.md's
-durability promises, for comparison with the ceiling client and the daemon.
+"""The floor: what a lean Python uploader spends on a file while keeping the daemon's
+durability design, for comparison with the ceiling client and the daemon.
 
 The ceiling client (bench/ceiling.py) only makes the API calls. This one also does, for
-each of N small CSV files on disk, what the daemon must do and nothing else: claim it
-(rename into processing/), read it, hash it and count its rows, record the claim, the
-job id and the result in an SQLite ledger (WAL, ``synchronous=FULL``, group commits by
-one writer thread; the job id and the result durable before the next step), write the
-result file and fsync it, link the file and its result into done/ and remove the claimed
-name. The API calls and their limits are the ceiling's. It is as lean as that can be
-written: one event loop, the file steps on it (no thread hand-offs), one thread trip per
-group of commits and one per group of results to fsync; no watching (it lists its
-folder once), no settings, logs, metrics, retries, checks beyond counting rows.
+each of N small CSV files on disk, what the daemon's durability design does and nothing
+else: claim it (rename into processing/), read it (up to 64 KiB: the benchmark's files
+are small), hash it and count its rows, record the claim, the job id and the result in
+an SQLite ledger (WAL, ``synchronous=FULL``, group commits by one writer thread; the
+job id and the result durable before the next step), write the result file and fsync
+it, link the file and its result into done/ and remove the claimed names. The API calls
+and their limits are the ceiling's. As lean as we could write it: one event loop, the
+file steps and the results' writes on it, one thread trip per group of commits and one
+per group of results to fsync; no watching (it lists its folder once), no settings,
+logs, metrics, retries, checks beyond counting rows, history lines.
 
     python -m bench.floor --base-url http://127.0.0.1:PORT/elements/api-v2 --dir DIR
 
 DIR holds ``inbox/`` with the files; ``processing/``, ``done/`` and ``ledger.db`` are
 made beside it. Prints one JSON line: files, seconds, files_per_s and the CPU seconds
-of the process over the timed stretch (cpu_s). ``--inline``, ``--window`` and
-``--without`` make variants that show what one choice or promise costs (not floors:
+of the process over the timed stretch (cpu_s). ``--inline``, ``--window``, ``--process``
+and ``--without`` make variants that show what one choice or promise costs (not floors:
 ``python -m bench.floors`` runs them against the ceiling and the floor).
 """
 

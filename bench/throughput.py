@@ -4,9 +4,10 @@ Files per second from the first drop to the last result file written, against
 (a) the ceiling, bench/ceiling.py: the same API calls from a plain aiohttp client with the
     daemon's concurrency, run once before and once after the daemon (their mean counts),
 (b) bench/curl_loop.sh: a sequential shell loop of curl create + status calls,
-(c) the floor, bench/floor.py: the ceiling's calls plus the least a Python uploader must
-    do to keep SPEC.md's promises (claim, read, ledger, result fsync, filing), once after
-    the ceiling's second run: what any design of the daemon could reach (information).
+(c) the floor, bench/floor.py: the ceiling's calls plus what a lean Python uploader
+    does to keep the daemon's durability design (claim, read, ledger, result fsync,
+    filing), once after the ceiling's second run: near what a design of the daemon
+    could reach (information).
 Then the same number of files split between two connector instances, against two
 ceiling clients run at once (each with one instance's limits).
 """
