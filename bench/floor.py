@@ -59,14 +59,14 @@ class Batcher:
     in the next trip; each caller awaits its own item's group."""
 
     def __init__(self, run: Callable[[list[Any]], None], inline: bool = False,
-                 window: float = 0.0) -> None:
+                 window: float = 0.0, thread: ThreadPoolExecutor | None = None) -> None:
         self.run = run
         self.inline = inline  # on the event loop itself (it blocks while a group syncs)
         self.window = window  # a trip waits this long for more work to join it
         self.queued: list[Any] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.busy = False
-        self.thread = ThreadPoolExecutor(1)
+        self.thread = thread or ThreadPoolExecutor(1)
 
     def add(self, item: Any) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -228,8 +228,9 @@ def batchers(args: argparse.Namespace, conn: sqlite3.Connection) -> tuple[Batche
 
     if args.process:
         return WorkerBatcher(committer, args.window), WorkerBatcher(writer, args.window)
-    return (Batcher(committer(), args.inline, args.window),
-            Batcher(writer(), args.inline, args.window))
+    shared = ThreadPoolExecutor(1) if args.one_thread else None
+    return (Batcher(committer(), args.inline, args.window, shared),
+            Batcher(writer(), args.inline, args.window, shared))
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
@@ -333,6 +334,8 @@ def main() -> None:
     parser.add_argument("--process", action="store_true",
                         help="commits and fsyncs in two processes of their own, not threads "
                              "(their CPU counted)")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="one thread for the commits and the fsyncs, not one each")
     parser.add_argument("--window", type=float, default=WINDOW,
                         help="seconds a trip waits for more work to join it (0: none)")
     parser.add_argument("--without", choices=("ledger", "ledger-sync", "result-fsync"),

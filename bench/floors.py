@@ -8,7 +8,7 @@ on uvloop (the daemon's loop and the floor's; the table's ceiling runs on asynci
     python -m bench.floors --variant=--inline --variant=--without=ledger --repeat 5
 
 A variant is the floor with options of bench/floor.py (``--inline``: commits and fsyncs
-on the event loop; ``--process``: in processes of their own;
+on the event loop; ``--process``: in processes of their own; ``--one-thread``;
 ``--without=ledger|ledger-sync|result-fsync``; ``--window=SECONDS``; several in one
 quoted string): what one choice or one promise costs. Prints each run,
 then the medians and their ratio to the ceiling's.
