@@ -219,7 +219,8 @@ class Daemon:
             stopper.cancel()
             for ended in done - {stopper}:
                 ended.result()  # a crashed watcher or claimer is an error worth raising
-                raise RuntimeError(f"the {ended.get_name()} stopped by itself")
+                if not self.stop_event.is_set():  # else it ended for the stop, ahead of stopper
+                    raise RuntimeError(f"the {ended.get_name()} stopped by itself")
         finally:
             self.stop_event.set()
             await self._shutdown()

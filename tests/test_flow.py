@@ -173,6 +173,24 @@ async def test_stop_while_idle_is_quick(make_settings) -> None:
             await serving
 
 
+async def test_a_stop_that_ends_the_watcher_before_serve_waits_is_still_a_stop(
+        make_settings) -> None:
+    """A stop asked for while start-up is finishing: the watcher may end for it before
+    serve() starts waiting, which is the stop, not a watcher that stopped by itself."""
+    daemon = Daemon(make_settings())
+    asked = daemon.ledger.next_notification_at  # the last step before serve() waits
+
+    async def stop_meanwhile() -> tuple[str | None, int]:
+        daemon.request_stop()
+        watcher = next(task for task in daemon.core if task.get_name() == "watcher")
+        await asyncio.wait_for(asyncio.shield(watcher), 5)  # ended for the stop
+        return await asked()
+
+    daemon.ledger.next_notification_at = stop_meanwhile  # type: ignore[method-assign]
+    await asyncio.wait_for(daemon.serve(), 10)  # returns: no "stopped by itself"
+    assert daemon.stopped.is_set()
+
+
 async def test_comma_utf8_file_reaches_the_api_byte_for_byte(make_settings, run_daemon,
                                                              sim: SimServer,
                                                              spool_root: Path) -> None:
