@@ -19,7 +19,7 @@ import time
 
 import aiohttp
 
-from bench.common import AUTH, small_csv
+from bench.common import AUTH, run_client, small_csv
 
 DONE = {"COMPLETED", "COMPLETE", "FAILED", "ERROR", "ABORTED", "CANCELLED"}
 
@@ -80,13 +80,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true",
                         help="on uvloop, as the daemon (the table's ceiling runs on asyncio's)")
     args = parser.parse_args()
-    if args.uvloop:
-        import uvloop
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            out = runner.run(run(args))
-    else:
-        out = asyncio.run(run(args))
-    print(json.dumps(out), flush=True)
+    print(json.dumps(run_client(run(args), args.uvloop)), flush=True)
 
 
 if __name__ == "__main__":

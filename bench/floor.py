@@ -45,7 +45,7 @@ from typing import Any
 import aiohttp
 
 from bench.ceiling import DONE
-from bench.common import AUTH
+from bench.common import AUTH, run_client
 
 # A trip to the writer thread waits this long for more work to join it: bigger groups,
 # fewer hand-offs (the job id's commit still ends well before the first poll is due).
@@ -123,11 +123,14 @@ class WorkerBatcher(Batcher):
             _serve(child, make)
         child.close()
         self.stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.trips: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         items, waiters = self.queued, self.waiters
         self.queued, self.waiters = [], []
-        loop.create_task(self._trip(loop, items, waiters))
+        trip = loop.create_task(self._trip(loop, items, waiters))
+        self.trips.add(trip)
+        trip.add_done_callback(self.trips.discard)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.stream is None:
@@ -341,13 +344,7 @@ def main() -> None:
     parser.add_argument("--without", choices=("ledger", "ledger-sync", "result-fsync"),
                         help="leave one promise out, to see what it costs (not a floor)")
     args = parser.parse_args()
-    if args.uvloop:
-        import uvloop
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            out = runner.run(run(args))
-    else:
-        out = asyncio.run(run(args))
-    print(json.dumps(out), flush=True)
+    print(json.dumps(run_client(run(args), args.uvloop)), flush=True)
 
 
 if __name__ == "__main__":
